@@ -1,0 +1,8 @@
+"""Luna daemon: the shared VAE/CLIP service and its protocol, client and ComfyUI nodes.
+
+Importing this package is cheap and torch-free: ``daemon.protocol`` and ``daemon.client`` are
+used by the app and inside ComfyUI. Only ``daemon.models``, ``daemon.pools`` and the server
+import torch.
+"""
+
+__version__ = "0.1.0"
