@@ -21,8 +21,9 @@ $(VENV)/.dev-stamp: $(VENV)/.torch-stamp pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.run-stamp
 
+# Until the GUI exists, `make run` launches the daemon in the foreground on embedded defaults.
 run: $(VENV)/.run-stamp
-	$(PY) -m app
+	$(PY) -m daemon $(RUN_ARGS)
 
 test: $(VENV)/.dev-stamp
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
