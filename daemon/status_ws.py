@@ -1,0 +1,200 @@
+"""The status WebSocket (default port 19284), built on the ``websockets`` library.
+
+Owns the monitoring channel the seed describes, message for message:
+
+* ``{"type":"status","data":{…}}`` once on connect, then every ``interval`` seconds (1 s by
+  default) to every connected client, and immediately in reply to ``{"type":"get_status"}``;
+* ``{"type":"scaling","data":{"event","pool","worker_id","active_workers","vram_available_gb"}}``
+  whenever a pool scales;
+* ``GET /healthz`` answers ``200 ok`` over plain HTTP (for supervisors and curl).
+
+Clients that only listen stay connected for as long as they like (the old hand-written server
+dropped them after about a second). Each client has its own bounded send queue drained by its
+own task; a queued status message is replaced by a newer one, so a slow client gets fewer,
+fresher updates and never stalls the daemon or the other clients. Connections whose
+``Origin`` header is not configured are refused (browser pages cannot read the status unless
+allowed); clients that send no Origin (Python, the app, ComfyUI) are accepted.
+
+Runs entirely on the daemon's event loop; :meth:`StatusWebSocket.publish_scaling` must be
+called on that loop (the pools do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+STATUS = "status"
+SCALING = "scaling"
+
+
+class _Client:
+    """One connection's pending messages (kind, text) and the event that wakes its sender."""
+
+    def __init__(self, connection: ServerConnection, max_pending: int):
+        self.connection = connection
+        self.pending: deque[tuple[str, str]] = deque()
+        self.wake = asyncio.Event()
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.sender: asyncio.Task | None = None
+
+    def enqueue(self, kind: str, text: str) -> None:
+        if kind == STATUS:
+            # Only the newest status matters: drop any status still waiting.
+            before = len(self.pending)
+            self.pending = deque(item for item in self.pending if item[0] != STATUS)
+            self.dropped += before - len(self.pending)
+        self.pending.append((kind, text))
+        while len(self.pending) > self.max_pending:
+            self.pending.popleft()
+            self.dropped += 1
+        self.wake.set()
+
+
+class StatusWebSocket:
+    """WebSocket server broadcasting the daemon status and scaling events."""
+
+    def __init__(
+        self,
+        status_provider: Callable[[], dict[str, Any]],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 19284,
+        interval: float = 1.0,
+        allowed_origins: Sequence[str] = (),
+        max_pending: int = 32,
+        logger: logging.Logger | None = None,
+    ):
+        self._status_provider = status_provider
+        self._host = host
+        self._port = port
+        self._interval = interval
+        # None in the list = "no Origin header" (non-browser clients).
+        self._origins: list[str | None] = [None, *allowed_origins]
+        self._max_pending = max_pending
+        self._log = logger or logging.getLogger("luna.daemon.ws")
+        self._server: Server | None = None
+        self._clients: set[_Client] = set()
+        self._ticker: asyncio.Task | None = None
+        self.messages_sent = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> tuple[str, int]:
+        """Bind (port 0 → a free port) and start broadcasting; returns the bound (host, port)."""
+        self._server = await serve(
+            self._handle,
+            self._host,
+            self._port,
+            origins=self._origins,
+            process_request=self._process_request,
+            max_size=64 * 1024,
+            logger=self._log,
+        )
+        self._ticker = asyncio.create_task(self._tick(), name="status-ws-ticker")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self._log.info("status WebSocket listening on ws://%s:%d", host, port)
+        return host, port
+
+    async def close(self) -> None:
+        """Close every connection (code 1001 going away) and stop listening."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    # ------------------------------------------------------------------ publishing
+
+    def status_message(self) -> str:
+        return json.dumps({"type": STATUS, "data": self._status_provider()})
+
+    def publish_status(self) -> None:
+        """Queue a fresh status for every client now."""
+        if not self._clients:
+            return
+        text = self.status_message()
+        for client in self._clients:
+            client.enqueue(STATUS, text)
+
+    def publish_scaling(self, data: dict[str, Any]) -> None:
+        """Queue a scaling event for every client (never blocks)."""
+        text = json.dumps({"type": SCALING, "data": data})
+        for client in self._clients:
+            client.enqueue(SCALING, text)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                self.publish_status()
+            except Exception:  # a status bug must not end the broadcast
+                self._log.exception("building the status failed")
+
+    # ------------------------------------------------------------------ connections
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?")[0] == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        return None
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        client = _Client(connection, self._max_pending)
+        self._clients.add(client)
+        client.sender = asyncio.create_task(self._send_loop(client), name="status-ws-sender")
+        self._log.debug("status client connected from %s", connection.remote_address)
+        try:
+            client.enqueue(STATUS, self.status_message())
+            async for raw in connection:
+                self._on_message(client, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(client)
+            client.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await client.sender
+            self._log.debug("status client %s left (%d stale messages dropped)",
+                            connection.remote_address, client.dropped)
+
+    def _on_message(self, client: _Client, raw: str | bytes) -> None:
+        try:
+            message = json.loads(raw)
+            kind = message.get("type") if isinstance(message, dict) else None
+        except (ValueError, UnicodeDecodeError):
+            kind = None
+        if kind == "get_status":
+            client.enqueue(STATUS, self.status_message())
+        else:
+            text = json.dumps({"type": "error", "data": {
+                "message": "unknown message; send {\"type\": \"get_status\"}"}})
+            client.enqueue("error", text)
+
+    async def _send_loop(self, client: _Client) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await client.wake.wait()
+                client.wake.clear()
+                while client.pending:
+                    _, text = client.pending.popleft()
+                    await client.connection.send(text)
+                    self.messages_sent += 1

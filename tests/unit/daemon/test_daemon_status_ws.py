@@ -1,0 +1,127 @@
+"""StatusWebSocket on port 0: the seed's messages, passive listeners, origins, /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from daemon.status_ws import STATUS, StatusWebSocket, _Client
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> dict:
+        self.calls += 1
+        return {"status": "ok", "n": self.calls}
+
+
+@pytest.fixture
+async def ws_server():
+    servers = []
+
+    async def make(**kw):
+        server = StatusWebSocket(kw.pop("provider", Counter()), port=0, **kw)
+        host, port = await server.start()
+        servers.append(server)
+        return server, f"ws://{host}:{port}"
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+async def recv_json(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def test_status_on_connect_then_passive_listener_gets_periodic_updates(ws_server):
+    _, uri = await ws_server(interval=0.02)
+    async with connect(uri) as ws:
+        seen = [await recv_json(ws) for _ in range(4)]
+    assert all(m["type"] == "status" and m["data"]["status"] == "ok" for m in seen)
+    numbers = [m["data"]["n"] for m in seen]
+    assert numbers == sorted(numbers) and len(set(numbers)) == 4
+
+
+async def test_get_status_is_answered_immediately(ws_server):
+    _, uri = await ws_server(interval=3600)
+    async with connect(uri) as ws:
+        first = await recv_json(ws)
+        await ws.send(json.dumps({"type": "get_status"}))
+        second = await recv_json(ws)
+    assert second["type"] == "status" and second["data"]["n"] > first["data"]["n"]
+
+
+async def test_unknown_message_gets_an_error_and_the_connection_lives(ws_server):
+    _, uri = await ws_server(interval=3600)
+    async with connect(uri) as ws:
+        await recv_json(ws)
+        await ws.send("not json")
+        error = await recv_json(ws)
+        assert error["type"] == "error"
+        await ws.send(json.dumps({"type": "get_status"}))
+        assert (await recv_json(ws))["type"] == "status"
+
+
+async def test_scaling_event_reaches_every_client_field_by_field(ws_server):
+    server, uri = await ws_server(interval=3600)
+    event = {"event": "scale_up", "pool": "vae", "worker_id": 2, "active_workers": 3,
+             "vram_available_gb": 4.5}
+    async with connect(uri) as a, connect(uri) as b:
+        await recv_json(a)
+        await recv_json(b)
+        while server.client_count < 2:
+            await asyncio.sleep(0)
+        server.publish_scaling(event)
+        for ws in (a, b):
+            assert await recv_json(ws) == {"type": "scaling", "data": event}
+
+
+async def test_browser_origin_is_refused_unless_configured(ws_server):
+    _, uri = await ws_server(interval=3600, allowed_origins=["http://localhost:3000"])
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(uri, origin="http://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+    async with connect(uri, origin="http://localhost:3000") as ws:
+        assert (await recv_json(ws))["type"] == "status"
+
+
+async def test_healthz_answers_plain_http(ws_server):
+    _, uri = await ws_server(interval=3600)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(uri.replace("ws://", "http://") + "/healthz", timeout=5)
+    assert response.status_code == 200 and response.text == "ok\n"
+
+
+async def test_a_client_that_never_reads_does_not_stall_others(ws_server):
+    server, uri = await ws_server(interval=0.01, provider=lambda: {"status": "ok", "pad": "x" * 50_000})
+    # close_timeout: the sleepy client never reads, so it cannot see the server's close frame.
+    async with connect(uri, max_queue=1, close_timeout=0.05) as sleepy, connect(uri) as busy:
+        received = [await recv_json(busy) for _ in range(20)]
+        assert len(received) == 20
+        assert sleepy.state.name == "OPEN"
+
+
+def test_client_queue_keeps_only_the_newest_status_but_every_scaling_event():
+    class FakeConnection:
+        remote_address = ("127.0.0.1", 1)
+
+    async def run():
+        client = _Client(FakeConnection(), max_pending=4)
+        for i in range(10):
+            client.enqueue(STATUS, f"s{i}")
+        client.enqueue("scaling", "up")
+        client.enqueue(STATUS, "s10")
+        return list(client.pending), client.dropped
+
+    pending, dropped = asyncio.run(run())
+    assert pending == [("scaling", "up"), (STATUS, "s10")]
+    assert dropped == 10
