@@ -1,0 +1,255 @@
+"""Installer for the Luna shared-daemon node pack into a ComfyUI installation.
+
+Owns putting the pack into ``ComfyUI/custom_nodes/luna_shared_daemon/`` and taking it out again:
+the node modules and README from this folder, plus vendored copies of ``daemon/client.py``,
+``protocol.py`` and ``shm.py`` under ``_vendor/``, so the installed pack imports nothing else
+from this project. ``copy`` mode copies the files; ``link`` mode makes a real folder of
+per-file symlinks into this checkout (edits show up after a ComfyUI restart).
+
+A manifest (``luna_install.json``) marks every folder this installer made; reinstall and
+uninstall only ever delete a folder carrying it. The build happens in a hidden staging folder
+next to the target and is renamed into place at the end, so a failed install leaves the old
+one untouched. Blocking file-system code, run from the CLI (``luna-daemon
+install-comfyui-nodes`` or ``python -m daemon.comfyui_nodes.install``) or the GUI's thread pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+
+PACK_DIR_NAME = "luna_shared_daemon"
+MANIFEST_NAME = "luna_install.json"
+INSTALLER_ID = "luna-narrates-operator"
+MODES = ("copy", "link")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DAEMON_DIR = PACKAGE_DIR.parent
+#: The daemon modules the pack vendors (relative imports among themselves, stdlib + numpy).
+VENDORED_MODULES = ("client.py", "protocol.py", "shm.py")
+#: Files of this folder that stay behind: the installer itself is not part of the pack.
+_NOT_SHIPPED = {"install.py"}
+
+_VENDOR_INIT = (
+    '"""Vendored copies of the Luna daemon client, protocol and shared-memory modules.\n\n'
+    "Written by the Luna installer (luna-daemon install-comfyui-nodes); do not edit: reinstall\n"
+    'to update them together with the daemon.\n"""\n'
+)
+
+Printer = Callable[[str], None]
+
+
+class InstallError(Exception):
+    """The pack could not be installed or removed; the message says why and what to do."""
+
+
+class NotComfyUIRoot(InstallError):
+    """The given path does not look like a ComfyUI root (main.py + custom_nodes/)."""
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    """What :func:`install` did."""
+
+    target: Path
+    mode: str
+    version: str
+    files: tuple[str, ...]
+    replaced_version: str | None  # the version that was there before, if any
+
+
+def check_comfyui_root(path: str | os.PathLike) -> Path:
+    """The resolved ComfyUI root, or :class:`NotComfyUIRoot` naming what is missing."""
+    root = Path(path).expanduser().resolve()
+    missing = [name for name, ok in (("main.py", (root / "main.py").is_file()),
+                                     ("custom_nodes/", (root / "custom_nodes").is_dir())) if not ok]
+    if missing:
+        raise NotComfyUIRoot(
+            f"{root} does not look like a ComfyUI folder (missing {' and '.join(missing)}); "
+            "pass the folder that contains ComfyUI's main.py")
+    return root
+
+
+def pack_target(comfyui_root: Path) -> Path:
+    return comfyui_root / "custom_nodes" / PACK_DIR_NAME
+
+
+def pack_sources() -> dict[str, Path]:
+    """Relative path in the installed pack → source file in this checkout."""
+    sources = {path.name: path for path in sorted(PACKAGE_DIR.glob("*.py"))
+               if path.name not in _NOT_SHIPPED}
+    readme = PACKAGE_DIR / "README.md"
+    if readme.is_file():
+        sources["README.md"] = readme
+    for name in VENDORED_MODULES:
+        sources[f"_vendor/{name}"] = DAEMON_DIR / name
+    missing = [str(path) for path in sources.values() if not path.is_file()]
+    if missing:
+        raise InstallError(f"this checkout is incomplete, missing: {', '.join(missing)}")
+    return sources
+
+
+def read_manifest(target: Path) -> dict | None:
+    """The manifest of a pack folder this installer made, else None (never raises)."""
+    if target.is_symlink() or not target.is_dir():
+        return None  # the installer never makes the pack folder itself a link
+    try:
+        manifest = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(manifest, dict) or manifest.get("installer") != INSTALLER_ID
+            or manifest.get("pack") != PACK_DIR_NAME):
+        return None
+    return manifest
+
+
+def install(comfyui_path: str | os.PathLike, *, mode: str = "copy",
+            out: Printer = print) -> InstallReport:
+    """Install (or reinstall) the pack into ``comfyui_path``; see the module docstring."""
+    if mode not in MODES:
+        raise InstallError(f"mode must be one of {MODES}, got {mode!r}")
+    root = check_comfyui_root(comfyui_path)
+    target = pack_target(root)
+    previous = _claim_existing(target) if (target.exists() or target.is_symlink()) else None
+    sources = pack_sources()
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{PACK_DIR_NAME}-", dir=target.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; the pack is ordinary code
+        (staging / "_vendor").mkdir()
+        (staging / "_vendor" / "__init__.py").write_text(_VENDOR_INIT, encoding="utf-8")
+        for relative, source in sources.items():
+            _place(source, staging / relative, mode)
+        files = tuple(sorted([*sources, "_vendor/__init__.py"]))
+        manifest = {
+            "installer": INSTALLER_ID,
+            "pack": PACK_DIR_NAME,
+            "version": __version__,
+            "mode": mode,
+            "source": str(PACKAGE_DIR),
+            "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": list(files),
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        if previous is not None:
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    report = InstallReport(target, mode, __version__, files,
+                           None if previous is None else str(previous.get("version", "?")))
+    action = "Reinstalled" if previous is not None else "Installed"
+    verb = "linked" if mode == "link" else "copied"
+    out(f"{action} Luna shared daemon nodes {__version__} in {target} ({len(files)} files {verb}"
+        + (f" from {PACKAGE_DIR}" if mode == "link" else "") + ")")
+    if previous is not None:
+        out(f"  replaced version {report.replaced_version} ({previous.get('mode', '?')} mode)")
+    out("  vendored daemon client: " + ", ".join(f"_vendor/{name}" for name in VENDORED_MODULES))
+    out("  restart ComfyUI to load: Luna Shared CLIP Encode, Luna Shared VAE Encode, "
+        "Luna Shared VAE Decode, Luna Daemon Status")
+    return report
+
+
+def uninstall(comfyui_path: str | os.PathLike, *, out: Printer = print) -> Path | None:
+    """Remove the pack from ``comfyui_path``; returns the removed folder, None if absent."""
+    root = check_comfyui_root(comfyui_path)
+    target = pack_target(root)
+    if not (target.exists() or target.is_symlink()):
+        out(f"Luna shared daemon nodes are not installed in {root} (no {target.name}/); nothing to do")
+        return None
+    manifest = _claim_existing(target)
+    shutil.rmtree(target)  # unlinks the per-file symlinks, never follows them
+    out(f"Removed Luna shared daemon nodes {manifest.get('version', '?')} from {target}; "
+        "restart ComfyUI to unload them")
+    return target
+
+
+def _claim_existing(target: Path) -> dict:
+    manifest = read_manifest(target)
+    if manifest is None:
+        raise InstallError(
+            f"{target} exists but was not created by this installer (no valid {MANIFEST_NAME}); "
+            "not touching it. Move or delete it yourself, then run the command again.")
+    return manifest
+
+
+def _place(source: Path, destination: Path, mode: str) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "copy":
+        shutil.copy2(source, destination)
+        return
+    try:
+        os.symlink(source, destination)
+    except OSError as exc:
+        raise InstallError(
+            f"could not create a symlink {destination} -> {source} ({exc}). On Windows enable "
+            "Developer Mode or run as administrator, or install in copy mode (without --link)."
+        ) from exc
+
+
+# ----------------------------------------------------------------------------- command line
+
+def run_install_command(comfyui: str, *, link: bool = False) -> int:
+    """``install-comfyui-nodes``: exit status 0 on success, 2 with a message on stderr."""
+    try:
+        install(comfyui, mode="link" if link else "copy")
+    except (InstallError, OSError) as exc:
+        print(f"luna-daemon: install-comfyui-nodes: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_uninstall_command(comfyui: str) -> int:
+    """``uninstall-comfyui-nodes``: exit status 0 on success, 2 with a message on stderr."""
+    try:
+        uninstall(comfyui)
+    except (InstallError, OSError) as exc:
+        print(f"luna-daemon: uninstall-comfyui-nodes: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``install-comfyui-nodes`` / ``uninstall-comfyui-nodes`` to a CLI's subparsers.
+
+    Each sub-parser sets ``run=<callable(args) -> int>`` as its default, so a dispatcher can
+    call ``args.run(args)``.
+    """
+    install_parser = subparsers.add_parser(
+        "install-comfyui-nodes", help="install the Luna shared-daemon nodes into ComfyUI")
+    install_parser.add_argument("--comfyui", required=True, metavar="PATH",
+                                help="ComfyUI folder (the one containing main.py)")
+    install_parser.add_argument("--link", action="store_true",
+                                help="symlink the files from this checkout instead of copying")
+    install_parser.set_defaults(run=lambda args: run_install_command(args.comfyui, link=args.link))
+    uninstall_parser = subparsers.add_parser(
+        "uninstall-comfyui-nodes", help="remove the Luna shared-daemon nodes from ComfyUI")
+    uninstall_parser.add_argument("--comfyui", required=True, metavar="PATH",
+                                  help="ComfyUI folder (the one containing main.py)")
+    uninstall_parser.set_defaults(run=lambda args: run_uninstall_command(args.comfyui))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone CLI: ``python -m daemon.comfyui_nodes.install install-comfyui-nodes ...``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m daemon.comfyui_nodes.install",
+        description="Install or remove the Luna shared-daemon ComfyUI nodes.")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
