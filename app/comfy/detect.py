@@ -369,7 +369,10 @@ def _detect_loras(state: _State, sampler: str | None, encoders: list[str]) -> No
         model_source = next((s for s in guider_sources if s), None)
     if model_source is None:
         return
-    clip_sources = {s for s in (_loader_root(workflow, e, "clip") for e in encoders) if s}
+    # Encoders that only fall back to a local CLIP (the Luna daemon nodes) never see a LoRA's
+    # CLIP patch, so LoRAs for them patch the model only.
+    local_encoders = [e for e in encoders if not _class(workflow, e).startswith("LunaShared")]
+    clip_sources = {s for s in (_loader_root(workflow, e, "clip") for e in local_encoders) if s}
     if len(clip_sources) > 1:
         state.ambiguous("loras", "the prompts use different CLIP models; LoRAs will patch the model only",
                         [s[0] for s in clip_sources])
