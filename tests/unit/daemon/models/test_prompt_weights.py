@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from daemon.models.prompt_weights import (
@@ -94,6 +94,9 @@ _syntax = st.text(alphabet=st.sampled_from(list("ab :()\\.1259-e\n")), max_size=
 @settings(max_examples=500, deadline=None)
 @given(_syntax | st.text(max_size=40))
 def test_parser_never_crashes_and_keeps_all_non_syntax_text(prompt):
+    # ComfyUI's escape placeholders are NUL+\x01/\x02; a prompt containing them literally turns
+    # them into parentheses (there and here), so they are left out of the invariant.
+    assume("\0" not in prompt)
     try:
         segments = parse_weighted_prompt(prompt)
     except PromptWeightError:
