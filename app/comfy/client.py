@@ -1,0 +1,654 @@
+"""Async client for ONE ComfyUI instance: submit, track, cancel, fetch, upload, health.
+
+Owns the HTTP session (httpx) and the one long-lived WebSocket (websockets) of an instance, and
+the jobs submitted through it. It follows the tracking recipe of the fact sheet (§10):
+
+* the socket (``/ws?clientId=<uuid hex>``) is open BEFORE any ``POST /prompt``; prompts carry the
+  same ``client_id`` and a client-made lower-case UUID ``prompt_id`` (the id in the reply wins —
+  old servers make their own); ``extra_data`` gets ``extra_pnginfo.workflow`` when a UI workflow
+  is known and ``preview_method`` when previews are wanted;
+* every text/binary frame is parsed into typed events (:mod:`app.comfy.events`) and routed to
+  its :class:`~app.comfy.jobs.Job`; a job ends on ``execution_success`` / ``execution_error`` /
+  ``execution_interrupted`` or (old servers) ``executing`` with ``node: null``;
+* outputs come from ``/history/{id}``, which may still be ``{}`` right after
+  ``execution_success`` (ComfyUI #11540): the client waits for the ``executing`` null that
+  follows the history write (short grace) and then polls with backoff, bounded;
+* when the socket drops it reconnects with exponential backoff + jitter under the SAME clientId
+  and reconciles every unfinished job through ``/queue`` then ``/history/{id}``; a job in neither
+  is :class:`~app.comfy.errors.JobLost`. If the instance stays unreachable for
+  ``timeouts.reconnect_give_up`` seconds its unfinished jobs are lost (``started`` tells the
+  router whether a resubmit is safe). A watchdog reconciles jobs that went quiet.
+
+HTTP paths use the ``/api/...`` form (what the official frontend calls; every route has been
+registered under both ``/x`` and ``/api/x`` since 2023; ``InstanceConfig.api_prefix = ""`` for
+older builds). The socket uses ``/ws`` (registered under both too). No ``Origin`` header is ever
+sent (ComfyUI answers 403 to cross-origin requests on loopback); the instance's extra headers go
+on every HTTP request and on the WebSocket upgrade. Every call has a timeout.
+
+Runs on one asyncio event loop (the one that called :meth:`start`); not thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from app.comfy.errors import (
+    ComfyProtocolError,
+    ComfyUnavailable,
+    JobInterrupted,
+    JobLost,
+    JobTimeout,
+    OutputMissing,
+    parse_node_errors,
+    parse_prompt_rejection,
+)
+from app.comfy.events import (
+    ConnectionLost,
+    JobQueued,
+    MessageParseError,
+    Reconnected,
+    StatusEvent,
+    parse_binary,
+    parse_text,
+)
+from app.comfy.instances import InstanceConfig
+from app.comfy.jobs import Job, JobState, JobTracker
+from app.comfy.results import (
+    HistoryEntry,
+    JobResult,
+    JobTimings,
+    OutputFile,
+    OutputRef,
+    QueueSnapshot,
+    SystemStats,
+    UploadedImage,
+    output_refs,
+)
+
+log = logging.getLogger(__name__)
+
+EventListener = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class ComfyTimeouts:
+    """Every time limit of the client, in seconds."""
+
+    connect: float = 5.0  # TCP connect of HTTP requests
+    request: float = 30.0  # read/write of one HTTP request
+    upload: float = 120.0  # upload/download of one file
+    ws_open: float = 10.0  # how long submit() waits for the socket to be open
+    history_grace: float = 0.25  # after execution_success: wait this long for "executing null"
+    history: float = 30.0  # after the job finished: give up waiting for its history entry
+    reconnect_max_delay: float = 5.0  # cap of the reconnect backoff
+    reconnect_give_up: float = 60.0  # unreachable this long -> unfinished jobs are JobLost
+    watchdog: float = 10.0  # a job silent this long is reconciled over HTTP
+
+
+class ComfyClient:
+    """One ComfyUI instance; use as ``async with ComfyClient(cfg) as client: await client.run(p)``.
+
+    Public surface (stable, used by the router, the templates layer, the CLI and the GUI):
+    ``submit``, ``wait``, ``run``, ``cancel``, ``history``, ``download``, ``download_outputs``,
+    ``upload_image``, ``system_stats``, ``queue_remaining``, ``get_queue``, ``object_info``,
+    ``features``, ``free``, ``add_listener``, ``connected``, ``jobs``.
+    """
+
+    def __init__(
+        self,
+        instance: InstanceConfig | str,
+        *,
+        timeouts: ComfyTimeouts | None = None,
+        client_id: str | None = None,
+        previews: bool = True,
+    ) -> None:
+        self.instance = instance if isinstance(instance, InstanceConfig) else InstanceConfig(instance, instance)
+        self.name = self.instance.name
+        self.timeouts = timeouts or ComfyTimeouts()
+        self.client_id = client_id or uuid.uuid4().hex
+        self.previews = previews
+        self.tracker = JobTracker()
+        self.queue_remaining_seen: int | None = None
+        self.server_features: Mapping[str, Any] = {}
+        self._listeners: list[EventListener] = []
+        self._http: httpx.AsyncClient | None = None
+        self._ws: ClientConnection | None = None
+        self._ws_task: asyncio.Task | None = None
+        self._watchdog_task: asyncio.Task | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._object_info: dict[str, Any] | None = None
+        self._object_info_lock = asyncio.Lock()
+        self._disconnected_since: float | None = None
+        self._reconcile_lock = asyncio.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "ComfyClient":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Create the HTTP session and start the socket task (it connects in the background)."""
+        if self._http is not None:
+            return
+        headers = {"User-Agent": "LunaNarrates-Operator"}
+        headers.update(self.instance.headers)
+        self._http = httpx.AsyncClient(
+            base_url=self.instance.base_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(self.timeouts.request, connect=self.timeouts.connect),
+            follow_redirects=True,
+        )
+        self._ws_task = asyncio.create_task(self._socket_loop(), name=f"comfy-ws-{self.name}")
+        self._watchdog_task = asyncio.create_task(self._watchdog_loop(), name=f"comfy-watchdog-{self.name}")
+
+    async def close(self) -> None:
+        """Stop the socket, fail nothing silently: unfinished jobs become JobLost (client closed)."""
+        self._closing = True
+        for task in (self._ws_task, self._watchdog_task):
+            if task is not None:
+                task.cancel()
+        tasks = [t for t in (self._ws_task, self._watchdog_task) if t is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._ws_task = self._watchdog_task = None
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+        for job in self.tracker.active:
+            job.fail(JobLost("the client was closed", prompt_id=job.prompt_id, started=job.started,
+                             instance=self.name))
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def jobs(self) -> list[Job]:
+        """Jobs submitted through this client that have not finished yet."""
+        return self.tracker.active
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener(event)`` for every event of this instance; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the socket is open; ComfyUnavailable after ``timeout`` (default ws_open)."""
+        if self._http is None:
+            await self.start()
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout or self.timeouts.ws_open)
+        except TimeoutError:
+            raise ComfyUnavailable(f"{self.name}: WebSocket did not open within "
+                                   f"{timeout or self.timeouts.ws_open:g} s", instance=self.name,
+                                   cause="websocket timeout") from None
+
+    # --- HTTP plumbing ---------------------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        return (self.instance.api_prefix + path).lstrip("/")
+
+    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        if self._http is None:
+            await self.start()
+        assert self._http is not None
+        if timeout is not None:
+            kwargs["timeout"] = httpx.Timeout(timeout, connect=self.timeouts.connect)
+        try:
+            response = await self._http.request(method, self._path(path), **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ComfyUnavailable(f"{self.name}: {method} {path} timed out", instance=self.name,
+                                   cause=f"timeout: {exc!r}") from exc
+        except httpx.HTTPError as exc:
+            raise ComfyUnavailable(f"{self.name}: {method} {path} failed: {exc}", instance=self.name,
+                                   cause=repr(exc)) from exc
+        if response.status_code >= 500:
+            raise ComfyUnavailable(f"{self.name}: {method} {path} answered {response.status_code}: "
+                                   f"{response.text[:200]}", instance=self.name, cause=f"HTTP {response.status_code}")
+        return response
+
+    def _json(self, response: httpx.Response, what: str) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ComfyProtocolError(f"{self.name}: {what} answered non-JSON ({response.status_code}): "
+                                     f"{response.text[:200]}", instance=self.name) from exc
+
+    async def _get_json(self, path: str, **kwargs: Any) -> Any:
+        response = await self._request("GET", path, **kwargs)
+        if response.status_code != 200:
+            raise ComfyProtocolError(f"{self.name}: GET {path} answered {response.status_code}", instance=self.name)
+        return self._json(response, f"GET {path}")
+
+    # --- health / load ---------------------------------------------------------------------
+
+    async def system_stats(self) -> SystemStats:
+        """``/system_stats``: versions and per-device VRAM (cheap liveness probe)."""
+        body = await self._get_json("/system_stats")
+        if not isinstance(body, Mapping):
+            raise ComfyProtocolError(f"{self.name}: /system_stats is not an object", instance=self.name)
+        return SystemStats.parse(body)
+
+    async def queue_remaining(self) -> int:
+        """``GET /prompt`` → ``exec_info.queue_remaining`` (pending + running, all clients)."""
+        body = await self._get_json("/prompt")
+        try:
+            value = int(body["exec_info"]["queue_remaining"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ComfyProtocolError(f"{self.name}: GET /prompt has no exec_info.queue_remaining",
+                                     instance=self.name) from exc
+        self.queue_remaining_seen = value
+        return value
+
+    async def get_queue(self) -> QueueSnapshot:
+        body = await self._get_json("/queue")
+        if not isinstance(body, Mapping):
+            raise ComfyProtocolError(f"{self.name}: /queue is not an object", instance=self.name)
+        return QueueSnapshot.parse(body)
+
+    async def object_info(self, *, refresh: bool = False) -> dict[str, Any]:
+        """``/object_info`` (all node schemas), cached per client until ``refresh=True``."""
+        async with self._object_info_lock:
+            if self._object_info is None or refresh:
+                body = await self._get_json("/object_info", timeout=max(self.timeouts.request, 60.0))
+                if not isinstance(body, dict):
+                    raise ComfyProtocolError(f"{self.name}: /object_info is not an object", instance=self.name)
+                self._object_info = body
+            return self._object_info
+
+    async def features(self) -> dict[str, Any]:
+        """``/features`` server flags; ``{}`` on servers that predate it (404)."""
+        response = await self._request("GET", "/features")
+        if response.status_code == 404:
+            return {}
+        body = self._json(response, "GET /features")
+        return dict(body) if isinstance(body, Mapping) else {}
+
+    async def free(self, *, unload_models: bool = True, free_memory: bool = False) -> None:
+        """``POST /free``: unload models (and caches); applied once the current job ends."""
+        await self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
+
+    # --- files -----------------------------------------------------------------------------
+
+    async def history(self, prompt_id: str) -> HistoryEntry | None:
+        """``/history/{id}``; None while the entry does not exist (pending, running, lost…)."""
+        body = await self._get_json(f"/history/{prompt_id}")
+        if not isinstance(body, Mapping):
+            raise ComfyProtocolError(f"{self.name}: /history/{prompt_id} is not an object", instance=self.name)
+        entry = body.get(prompt_id)
+        return HistoryEntry.parse(prompt_id, entry) if isinstance(entry, Mapping) else None
+
+    async def download(self, ref: OutputRef) -> OutputFile:
+        """Fetch one output with ``/view`` (filename, subfolder, type exactly as listed)."""
+        params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+        response = await self._request("GET", "/view", params=params, timeout=self.timeouts.upload)
+        if response.status_code != 200:
+            raise OutputMissing(f"{self.name}: /view {ref.type}/{ref.subfolder}/{ref.filename} answered "
+                                f"{response.status_code}", instance=self.name)
+        mime = response.headers.get("content-type", "").split(";")[0].strip()
+        if not mime or mime == "application/octet-stream":
+            mime = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
+        return OutputFile(ref, response.content, mime)
+
+    async def download_outputs(self, outputs: Mapping[str, Any]) -> tuple[OutputFile, ...]:
+        """Download every file listed in a history ``outputs`` mapping, concurrently."""
+        refs = output_refs(outputs)
+        return tuple(await asyncio.gather(*(self.download(ref) for ref in refs)))
+
+    async def upload_image(self, data: bytes, filename: str, *, subfolder: str = "", type: str = "input",
+                           overwrite: bool = False) -> UploadedImage:
+        """``POST /upload/image`` (multipart). The server may rename: use the returned reference."""
+        mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        form = {"type": type, "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
+        response = await self._request("POST", "/upload/image", files={"image": (filename, data, mime)},
+                                       data=form, timeout=self.timeouts.upload)
+        if response.status_code != 200:
+            raise ComfyProtocolError(f"{self.name}: upload of {filename!r} answered {response.status_code}: "
+                                     f"{response.text[:200]}", instance=self.name)
+        body = self._json(response, "POST /upload/image")
+        try:
+            return UploadedImage(str(body["name"]), str(body.get("subfolder") or ""), str(body.get("type") or type))
+        except (KeyError, TypeError) as exc:
+            raise ComfyProtocolError(f"{self.name}: upload reply has no 'name': {body!r}", instance=self.name) from exc
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        prompt: Mapping[str, Any],
+        *,
+        ui_workflow: Mapping[str, Any] | None = None,
+        preview_method: str | None = None,
+        prompt_id: str | None = None,
+        front: bool = False,
+        extra_data: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Queue an API-format prompt and return its :class:`Job` (already tracked).
+
+        Raises :class:`PromptRejected` (400, with per-node reasons) or :class:`ComfyUnavailable`.
+        A 200 with ``node_errors`` is accepted; the reasons land in ``job.warnings``.
+        """
+        await self.wait_connected()
+        job_id = (prompt_id or str(uuid.uuid4())).lower()
+        extra: dict[str, Any] = dict(extra_data or {})
+        if ui_workflow is not None:
+            pnginfo = dict(extra.get("extra_pnginfo") or {})
+            pnginfo["workflow"] = ui_workflow
+            extra["extra_pnginfo"] = pnginfo
+        if preview_method is not None:
+            extra["preview_method"] = preview_method
+        body: dict[str, Any] = {"prompt": prompt, "client_id": self.client_id, "prompt_id": job_id}
+        if extra:
+            body["extra_data"] = extra
+        if front:
+            body["front"] = True
+        job = Job(job_id, self.name, prompt,
+                  wants_previews=preview_method not in (None, "none"))
+        self.tracker.register(job)  # before the POST: events can beat the reply
+        try:
+            response = await self._request("POST", "/prompt", content=json.dumps(body).encode("utf-8"),
+                                           headers={"Content-Type": "application/json"})
+        except BaseException:
+            self.tracker.forget(job_id)
+            raise
+        if response.status_code != 200:
+            self.tracker.forget(job_id)
+            try:
+                reply: Any = response.json()
+            except ValueError:
+                reply = response.text
+            raise parse_prompt_rejection(response.status_code, reply, instance=self.name)
+        reply = self._json(response, "POST /prompt")
+        server_id = str(reply.get("prompt_id") or job_id) if isinstance(reply, Mapping) else job_id
+        if server_id != job.prompt_id:
+            self.tracker.rekey(job, server_id)
+        job.number = reply.get("number") if isinstance(reply, Mapping) else None
+        job.warnings = parse_node_errors(reply.get("node_errors") if isinstance(reply, Mapping) else None)
+        job.accepted(JobQueued(job.prompt_id, job.number, self.name, tuple(r.describe() for r in job.warnings)))
+        return job
+
+    async def wait(self, job: Job, *, timeout: float | None = None, download: bool = True) -> JobResult:
+        """Wait for the job to end, read its history, download its outputs.
+
+        Raises ExecutionFailed / JobInterrupted / JobLost, or JobTimeout after ``timeout``.
+        """
+        try:
+            await asyncio.wait_for(job.wait_finished(), timeout)
+        except TimeoutError:
+            raise JobTimeout(f"job {job.prompt_id} not finished after {timeout:g} s", prompt_id=job.prompt_id,
+                             instance=self.name) from None
+        if job.error is not None:
+            raise job.error
+        # Files announced by `executed` events are fetched while the history is read: the
+        # history stays the authority on what the job produced, but we save a round trip.
+        prefetch = {_ref_key(ref): asyncio.create_task(self.download(ref))
+                    for ref in output_refs(job.outputs)} if download else {}
+        try:
+            entry = await self._finished_history(job)
+        except BaseException:
+            await _cancel_all(prefetch.values())
+            raise
+        error = entry.error_for(job.prompt_id, self.name)
+        if error is not None:
+            await _cancel_all(prefetch.values())
+            job.state = JobState.INTERRUPTED if isinstance(error, JobInterrupted) else JobState.FAILED
+            job.error = error
+            raise error
+        job.state = JobState.SUCCEEDED
+        outputs = dict(entry.outputs) or dict(job.outputs)
+        files: tuple[OutputFile, ...] = ()
+        if download:
+            files = await self._collect_files(outputs, prefetch)
+        done = time.monotonic()
+        started = job.started_at or job.submitted_at
+        finished = job.finished_at or done
+        timings = JobTimings(queued=started - job.submitted_at, running=finished - started,
+                             fetching=done - finished, total=done - job.submitted_at)
+        return JobResult(job.prompt_id, self.name, files, outputs, timings, job.warnings,
+                         tuple(sorted(job.cached_nodes)))
+
+    async def run(
+        self,
+        prompt: Mapping[str, Any],
+        *,
+        on_event: EventListener | None = None,
+        timeout: float | None = None,
+        **submit_kwargs: Any,
+    ) -> JobResult:
+        """Submit, follow and fetch in one call; ``on_event(event)`` sees every job event."""
+        job = await self.submit(prompt, **submit_kwargs)
+        follower = None
+        if on_event is not None:
+            async def follow() -> None:
+                async for event in job.events():
+                    on_event(event)
+            follower = asyncio.create_task(follow(), name=f"comfy-follow-{job.prompt_id}")
+        try:
+            return await self.wait(job, timeout=timeout)
+        finally:
+            if follower is not None:
+                if job.done:
+                    await asyncio.gather(follower, return_exceptions=True)
+                else:
+                    follower.cancel()
+                    await asyncio.gather(follower, return_exceptions=True)
+
+    async def cancel(self, job_or_id: Job | str) -> str:
+        """Cancel one job: dequeue it when pending, interrupt it by id when running.
+
+        Returns ``"dequeued"``, ``"interrupted"`` (the job then ends with JobInterrupted) or
+        ``"not_found"`` (finished already, or unknown to this instance).
+        """
+        prompt_id = job_or_id.prompt_id if isinstance(job_or_id, Job) else job_or_id
+        where = (await self.get_queue()).contains(prompt_id)
+        if where == "pending":
+            await self._request("POST", "/queue", json={"delete": [prompt_id]})
+            # It may have started between the two calls: the delete then did nothing.
+            where = (await self.get_queue()).contains(prompt_id)
+            if where != "running":
+                job = self.tracker.jobs.get(prompt_id)
+                if job is not None:
+                    job.fail(JobInterrupted(prompt_id=prompt_id, while_pending=True, instance=self.name))
+                return "dequeued"
+        if where == "running":
+            await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+            return "interrupted"
+        return "not_found"
+
+    async def _collect_files(self, outputs: Mapping[str, Any], prefetch: dict[tuple, asyncio.Task]) -> tuple[OutputFile, ...]:
+        refs = output_refs(outputs)
+        wanted = {_ref_key(ref) for ref in refs}
+        await _cancel_all(task for key, task in prefetch.items() if key not in wanted)
+        try:
+            return tuple(await asyncio.gather(*(
+                prefetch[_ref_key(ref)] if _ref_key(ref) in prefetch else self.download(ref) for ref in refs)))
+        finally:
+            await _cancel_all(prefetch.values())
+
+    async def _finished_history(self, job: Job) -> HistoryEntry:
+        """The job's history entry, waiting out the execution_success → history-write race."""
+        if not job.history_written.is_set():
+            try:
+                await asyncio.wait_for(job.history_written.wait(), self.timeouts.history_grace)
+            except TimeoutError:
+                pass
+        deadline = time.monotonic() + self.timeouts.history
+        delay = 0.02
+        while True:
+            entry = await self.history(job.prompt_id)
+            if entry is not None:
+                return entry
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JobLost(f"finished but no history entry appeared within {self.timeouts.history:g} s",
+                              prompt_id=job.prompt_id, started=True, instance=self.name)
+            try:
+                await asyncio.wait_for(job.history_written.wait(), min(delay, remaining))
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 1.0)
+
+    # --- socket ----------------------------------------------------------------------------
+
+    def _emit(self, event: Any) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop event delivery
+                log.exception("%s: event listener failed", self.name)
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            if isinstance(frame, str):
+                event = parse_text(frame)
+            else:
+                if not self.tracker.wants_previews and not self._listeners:
+                    return
+                event = parse_binary(frame)
+        except MessageParseError as exc:
+            log.warning("%s: dropped a malformed WebSocket frame: %s", self.name, exc)
+            return
+        if isinstance(event, StatusEvent) and event.queue_remaining is not None:
+            self.queue_remaining_seen = event.queue_remaining
+        self.tracker.feed(event)
+        self._emit(event)
+
+    async def _socket_loop(self) -> None:
+        url = f"{self.instance.ws_url}?clientId={self.client_id}"
+        attempt = 0
+        ever_connected = False
+        while not self._closing:
+            try:
+                ws = await connect(
+                    url, additional_headers=dict(self.instance.headers) or None, open_timeout=self.timeouts.ws_open,
+                    max_size=None, proxy=None, compression=None, user_agent_header="LunaNarrates-Operator",
+                    ping_interval=20, ping_timeout=20, close_timeout=2,
+                )
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                attempt += 1
+                self._note_unreachable(exc)
+                await asyncio.sleep(self._backoff(attempt))
+                continue
+            self._ws = ws
+            try:
+                if self.previews:
+                    await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+                self._connected.set()
+                self._disconnected_since = None
+                if ever_connected:
+                    await self._reconcile()
+                    self._emit(Reconnected(self.name, attempt))
+                    for job in self.tracker.active:
+                        job.note(Reconnected(self.name, attempt))
+                ever_connected = True
+                attempt = 0
+                async for frame in ws:
+                    self._dispatch(frame)
+                reason = "closed by the server"
+            except ConnectionClosed as exc:
+                reason = f"connection closed ({exc})"
+            except (OSError, ComfyUnavailable, ComfyProtocolError) as exc:
+                reason = f"connection failed ({exc})"
+            finally:
+                self._connected.clear()
+                self._ws = None
+                await ws.close()
+            if self._closing:
+                return
+            self._disconnected_since = time.monotonic()
+            lost = ConnectionLost(self.name, reason)
+            self._emit(lost)
+            for job in self.tracker.active:
+                job.note(lost)
+            attempt += 1
+            await asyncio.sleep(self._backoff(attempt) if attempt > 1 else 0)
+
+    def _backoff(self, attempt: int) -> float:
+        base = min(self.timeouts.reconnect_max_delay, 0.05 * (2 ** min(attempt, 10)))
+        return base * (0.5 + random.random() / 2)
+
+    def _note_unreachable(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._disconnected_since is None:
+            self._disconnected_since = now
+        if now - self._disconnected_since >= self.timeouts.reconnect_give_up:
+            for job in self.tracker.active:
+                job.fail(JobLost(f"instance unreachable for {self.timeouts.reconnect_give_up:g} s ({exc})",
+                                 prompt_id=job.prompt_id, started=job.started, instance=self.name))
+
+    async def _reconcile(self, jobs: list[Job] | None = None) -> None:
+        """Settle unfinished jobs over HTTP: ``/queue`` first, then ``/history/{id}`` (§5.3)."""
+        async with self._reconcile_lock:
+            jobs = [job for job in (jobs if jobs is not None else self.tracker.active) if not job.done]
+            if not jobs:
+                return
+            try:
+                queue = await self.get_queue()
+            except (ComfyUnavailable, ComfyProtocolError) as exc:
+                log.info("%s: reconcile skipped: %s", self.name, exc)
+                return
+            for job in jobs:
+                where = queue.contains(job.prompt_id)
+                if where == "running":
+                    job.mark_running()
+                    job.last_event_at = time.monotonic()
+                    continue
+                if where == "pending":
+                    job.last_event_at = time.monotonic()
+                    continue
+                try:
+                    entry = await self.history(job.prompt_id)
+                except (ComfyUnavailable, ComfyProtocolError) as exc:
+                    log.info("%s: reconcile of %s skipped: %s", self.name, job.prompt_id, exc)
+                    continue
+                if entry is not None:
+                    job.finish_from_history(entry)
+                elif not job.done:
+                    job.fail(JobLost("in neither the queue nor the history (server restarted?)",
+                                     prompt_id=job.prompt_id, started=job.started, instance=self.name))
+
+    async def _watchdog_loop(self) -> None:
+        """Reconcile jobs that went quiet while the socket looked fine (missed messages)."""
+        interval = self.timeouts.watchdog
+        while True:
+            await asyncio.sleep(interval)
+            if not self.connected:
+                continue
+            now = time.monotonic()
+            stale = [job for job in self.tracker.active if now - job.last_event_at >= interval]
+            if stale:
+                await self._reconcile(stale)
+
+
+def _ref_key(ref: OutputRef) -> tuple[str, str, str, str]:
+    return (ref.node_id, ref.type, ref.subfolder, ref.filename)
+
+
+async def _cancel_all(tasks: Any) -> None:
+    """Cancel and reap tasks (reaping also retrieves exceptions, so none is reported unseen)."""
+    tasks = list(tasks)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,350 @@
+"""Job tracking: per-job state, the per-job event stream, and routing of WebSocket events to jobs.
+
+Owns :class:`Job` (one submitted prompt on one instance: state, progress, collected outputs,
+an async iterator of its typed events, completion) and :class:`JobTracker` (routes every parsed
+event of one instance's socket to its job, buffers events that arrive before the job is known —
+old servers make their own ``prompt_id``, so events can beat the ``POST /prompt`` reply — and
+attributes id-less messages: legacy type-1 previews and old ``progress`` go to the prompt that
+was last seen running).
+
+Completion rules (see the fact sheet §9.5/§10): ``execution_success`` ends the job but history
+may not be written yet; ``executing`` with ``node: null`` for the prompt means "history written"
+and, on old servers without ``execution_success``, also "finished"; ``execution_error`` and
+``execution_interrupted`` end it with a reason. The outcome of a job finished by ``executing``
+null alone is decided by its history entry (the client does that).
+
+Runs on the client's event loop only (not thread-safe), no I/O of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Mapping
+
+from app.comfy.errors import ExecutionFailed, JobFailed, JobInterrupted, JobLost, NodeReason
+from app.comfy.events import (
+    ExecutionCached,
+    ExecutionError,
+    ExecutionInterrupted,
+    ExecutionStart,
+    ExecutionSuccess,
+    Executed,
+    Executing,
+    PreviewImage,
+    Progress,
+    ProgressState,
+)
+
+
+class JobState(enum.Enum):
+    """Where a job is; the last four are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"  # ComfyUI is done with it; outcome read from history by the client
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    LOST = "lost"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A snapshot of a job's progress for progress bars (CLI, GUI).
+
+    ``fraction`` is overall: nodes done (run or cached) over nodes in the prompt, plus the
+    running node's step fraction.
+    """
+
+    prompt_id: str
+    state: JobState
+    node: str | None
+    node_value: float
+    node_max: float
+    nodes_done: int
+    nodes_total: int
+    cached: int
+
+    @property
+    def fraction(self) -> float:
+        if self.state.terminal and self.state is not JobState.FAILED:
+            return 1.0
+        if not self.nodes_total:
+            return 0.0
+        step = self.node_value / self.node_max if self.node_max else 0.0
+        return min(1.0, (self.nodes_done + min(1.0, step)) / self.nodes_total)
+
+
+class Job:
+    """One prompt submitted to one instance; fed by :class:`JobTracker`, read by any task.
+
+    ``events()`` gives an async iterator over the job's typed events from its start (late
+    subscribers get a replay) that ends after the terminal event; ``wait_finished()`` waits for
+    the end. ``error`` holds the :class:`JobFailed` of a job that did not succeed.
+    """
+
+    def __init__(self, prompt_id: str, instance: str, prompt: Mapping[str, Any], *, wants_previews: bool = False) -> None:
+        self.prompt_id = prompt_id
+        self.instance = instance
+        self.prompt = prompt
+        self.wants_previews = wants_previews
+        self.number: float | None = None
+        self.warnings: tuple[NodeReason, ...] = ()
+        self.state = JobState.QUEUED
+        self.started = False
+        self.error: JobFailed | None = None
+        self.cached_nodes: set[str] = set()
+        self.executed_nodes: set[str] = set()
+        self.outputs: dict[str, Mapping[str, Any]] = {}
+        self.node: str | None = None
+        self.node_value = 0.0
+        self.node_max = 0.0
+        self.submitted_at = time.monotonic()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.last_event_at = self.submitted_at
+        self.history_written = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._log: list[Any] = []
+        self._early: list[Any] = []
+        self._accepted = False
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    async def events(self) -> AsyncIterator[Any]:
+        """Every event of this job, in order, ending after the terminal one."""
+        index = 0
+        while True:
+            while index < len(self._log):
+                yield self._log[index]
+                index += 1
+            if self._finished.is_set() and self._accepted:
+                return
+            await asyncio.shield(self._changed)
+
+    @property
+    def progress(self) -> JobProgress:
+        done = len(self.executed_nodes | self.cached_nodes)
+        return JobProgress(self.prompt_id, self.state, self.node, self.node_value, self.node_max,
+                           done, len(self.prompt), len(self.cached_nodes))
+
+    # --- feeding ---------------------------------------------------------------------------
+
+    def _append(self, event: Any) -> None:
+        if not self._accepted:
+            self._early.append(event)  # events that beat the POST reply wait behind JobQueued
+            return
+        self._log.append(event)
+        self.last_event_at = time.monotonic()
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
+
+    def note(self, event: Any) -> None:
+        """Add a client-side event (connection lost, reconnected, …) to the stream."""
+        self._append(event)
+
+    def accepted(self, queued: Any) -> None:
+        """The server accepted the job: ``queued`` (JobQueued) opens the stream, then early events."""
+        self._accepted = True
+        early, self._early = self._early, []
+        self._log.append(queued)
+        self._log.extend(early)
+        self.last_event_at = time.monotonic()
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
+
+    def mark_running(self) -> None:
+        if not self.started:
+            self.started = True
+            self.started_at = time.monotonic()
+        if self.state is JobState.QUEUED:
+            self.state = JobState.RUNNING
+
+    def feed(self, event: Any) -> None:
+        """Apply one event that belongs to this job."""
+        if isinstance(event, Executing) and event.node is None:
+            self.history_written.set()
+        if self.done:
+            return
+        if isinstance(event, ExecutionStart):
+            self.mark_running()
+        elif isinstance(event, ExecutionCached):
+            self.mark_running()
+            self.cached_nodes.update(event.nodes)
+        elif isinstance(event, Executing):
+            if event.node is None:
+                self._append(event)
+                self._finish(JobState.FINISHED, None)
+                return
+            self.mark_running()
+            if self.node is not None and self.node != event.node:
+                self.executed_nodes.add(self.node)
+            self.node, self.node_value, self.node_max = event.node, 0.0, 0.0
+        elif isinstance(event, Progress):
+            self.mark_running()
+            if event.node is not None:
+                self.node = event.node
+            self.node_value, self.node_max = event.value, event.max
+        elif isinstance(event, ProgressState):
+            self.mark_running()
+            for node_id, state in event.nodes.items():
+                if state.state == "finished":
+                    self.executed_nodes.add(node_id)
+        elif isinstance(event, Executed):
+            self.mark_running()
+            self.executed_nodes.add(event.node)
+            if event.output:
+                self.outputs[event.node] = event.output
+        elif isinstance(event, PreviewImage):
+            if not self.wants_previews:
+                return
+        elif isinstance(event, ExecutionSuccess):
+            self._append(event)
+            self._finish(JobState.SUCCEEDED, None)
+            return
+        elif isinstance(event, ExecutionError):
+            self._append(event)
+            self._finish(JobState.FAILED, ExecutionFailed(
+                prompt_id=self.prompt_id, node_id=event.node_id, node_type=event.node_type,
+                exception_type=event.exception_type, exception_message=event.exception_message,
+                traceback=event.traceback, executed=event.executed, current_inputs=event.current_inputs,
+                instance=self.instance))
+            return
+        elif isinstance(event, ExecutionInterrupted):
+            self._append(event)
+            self._finish(JobState.INTERRUPTED, JobInterrupted(
+                prompt_id=self.prompt_id, node_id=event.node_id, node_type=event.node_type,
+                executed=event.executed, instance=self.instance))
+            return
+        self._append(event)
+
+    def _finish(self, state: JobState, error: JobFailed | None) -> None:
+        if self.done:
+            return
+        if not self._accepted and error is not None and not isinstance(error, (ExecutionFailed, JobInterrupted)):
+            self._accepted = True  # failed before the reply (lost): nothing will open the stream
+            self._log.extend(self._early)
+            self._early = []
+        if self.node is not None and state in (JobState.SUCCEEDED, JobState.FINISHED):
+            self.executed_nodes.add(self.node)
+        self.state = state
+        self.error = error
+        self.finished_at = time.monotonic()
+        self._finished.set()
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
+
+    def fail(self, error: JobFailed) -> None:
+        """End the job from outside the event stream (lost, cancelled while pending)."""
+        state = JobState.LOST if isinstance(error, JobLost) else JobState.INTERRUPTED \
+            if isinstance(error, JobInterrupted) else JobState.FAILED
+        self._finish(state, error)
+
+    def finish_from_history(self, entry: "Any") -> None:
+        """End the job from its history entry (after a reconnect missed the terminal event)."""
+        self.history_written.set()
+        if self.done:
+            return
+        if entry.execution_started:
+            self.mark_running()
+        for node_id, output in entry.outputs.items():
+            self.outputs.setdefault(node_id, output)
+        error = entry.error_for(self.prompt_id, self.instance)
+        if error is None:
+            self._finish(JobState.SUCCEEDED, None)
+        else:
+            self._finish(JobState.INTERRUPTED if isinstance(error, JobInterrupted) else JobState.FAILED, error)
+
+
+class JobTracker:
+    """Routes one instance's events to its jobs; see the module docstring."""
+
+    def __init__(self, *, orphan_limit: int = 64) -> None:
+        self.jobs: dict[str, Job] = {}
+        self._orphans: OrderedDict[str, list[Any]] = OrderedDict()
+        self._orphan_limit = orphan_limit
+        self._current_prompt: str | None = None
+        self._current_node: str | None = None
+
+    @property
+    def active(self) -> list[Job]:
+        return [job for job in self.jobs.values() if not job.done]
+
+    @property
+    def wants_previews(self) -> bool:
+        return any(job.wants_previews for job in self.jobs.values() if not job.done)
+
+    def register(self, job: Job) -> None:
+        self.jobs[job.prompt_id] = job
+        for event in self._orphans.pop(job.prompt_id, []):
+            job.feed(event)
+
+    def rekey(self, job: Job, prompt_id: str) -> None:
+        """The server chose another id than ours: track the job under the server's id."""
+        if self.jobs.get(job.prompt_id) is job:
+            del self.jobs[job.prompt_id]
+        job.prompt_id = prompt_id
+        self.register(job)
+
+    def forget(self, prompt_id: str) -> None:
+        self.jobs.pop(prompt_id, None)
+
+    def feed(self, event: Any) -> Job | None:
+        """Route one parsed event; returns the job it went to (None: not a job event or unknown)."""
+        prompt_id = getattr(event, "prompt_id", None)
+        if isinstance(event, (ExecutionStart, ExecutionCached)):
+            self._current_prompt, self._current_node = event.prompt_id, None
+        elif isinstance(event, Executing):
+            if prompt_id is None:
+                prompt_id = self._current_prompt  # re-sent on reconnect without an id
+                event = dataclasses.replace(event, prompt_id=prompt_id)
+            if event.node is None:
+                if prompt_id == self._current_prompt:
+                    self._current_prompt = None
+            else:
+                self._current_prompt, self._current_node = prompt_id, event.node
+        elif isinstance(event, Progress):
+            if prompt_id is None:
+                prompt_id = self._current_prompt
+                event = dataclasses.replace(event, prompt_id=prompt_id, node=event.node or self._current_node)
+            else:
+                self._current_prompt = prompt_id
+            self._current_node = event.node or self._current_node
+        elif isinstance(event, PreviewImage) and prompt_id is None:
+            prompt_id = self._current_prompt
+            event = dataclasses.replace(event, prompt_id=prompt_id, node_id=self._current_node)
+        if prompt_id is None:
+            return None
+        job = self.jobs.get(prompt_id)
+        if job is None:
+            self._keep_orphan(prompt_id, event)
+            return None
+        job.feed(event)
+        return job
+
+    def _keep_orphan(self, prompt_id: str, event: Any) -> None:
+        if isinstance(event, PreviewImage):
+            return  # never buffer image bytes for jobs that are not ours
+        bucket = self._orphans.setdefault(prompt_id, [])
+        self._orphans.move_to_end(prompt_id)
+        if len(bucket) < 256:
+            bucket.append(event)
+        while len(self._orphans) > self._orphan_limit:
+            self._orphans.popitem(last=False)
