@@ -19,7 +19,7 @@ import torch
 
 @dataclass(frozen=True)
 class TileSettings:
-    """Tile sizes in *input* pixels of each direction (decode: latent pixels, encode: image pixels).
+    """When and how to tile. Sizes are in *input* pixels (decode: latent pixels, encode: image pixels).
 
     Defaults follow ComfyUI's ``VAEDecodeTiled`` / ``VAEEncodeTiled`` (512 px tiles, 64 px overlap).
     """
@@ -28,6 +28,8 @@ class TileSettings:
     decode_overlap: int = 16
     encode_tile: int = 512
     encode_overlap: int = 64
+    #: Cap on the working memory one call may plan for (bytes); None = what the device has free.
+    max_working_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for tile, overlap in ((self.decode_tile, self.decode_overlap), (self.encode_tile, self.encode_overlap)):

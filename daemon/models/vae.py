@@ -405,10 +405,14 @@ class VAE:
     ) -> torch.Tensor:
         """Run ``forward`` over the batch (chunked/tiled to fit memory); float32 CPU result."""
         budget = int(self._free_bytes() * _MEMORY_HEADROOM)
+        if self.tiling.max_working_bytes is not None:
+            budget = min(budget, self.tiling.max_working_bytes)
         tiled = tile if tile is not None else item_bytes > budget
-        chunk = x.shape[0] if tiled else max(1, min(x.shape[0], budget // max(item_bytes, 1)))
+        # Batch items are independent: run as many at once as the budget allows (tiled: one).
+        fitting = max(1, min(x.shape[0], budget // max(item_bytes, 1)))
 
         def attempt(model: AutoencoderKL, dtype: torch.dtype, use_tiles: bool) -> torch.Tensor:
+            chunk = 1 if use_tiles else fitting
             outputs = []
             for start in range(0, x.shape[0], chunk):
                 part = x[start:start + chunk].to(device=self.device, dtype=dtype)
