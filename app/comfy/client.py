@@ -556,10 +556,11 @@ class ComfyClient:
                 self._connected.set()
                 self._disconnected_since = None
                 if ever_connected:
-                    await self._reconcile()
-                    self._emit(Reconnected(self.name, attempt))
+                    back = Reconnected(self.name, attempt)
+                    self._emit(back)
                     for job in self.tracker.active:
-                        job.note(Reconnected(self.name, attempt))
+                        job.note(back)
+                    await self._reconcile()
                 ever_connected = True
                 attempt = 0
                 async for frame in ws:

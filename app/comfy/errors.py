@@ -156,8 +156,13 @@ class JobInterrupted(JobFailed):
         while_pending: bool = False,
         instance: str | None = None,
     ) -> None:
-        where = "before it started" if while_pending else f"at {node_type or 'node'} #{node_id}"
-        super().__init__(f"job {prompt_id} was cancelled {where}", prompt_id=prompt_id, instance=instance)
+        if while_pending:
+            what = "was cancelled before it started"
+        elif node_id is None:
+            what = "was interrupted while running"
+        else:
+            what = f"was interrupted at {node_type or 'node'} #{node_id}"
+        super().__init__(f"job {prompt_id} {what}", prompt_id=prompt_id, instance=instance)
         self.node_id = node_id
         self.node_type = node_type
         self.executed = executed

@@ -340,9 +340,9 @@ class FakeComfyUI:
 
     async def start(self) -> None:
         """Listen on ``host``:``port`` (port 0 the first time = any free port)."""
-        self._runner = web.AppRunner(self._build_app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self._build_app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=0.1)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         if self.port == 0:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
