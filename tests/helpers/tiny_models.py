@@ -204,3 +204,156 @@ def make_tiny_checkpoint(
 # =============================================================================================
 # 2. CLIP builders (CLIP engineer) — append below this line
 # =============================================================================================
+
+#: Tiny CLIP text encoders: the REAL vocab (49408) and context (77) so tokenizer ids work, but
+#: narrow and shallow. 128 wide = 2 heads of 64 (the real head width), so head splitting is tested.
+TINY_CLIP_HIDDEN = 128
+TINY_CLIP_LAYERS = 3
+TINY_CLIP_MLP = 256
+
+#: Full-size architectures (slow tests and benchmarks).
+FULL_CLIP = {
+    "l": {"hidden": 768, "layers": 12, "mlp": 3072},
+    "g": {"hidden": 1280, "layers": 32, "mlp": 5120},
+}
+
+
+@dataclass(frozen=True)
+class TinyClip:
+    """A saved CLIP text-encoder file plus the transformers module it came from (fp32, eval)."""
+
+    path: Path
+    layout: str
+    reference: torch.nn.Module  # CLIPTextModel (L) or CLIPTextModelWithProjection (G)
+    hf_state: dict[str, torch.Tensor]  # HF layout with the text_model. prefix
+    openclip_state: dict[str, torch.Tensor] | None  # G only: the same weights in OpenCLIP layout
+
+
+def build_hf_clip_text(
+    kind: str,
+    *,
+    seed: int = 0,
+    hidden: int = TINY_CLIP_HIDDEN,
+    layers: int = TINY_CLIP_LAYERS,
+    mlp: int = TINY_CLIP_MLP,
+    randomize: bool = True,
+):
+    """``transformers`` CLIP-L (``kind="l"``, quick_gelu, no projection) or CLIP-G (``"g"``,
+    gelu, with projection), built from a config with seeded random weights (no hub).
+
+    ``randomize`` perturbs LayerNorm scales and all biases (initialised to 1/0), so a wrong
+    mapping of any tensor changes the outputs.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if kind not in ("l", "g"):
+        raise ValueError(f"unknown CLIP kind {kind!r}")
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu" if kind == "l" else "gelu",
+        projection_dim=hidden,
+        layer_norm_eps=1e-5,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407 if kind == "l" else 0,
+    )
+    torch.manual_seed(seed)
+    model = CLIPTextModel(config) if kind == "l" else CLIPTextModelWithProjection(config)
+    if randomize:
+        generator = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                noise = torch.randn(param.shape, generator=generator)
+                if "layer_norm" in name and name.endswith(".weight"):
+                    param.copy_(1.0 + 0.1 * noise)
+                elif name.endswith(".bias"):
+                    param.copy_(0.02 * noise)
+    return model.eval()
+
+
+def hf_clip_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights in the HF file layout (``text_model.`` prefix, ``text_projection``)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        if key.endswith("position_ids"):
+            continue
+        if not key.startswith(("text_model.", "text_projection.")):
+            key = "text_model." + key
+        out[key] = tensor.detach().clone().contiguous()
+    return out
+
+
+def hf_clip_state_to_openclip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF-layout CLIP text weights → OpenCLIP layout (fused q,k,v; transposed projection).
+
+    Written key by key from the OpenCLIP naming, independently of the daemon's converter.
+    """
+    p = "text_model."
+    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith(p + "encoder.layers."))
+    out: dict[str, torch.Tensor] = {
+        "token_embedding.weight": state[p + "embeddings.token_embedding.weight"],
+        "positional_embedding": state[p + "embeddings.position_embedding.weight"],
+        "ln_final.weight": state[p + "final_layer_norm.weight"],
+        "ln_final.bias": state[p + "final_layer_norm.bias"],
+        "logit_scale": torch.tensor(4.6052),
+    }
+    if "text_projection.weight" in state:
+        out["text_projection"] = state["text_projection.weight"].t().contiguous()
+    for n in range(layers):
+        src = f"{p}encoder.layers.{n}."
+        dst = f"transformer.resblocks.{n}."
+        out[dst + "attn.in_proj_weight"] = torch.cat(
+            [state[src + f"self_attn.{x}_proj.weight"] for x in ("q", "k", "v")], dim=0
+        )
+        out[dst + "attn.in_proj_bias"] = torch.cat(
+            [state[src + f"self_attn.{x}_proj.bias"] for x in ("q", "k", "v")], dim=0
+        )
+        for kind in ("weight", "bias"):
+            out[dst + f"attn.out_proj.{kind}"] = state[src + f"self_attn.out_proj.{kind}"]
+            out[dst + f"ln_1.{kind}"] = state[src + f"layer_norm1.{kind}"]
+            out[dst + f"ln_2.{kind}"] = state[src + f"layer_norm2.{kind}"]
+            out[dst + f"mlp.c_fc.{kind}"] = state[src + f"mlp.fc1.{kind}"]
+            out[dst + f"mlp.c_proj.{kind}"] = state[src + f"mlp.fc2.{kind}"]
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+CLIP_LAYOUTS = ("hf", "hf_no_prefix", "hf_old", "openclip")
+
+
+def clip_state_in_layout(state: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """HF-layout weights re-keyed as ``layout`` (``hf_old``: no prefix + float position_ids)."""
+    if layout == "hf":
+        return dict(state)
+    if layout in ("hf_no_prefix", "hf_old"):
+        out = {k.removeprefix("text_model."): v for k, v in state.items()}
+        if layout == "hf_old":
+            positions = out["embeddings.position_embedding.weight"].shape[0]
+            out["embeddings.position_ids"] = torch.arange(positions, dtype=torch.float32)[None]
+        return out
+    if layout == "openclip":
+        return hf_clip_state_to_openclip(state)
+    raise ValueError(f"unknown CLIP layout {layout!r}")
+
+
+def make_tiny_clip(
+    path: str | Path,
+    kind: str,
+    layout: str = "hf",
+    seed: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+    **sizes,
+) -> TinyClip:
+    """Save a tiny random CLIP-L (``kind="l"``) or CLIP-G (``"g"``) at ``path`` in ``layout``."""
+    model = build_hf_clip_text(kind, seed=seed, **sizes)
+    hf_state = hf_clip_state(model)
+    to_save = clip_state_in_layout(hf_state, layout)
+    path = Path(path)
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in to_save.items()}, str(path))
+    openclip = hf_clip_state_to_openclip(hf_state) if kind == "g" else None
+    return TinyClip(path=path, layout=layout, reference=model, hf_state=hf_state, openclip_state=openclip)
