@@ -22,6 +22,7 @@ import enum
 import json
 import math
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
@@ -410,6 +411,7 @@ class FrameDecoder:
 
     _SCRATCH = 256 * 1024
     _DIRECT_MIN = 64 * 1024
+    _RECYCLE_MIN = 1 << 20
 
     def __init__(self, limits: Limits | None = None, *, shm_reader: ShmReader | None = None):
         self.limits = limits or Limits()
@@ -423,6 +425,13 @@ class FrameDecoder:
         self._dead: ProtocolError | None = None
         self.frames_decoded = 0
         self.bytes_received = 0
+        self._shm_bytes = 0
+        self._spare: np.ndarray | None = None  # last big payload buffer, reused once unreferenced
+
+    def take_shm_bytes(self) -> int:
+        """Tensor bytes read from shared memory since the last call (for statistics)."""
+        taken, self._shm_bytes = self._shm_bytes, 0
+        return taken
 
     @property
     def in_frame(self) -> bool:
@@ -526,8 +535,19 @@ class FrameDecoder:
         except _HeaderError as rejection:
             self._pending = _Pending("rejected", header, (), None, payload_len, rejection=rejection)
             return
-        payload = np.empty(payload_len, dtype=np.uint8) if payload_len else None
-        self._pending = _Pending(kind, header, descriptors, payload, payload_len)
+        self._pending = _Pending(kind, header, descriptors, self._payload_buffer(payload_len),
+                                 payload_len)
+
+    def _payload_buffer(self, payload_len: int) -> np.ndarray | None:
+        if not payload_len:
+            return None
+        spare = self._spare
+        # getrefcount == 2 (our attribute + the call's argument): no array, memoryview or
+        # tensor still uses the previous frame's memory, so writing over it is safe.
+        if (spare is not None and payload_len <= spare.size <= 2 * payload_len
+                and sys.getrefcount(spare) == 2):
+            return spare[:payload_len]
+        return np.empty(payload_len, dtype=np.uint8)
 
     def _check_header(self, header: dict, payload_len: int) -> tuple[str, tuple[TensorDescriptor, ...]]:
         request_id = header.get("id")
@@ -607,6 +627,10 @@ class FrameDecoder:
             except ValueError:
                 code, message = ErrorCode.INTERNAL, f"{error['code']}: {error.get('message', '')}"
             return ErrorResponse(request_id, code, message, bool(error.get("retryable", False)))
+        payload = pending.payload
+        if payload is not None and payload.size >= self._RECYCLE_MIN:
+            self._spare = payload if payload.base is None else payload.base
+        del payload
         try:
             tensors = self._tensors(pending)
         except _HeaderError as rejection:
@@ -626,6 +650,7 @@ class FrameDecoder:
                 try:
                     buffer = self.shm_reader(descriptor.shm, descriptor.nbytes)
                     arrays.append(array_from_buffer(buffer, descriptor))
+                    self._shm_bytes += descriptor.nbytes
                 except (OSError, ValueError, KeyError, BufferError) as exc:
                     raise _HeaderError(pending.header["id"], ErrorCode.BAD_REQUEST,
                                        f"tensor {index}: shared memory {descriptor.shm.segment!r} "

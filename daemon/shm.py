@@ -1,0 +1,386 @@
+"""Same-host tensor transfer through named shared memory (protocol v1 fast path).
+
+Ownership rule: the *client* owns every segment. Per connection it keeps a :class:`ShmArena`
+of segments named ``<prefix><n>`` (the prefix is random per connection), leases one segment per
+request id for that request's input tensors plus a reply area, and releases it when the answer
+has been copied out. The server only *attaches* (:class:`ShmAttachments`): it reads inputs as
+zero-copy views and writes the response tensors into the reply area (:class:`ReplyWriter`). So
+a segment's lifetime is tied to one request id, only one process ever unlinks it, and a server
+never leaks a segment whatever a client does.
+
+Why not ``multiprocessing.shared_memory.SharedMemory`` directly (it is the same OS mechanism,
+and the creator still registers with its ``resource_tracker`` for crash clean-up on POSIX):
+before Python 3.13 *attaching* also registers the segment with the attacher's resource tracker,
+which then unlinks the owner's segment and warns about "leaked" objects when the attacher exits;
+its ``__del__`` raises ``BufferError`` while numpy views exist; and it sizes new segments with
+``ftruncate`` only, so a full ``/dev/shm`` (Docker's 64 MB default) kills the process with
+SIGBUS on first write. Here creation reserves the pages (``posix_fallocate``) and fails with a
+clean ``OSError`` instead, which callers treat as "send through the socket".
+
+Works on Linux/macOS (POSIX ``shm_open``) and Windows (named file mappings, which vanish when
+the last handle closes). Stdlib + numpy only; vendored into the ComfyUI node pack with
+``client.py`` and ``protocol.py``. Classes are not thread-safe: each belongs to one connection
+and is used by that connection's owner (a lock-holding blocking client or one event loop).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import sys
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from .protocol import TENSOR_ALIGNMENT, ShmRef
+
+_WINDOWS = sys.platform == "win32"
+if _WINDOWS:  # pragma: no cover - exercised on Windows only
+    import _winapi
+else:
+    import _posixshmem
+    from multiprocessing import resource_tracker
+
+MIN_SEGMENT_BYTES = 1 << 20
+SHM_MIN_TENSOR_BYTES = 64 * 1024  # smaller tensors are cheaper inline in the frame
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+
+
+def _segment_size(nbytes: int) -> int:
+    """Powers of two up to 16 MiB (easy reuse), then whole 4 MiB steps (little waste)."""
+    if nbytes <= 16 << 20:
+        return max(MIN_SEGMENT_BYTES, 1 << (nbytes - 1).bit_length())
+    return -(-nbytes // (4 << 20)) * (4 << 20)
+
+
+def new_prefix() -> str:
+    """A short random segment-name prefix for one connection (macOS allows 31-char names)."""
+    return "lu" + secrets.token_hex(5)
+
+
+class Segment:
+    """One mapped named shared-memory segment (created here, or attached by name)."""
+
+    def __init__(self, name: str, size: int, mapping: mmap.mmap, *, owner: bool):
+        self.name = name
+        self.size = size
+        self.owner = owner
+        self._mmap: mmap.mmap | None = mapping
+        self._unlinked = False
+
+    @property
+    def buf(self) -> memoryview:
+        if self._mmap is None:
+            raise ValueError(f"shared memory segment {self.name!r} is closed")
+        return memoryview(self._mmap)
+
+    @classmethod
+    def create(cls, name: str, size: int) -> "Segment":
+        """Create a new segment of at least ``size`` bytes; raises OSError if it cannot."""
+        if size <= 0:
+            raise ValueError("segment size must be > 0")
+        if _WINDOWS:  # pragma: no cover
+            handle = _winapi.CreateFileMapping(_winapi.INVALID_HANDLE_VALUE, _winapi.NULL,
+                                               _winapi.PAGE_READWRITE, (size >> 32) & 0xFFFFFFFF,
+                                               size & 0xFFFFFFFF, name)
+            try:
+                if _winapi.GetLastError() == _winapi.ERROR_ALREADY_EXISTS:
+                    raise FileExistsError(f"shared memory {name!r} already exists")
+                mapping = mmap.mmap(-1, size, tagname=name)
+            finally:
+                _winapi.CloseHandle(handle)
+            return cls(name, size, mapping, owner=True)
+        posix_name = "/" + name
+        fd = _posixshmem.shm_open(posix_name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)  # reserve now: ENOSPC here, not SIGBUS later
+            else:
+                os.ftruncate(fd, size)
+            mapping = mmap.mmap(fd, size)
+        except BaseException:
+            os.close(fd)
+            _posixshmem.shm_unlink(posix_name)
+            raise
+        os.close(fd)
+        # The creator's tracker unlinks the segment if this process dies without doing so.
+        resource_tracker.register(posix_name, "shared_memory")
+        return cls(name, size, mapping, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> "Segment":
+        """Map an existing segment read-write without taking ownership (never unlinks it)."""
+        if _WINDOWS:  # pragma: no cover
+            handle = _winapi.OpenFileMapping(_winapi.FILE_MAP_READ, False, name)
+            try:
+                view = _winapi.MapViewOfFile(handle, _winapi.FILE_MAP_READ, 0, 0, 0)
+            finally:
+                _winapi.CloseHandle(handle)
+            try:
+                size = _winapi.VirtualQuerySize(view)
+            finally:
+                _winapi.UnmapViewOfFile(view)
+            return cls(name, size, mmap.mmap(-1, size, tagname=name), owner=False)
+        fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size <= 0:
+                raise OSError(f"shared memory {name!r} is empty")
+            mapping = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(name, size, mapping, owner=False)
+
+    def close(self) -> None:
+        """Unmap. If numpy views still use the memory, the mapping goes when the last one does."""
+        mapping, self._mmap = self._mmap, None
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:
+                pass  # exported views keep it alive; mmap's deallocator unmaps quietly later
+
+    def unlink(self) -> None:
+        """Remove the name (owner only; on Windows the mapping dies with its last handle)."""
+        if not self.owner or self._unlinked:
+            return
+        self._unlinked = True
+        if not _WINDOWS:
+            posix_name = "/" + self.name
+            try:
+                _posixshmem.shm_unlink(posix_name)
+            except FileNotFoundError:
+                pass
+            resource_tracker.unregister(posix_name, "shared_memory")
+
+    def write(self, offset: int, array: np.ndarray) -> None:
+        """Copy a C-contiguous array's bytes to ``offset``."""
+        source = array.reshape(-1).view(np.uint8)
+        target = np.frombuffer(self.buf, dtype=np.uint8, count=source.size, offset=offset)
+        np.copyto(target, source)
+        del target
+
+    def view(self, offset: int, nbytes: int) -> memoryview:
+        """A zero-copy view of ``nbytes`` at ``offset``; raises ValueError when out of bounds."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
+            raise ValueError(f"range {offset}+{nbytes} is outside segment {self.name!r} "
+                             f"of {self.size} bytes")
+        return self.buf[offset:offset + nbytes]
+
+
+class Lease:
+    """One request's segment: inputs are written from offset 0, the reply area follows."""
+
+    def __init__(self, segment: Segment):
+        self.segment = segment
+        self.used = 0
+
+    def place(self, array: np.ndarray) -> ShmRef | None:
+        """ShmPlacer for request tensors: copy into the segment, or None (send inline)."""
+        if array.nbytes < SHM_MIN_TENSOR_BYTES:
+            return None
+        start = _aligned(self.used)
+        if start + array.nbytes > self.segment.size:
+            return None
+        self.segment.write(start, array)
+        self.used = start + array.nbytes
+        return ShmRef(self.segment.name, start)
+
+    def reply_area(self) -> dict:
+        """The ``shm_reply`` option: where the server may write response tensors."""
+        start = _aligned(self.used)
+        return {"segment": self.segment.name, "offset": start,
+                "capacity": max(0, self.segment.size - start)}
+
+
+class ShmArena:
+    """Client-side pool of segments for one connection, leased per request id and reused.
+
+    Segments are sized in powers of two (at least 1 MiB); up to ``max_idle`` free ones are
+    kept for the next requests, the rest are unlinked at once. :meth:`close` unlinks all.
+    """
+
+    def __init__(self, prefix: str | None = None, *, max_idle: int = 4,
+                 max_segment_bytes: int = 4 << 30):
+        self.prefix = prefix or new_prefix()
+        self.max_idle = max_idle
+        self.max_segment_bytes = max_segment_bytes
+        self._counter = 0
+        self._idle: list[Segment] = []
+        self._leased: dict[int, Lease] = {}
+        self.created = 0
+        self.closed = False
+
+    def _next_name(self) -> str:
+        self._counter += 1
+        return f"{self.prefix}_{self._counter:x}"
+
+    def lease(self, request_id: int, nbytes: int) -> Lease | None:
+        """A segment of at least ``nbytes`` for ``request_id``, or None if none can be made."""
+        if self.closed or nbytes <= 0 or nbytes > self.max_segment_bytes:
+            return None
+        best = None
+        for segment in self._idle:
+            if segment.size >= nbytes and (best is None or segment.size < best.size):
+                best = segment
+        if best is not None:
+            self._idle.remove(best)
+        else:
+            size = _segment_size(nbytes)
+            try:
+                best = Segment.create(self._next_name(), size)
+            except OSError:
+                return None  # no room in /dev/shm (or no shm at all): the socket still works
+            self.created += 1
+        lease = Lease(best)
+        self._leased[request_id] = lease
+        return lease
+
+    def release(self, request_id: int) -> None:
+        """The answer to ``request_id`` was consumed: its segment may serve another request."""
+        lease = self._leased.pop(request_id, None)
+        if lease is None:
+            return
+        if self.closed:
+            self._destroy(lease.segment)
+            return
+        self._idle.append(lease.segment)
+        if len(self._idle) > self.max_idle:
+            self._idle.sort(key=lambda s: s.size)
+            self._destroy(self._idle.pop(0))
+
+    def discard(self, request_id: int) -> None:
+        """Unlink ``request_id``'s segment without reuse (its answer never came; the daemon
+        may still write into it)."""
+        lease = self._leased.pop(request_id, None)
+        if lease is not None:
+            self._destroy(lease.segment)
+
+    @staticmethod
+    def _destroy(segment: Segment) -> None:
+        segment.close()
+        segment.unlink()
+
+    @property
+    def segment_names(self) -> list[str]:
+        return [s.name for s in self._idle] + [lease.segment.name for lease in self._leased.values()]
+
+    def close(self) -> None:
+        """Unlink every segment, leased or idle (the connection is gone)."""
+        self.closed = True
+        for segment in self._idle:
+            self._destroy(segment)
+        self._idle.clear()
+        for lease in self._leased.values():
+            self._destroy(lease.segment)
+        self._leased.clear()
+
+
+class ShmAttachments:
+    """Server-side cache of one connection's client segments (attach only, never unlink).
+
+    Only names that start with the prefix this client announced in ``hello`` are accepted, so a
+    client cannot make the daemon map anyone else's memory. At most ``capacity`` mappings are
+    kept (least recently used are unmapped). Usable as the decoder's ``shm_reader``.
+    """
+
+    def __init__(self, prefix: str, *, capacity: int = 8):
+        if not prefix or len(prefix) > 24 or not prefix.replace("_", "").isalnum():
+            raise ValueError("shared-memory prefix must be 1-24 letters, digits or _")
+        self.prefix = prefix
+        self.capacity = capacity
+        self._segments: OrderedDict[str, Segment] = OrderedDict()
+
+    def segment(self, name: str) -> Segment:
+        if not name.startswith(self.prefix):
+            raise ValueError(f"segment {name!r} does not belong to this connection")
+        segment = self._segments.get(name)
+        if segment is None:
+            segment = Segment.attach(name)
+            self._segments[name] = segment
+            while len(self._segments) > self.capacity:
+                _, old = self._segments.popitem(last=False)
+                old.close()
+        else:
+            self._segments.move_to_end(name)
+        return segment
+
+    def __call__(self, ref: ShmRef, nbytes: int) -> memoryview:
+        return self.segment(ref.segment).view(ref.offset, nbytes)
+
+    def close(self) -> None:
+        for segment in self._segments.values():
+            segment.close()
+        self._segments.clear()
+
+
+class ReplyWriter:
+    """ShmPlacer for response tensors: writes them into the client's reply area if they fit."""
+
+    def __init__(self, segment: Segment, offset: int, capacity: int):
+        if offset < 0 or capacity < 0 or offset + capacity > segment.size:
+            raise ValueError("reply area is outside the segment")
+        self.segment = segment
+        self.start = offset
+        self.end = offset + capacity
+        self.used = offset
+
+    def __call__(self, array: np.ndarray) -> ShmRef | None:
+        if array.nbytes < SHM_MIN_TENSOR_BYTES:
+            return None
+        start = _aligned(self.used)
+        if start + array.nbytes > self.end:
+            return None
+        self.segment.write(start, array)
+        self.used = start + array.nbytes
+        return ShmRef(self.segment.name, start)
+
+
+def wire_nbytes(arrays: Sequence[np.ndarray], wire_dtype: str | None = None) -> int:
+    """Bytes the arrays take in shared memory (aligned), after ``wire_dtype`` narrowing."""
+    total = 0
+    for array in arrays:
+        itemsize = array.dtype.itemsize
+        if array.dtype == np.float32 and wire_dtype in ("float16", "bfloat16"):
+            itemsize = 2
+        total = _aligned(total) + array.size * itemsize
+    return total
+
+
+def probe_create(arena: ShmArena) -> tuple[Segment, str] | None:
+    """Make the hello probe: a tiny segment holding a random nonce (None: no shm here)."""
+    nonce = secrets.token_bytes(16)
+    try:
+        segment = Segment.create(arena._next_name(), mmap.PAGESIZE)
+    except OSError:
+        return None
+    segment.buf[:16] = nonce
+    return segment, nonce.hex()
+
+
+def probe_answer(prefix: str, segment_name: str, nonce_hex: str) -> bool:
+    """Server side: can we map the client's probe and read its nonce? Then write it reversed."""
+    try:
+        nonce = bytes.fromhex(nonce_hex)
+        if len(nonce) != 16 or not segment_name.startswith(prefix):
+            return False
+        segment = Segment.attach(segment_name)
+    except (OSError, ValueError):
+        return False
+    try:
+        if segment.size < 32 or bytes(segment.buf[:16]) != nonce:
+            return False
+        segment.buf[16:32] = nonce[::-1]
+        return True
+    finally:
+        segment.close()
+
+
+def probe_confirmed(segment: Segment, nonce_hex: str) -> bool:
+    """Client side: did the server write the reversed nonce (so it maps our memory read-write)?"""
+    return bytes(segment.buf[16:32]) == bytes.fromhex(nonce_hex)[::-1]

@@ -1,0 +1,531 @@
+"""The daemon's TCP port: asyncio adapter between sockets and the Sans-I/O protocol codec.
+
+:class:`TcpService` owns the listening socket and one task per connection (all on the daemon's
+event loop). Each connection task reads straight into the :class:`~daemon.protocol.FrameDecoder`
+(``loop.sock_recv_into`` into the frame's payload buffer: no intermediate copies), answers
+``hello`` / ``ping`` and authentication itself, resolves shared-memory tensors, and starts one
+task per request so several requests are in flight on one connection (answers matched by id,
+at most ``Limits.max_in_flight`` at once, more get ``BUSY``). Every other op goes to the
+:class:`OpHandler` (``daemon/ops.py``), which only ever sees numpy arrays.
+
+Low-level ``loop.sock_*`` calls are used rather than ``asyncio.start_server`` streams because
+a 64 MiB tensor would be copied three more times through ``StreamReader``'s buffer, and Python
+3.11's ``writelines`` joins buffers; ``sock_sendall`` sends numpy memory as it is.
+
+Robustness: a frame must complete within ``Limits.read_timeout`` once it has started; frames,
+headers, tensor counts, dims and element counts are bounded; a peer that does not drain its
+answers within ``Limits.write_timeout`` is dropped. A bad or slow client gets an error or a
+closed connection, and nobody else notices. Binding: loopback by default; any other address
+needs a token; the port is bound exclusively (``SO_EXCLUSIVEADDRUSE`` on Windows, never
+``SO_REUSEADDR`` there) and a port in use raises :class:`PortInUseError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hmac
+import ipaddress
+import logging
+import socket
+import sys
+import time
+import typing
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import __version__
+from .protocol import (
+    HANDLER_OPS,
+    OP_HELLO,
+    OP_PING,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    ErrorCode,
+    ErrorResponse,
+    FrameDecoder,
+    Limits,
+    OpError,
+    ProtocolError,
+    Rejected,
+    Request,
+    Response,
+    encode_error,
+    encode_response,
+)
+from .shm import ReplyWriter, ShmAttachments, probe_answer
+
+__all__ = ["Limits", "OpHandler", "Peer", "PortInUseError", "ServiceStats", "TcpService"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a request. ``authenticated``: presented the configured token in ``hello``."""
+
+    address: str
+    authenticated: bool
+    client_name: str
+    shm: bool
+
+
+class OpHandler(typing.Protocol):
+    """Runs the daemon's ops (``status``, ``models``, ``clip_encode``, ``vae_encode`` …)."""
+
+    async def handle(self, op: str, options: dict, tensors: list[np.ndarray], peer: Peer
+                     ) -> tuple[dict, list[np.ndarray]]:
+        """Raise OpError for expected failures; anything else becomes INTERNAL."""
+        ...
+
+
+class PortInUseError(OSError):
+    """The TCP port is taken (most likely by another daemon)."""
+
+
+RequestDoneHook = typing.Callable[[str, float, "ErrorCode | None"], None]
+
+
+@dataclass
+class ServiceStats:
+    """Counters for the status (mutated on the event loop only)."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_refused: int = 0
+    requests_by_op: Counter = field(default_factory=Counter)
+    errors_by_code: Counter = field(default_factory=Counter)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    shm_bytes_in: int = 0
+    shm_bytes_out: int = 0
+
+    def snapshot(self) -> dict:
+        return {
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "connections_refused": self.connections_refused,
+            "requests_by_op": dict(self.requests_by_op),
+            "total_requests": sum(self.requests_by_op.values()),
+            "errors_by_code": dict(self.errors_by_code),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "shm_bytes_in": self.shm_bytes_in,
+            "shm_bytes_out": self.shm_bytes_out,
+        }
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind and listen on (host, port) exclusively; raises PortInUseError if it is taken."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if sys.platform == "win32":
+            # SO_REUSEADDR on Windows lets a second process steal a bound port; forbid sharing.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+        else:
+            # POSIX SO_REUSEADDR only permits rebinding over TIME_WAIT, never two listeners.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1), 10048, 10013):
+                raise PortInUseError(exc.errno, f"port {port} on {host} is already in use "
+                                     f"(is another Luna daemon running?)") from None
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class TcpService:
+    """The protocol server. Runs entirely on the event loop that calls :meth:`start`."""
+
+    def __init__(self, handler: OpHandler, *, host: str = "127.0.0.1", port: int = 19283,
+                 token: str | None = None, limits: Limits | None = None,
+                 logger: logging.Logger | None = None, ops: typing.Iterable[str] = HANDLER_OPS,
+                 on_request_done: RequestDoneHook | None = None,
+                 server_name: str = f"luna-daemon/{__version__}"):
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.token = token or None
+        self.limits = limits or Limits()
+        self.log = logger or logging.getLogger("luna.daemon.tcp")
+        self.ops = tuple(ops)
+        self.on_request_done = on_request_done
+        self.server_name = server_name
+        self.stats = ServiceStats()
+        self.closing = False
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task | None = None
+        self._connections: set[_Connection] = set()
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and start accepting; returns the bound (host, port) (port 0 → a free port)."""
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        if not _is_loopback(infos[0][4][0]) and not self.token:
+            raise ValueError(f"refusing to listen on non-loopback address {self.host!r} without "
+                             f"a token (anyone on the network could use the daemon)")
+        self._listener = bind_listener(self.host, self.port)
+        bound = self._listener.getsockname()
+        self.address = (bound[0], bound[1])
+        self._accept_task = asyncio.get_running_loop().create_task(
+            self._accept_loop(), name="luna-tcp-accept")
+        self.log.info("protocol v%d listening on %s:%d (token %s)", PROTOCOL_VERSION,
+                      self.address[0], self.address[1], "required" if self.token else "off")
+        return self.address
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            try:
+                sock, address = await loop.sock_accept(self._listener)
+            except OSError as exc:  # e.g. EMFILE: keep serving the connections we have
+                self.log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"{address[0]}:{address[1]}"
+            if len(self._connections) >= self.limits.max_connections or self.closing:
+                self.stats.connections_refused += 1
+                code = ErrorCode.SHUTTING_DOWN if self.closing else ErrorCode.BUSY
+                refusal = encode_error(ErrorResponse(0, code, "too many connections"
+                                                     if code is ErrorCode.BUSY else "daemon is stopping",
+                                                     True))[0]
+                try:
+                    sock.send(refusal)  # best effort, never waits
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            connection = _Connection(self, sock, peer)
+            self._connections.add(connection)
+            self.stats.connections_open += 1
+            self.stats.connections_total += 1
+            connection.task = loop.create_task(connection.run(), name=f"luna-conn-{peer}")
+
+    def _forget(self, connection: "_Connection") -> None:
+        if connection in self._connections:
+            self._connections.discard(connection)
+            self.stats.connections_open -= 1
+
+    def snapshot(self) -> dict:
+        """Stats for the daemon status."""
+        return {"address": list(self.address) if self.address else None, **self.stats.snapshot()}
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop accepting; in-flight requests get ``grace`` seconds, then SHUTTING_DOWN."""
+        self.closing = True
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            await asyncio.gather(self._accept_task, return_exceptions=True)
+            self._accept_task = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        pending = [task for c in self._connections for task in c.in_flight.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        connections = list(self._connections)
+        for connection in connections:
+            connection.stop()
+        await asyncio.gather(*(c.task for c in connections if c.task is not None),
+                             return_exceptions=True)
+
+
+class _Connection:
+    """One client connection: reader loop + in-flight request tasks (event loop only)."""
+
+    def __init__(self, service: TcpService, sock: socket.socket, address: str):
+        self.service = service
+        self.sock = sock
+        self.address = address
+        self.limits = service.limits
+        self.log = service.log
+        self.decoder = FrameDecoder(self.limits)
+        self.authenticated = False
+        self.client_name = ""
+        self.shm: ShmAttachments | None = None
+        self.in_flight: dict[int, asyncio.Task] = {}
+        self.send_lock = asyncio.Lock()
+        self.task: asyncio.Task | None = None
+        self._broken = False
+
+    def peer(self) -> Peer:
+        return Peer(self.address, self.authenticated, self.client_name, self.shm is not None)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = self.decoder
+        frame_deadline: float | None = None
+        try:
+            while not self._broken:
+                buffer = decoder.get_buffer()
+                if decoder.in_frame:
+                    if frame_deadline is None:
+                        frame_deadline = loop.time() + self.limits.read_timeout
+                    async with asyncio.timeout_at(frame_deadline):
+                        received = await loop.sock_recv_into(self.sock, buffer)
+                else:
+                    frame_deadline = None
+                    received = await loop.sock_recv_into(self.sock, buffer)
+                del buffer
+                if received == 0:
+                    decoder.eof()
+                    return
+                self.service.stats.bytes_in += received
+                for message in decoder.buffer_updated(received):
+                    frame_deadline = None
+                    await self._dispatch(message)
+                if decoder.in_frame and frame_deadline is None:
+                    frame_deadline = loop.time() + self.limits.read_timeout
+        except ProtocolError as exc:
+            self.log.info("closing %s: %s", self.address, exc)
+            await self._send_error_and_close(ErrorResponse(0, exc.code, exc.message, False))
+        except TimeoutError:
+            self.log.info("closing %s: frame not completed within %.1fs", self.address,
+                          self.limits.read_timeout)
+            await self._send_error_and_close(ErrorResponse(
+                0, ErrorCode.TIMEOUT, f"frame not completed within {self.limits.read_timeout}s", False))
+        except (ConnectionError, OSError) as exc:
+            self.log.debug("connection %s lost: %s", self.address, exc)
+        finally:
+            await self._teardown()
+
+    async def _teardown(self) -> None:
+        tasks = list(self.in_flight.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.shm is not None:
+            self.shm.close()
+        self.sock.close()
+        self.service._forget(self)
+
+    async def _send_error_and_close(self, error: ErrorResponse) -> None:
+        self.service.stats.errors_by_code[error.code.value] += 1
+        try:
+            async with asyncio.timeout(1.0):
+                await self._send(encode_error(error))
+        except (TimeoutError, OSError):
+            pass
+
+    async def _send(self, buffers: list) -> None:
+        loop = asyncio.get_running_loop()
+        async with self.send_lock:
+            if self._broken:
+                raise ConnectionResetError("connection already failed")
+            try:
+                async with asyncio.timeout(self.limits.write_timeout):
+                    for buffer in buffers:
+                        await loop.sock_sendall(self.sock, buffer)
+                        self.service.stats.bytes_out += memoryview(buffer).nbytes
+            except BaseException:
+                # A frame was cut short: the stream is unusable. Stop the reader too.
+                self._broken = True
+                if self.task is not None and self.task is not asyncio.current_task():
+                    self.task.cancel()
+                raise
+
+    async def _send_error(self, request_id: int, code: ErrorCode, message: str,
+                          retryable: bool = False, op: str = "?") -> None:
+        self.service.stats.errors_by_code[code.value] += 1
+        self._done(op, 0.0, code)
+        await self._send(encode_error(ErrorResponse(request_id, code, message, retryable)))
+
+    def _done(self, op: str, seconds: float, code: ErrorCode | None) -> None:
+        hook = self.service.on_request_done
+        if hook is not None:
+            try:
+                hook(op, seconds, code)
+            except Exception:  # a status hook must never break the connection
+                self.log.exception("on_request_done hook failed")
+
+    async def _dispatch(self, message: object) -> None:
+        if isinstance(message, Rejected):
+            await self._send_error(message.id, message.code, message.message)
+            return
+        if not isinstance(message, Request):
+            await self._send_error(getattr(message, "id", 0), ErrorCode.BAD_REQUEST,
+                                   "only requests may be sent to the daemon")
+            return
+        op = message.op
+        self.service.stats.requests_by_op[op] += 1
+        self.service.stats.shm_bytes_in += self.decoder.take_shm_bytes()
+        if op == OP_HELLO:
+            await self._hello(message)
+            return
+        if op == OP_PING:
+            await self._send(encode_response(Response(message.id, {"pong": True, "time": time.time()})))
+            self._done(op, 0.0, None)
+            return
+        if op not in self.service.ops:
+            await self._send_error(message.id, ErrorCode.BAD_REQUEST,
+                                   f"unknown op {op!r}; ops: {', '.join(self.service.ops)}", op=op)
+            return
+        if self.service.token and not self.authenticated:
+            await self._send_error(message.id, ErrorCode.UNAUTHORIZED,
+                                   "this daemon requires a token: send it in hello", op=op)
+            return
+        if self.service.closing:
+            await self._send_error(message.id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", True, op)
+            return
+        if message.id in self.in_flight:
+            await self._send_error(message.id, ErrorCode.BAD_REQUEST,
+                                   f"request id {message.id} is already in flight", op=op)
+            return
+        if len(self.in_flight) >= self.limits.max_in_flight:
+            await self._send_error(message.id, ErrorCode.BUSY,
+                                   f"more than {self.limits.max_in_flight} requests in flight on "
+                                   f"this connection", True, op)
+            return
+        self.in_flight[message.id] = asyncio.get_running_loop().create_task(
+            self._serve(message), name=f"luna-req-{op}-{message.id}")
+
+    async def _hello(self, request: Request) -> None:
+        options = request.options
+        versions = options.get("versions", [PROTOCOL_VERSION])
+        if not isinstance(versions, list) or not all(type(v) is int for v in versions):
+            await self._send_error(request.id, ErrorCode.BAD_REQUEST, "versions must be a list of ints",
+                                   op=OP_HELLO)
+            return
+        common = sorted(set(versions) & set(SUPPORTED_VERSIONS))
+        if not common:
+            await self._send_error(request.id, ErrorCode.UNSUPPORTED_VERSION,
+                                   f"no common protocol version: client {versions}, daemon "
+                                   f"{list(SUPPORTED_VERSIONS)}", op=OP_HELLO)
+            return
+        token = options.get("token")
+        if token is not None and not isinstance(token, str):
+            await self._send_error(request.id, ErrorCode.BAD_REQUEST, "token must be a string",
+                                   op=OP_HELLO)
+            return
+        if self.service.token and token is not None:
+            if not hmac.compare_digest(token.encode(), self.service.token.encode()):
+                self.authenticated = False
+                self.log.warning("wrong token from %s", self.address)
+                await self._send_error(request.id, ErrorCode.UNAUTHORIZED, "wrong token", op=OP_HELLO)
+                return
+            self.authenticated = True
+        name = options.get("client", "")
+        self.client_name = name[:100] if isinstance(name, str) else ""
+        shm_ok = self._negotiate_shm(options.get("shm"))
+        result = {
+            "version": common[-1],
+            "server": self.service.server_name,
+            "ops": [OP_HELLO, OP_PING, *self.service.ops],
+            "limits": self.limits.to_dict(),
+            "shm": shm_ok,
+            "authenticated": self.authenticated,
+            "auth_required": bool(self.service.token),
+        }
+        await self._send(encode_response(Response(request.id, result)))
+        self._done(OP_HELLO, 0.0, None)
+
+    def _negotiate_shm(self, offer: object) -> bool:
+        if self.shm is not None:
+            self.shm.close()
+            self.shm = None
+        if not isinstance(offer, dict):
+            return False
+        prefix, probe = offer.get("prefix"), offer.get("probe")
+        if not isinstance(prefix, str) or not isinstance(probe, dict):
+            return False
+        segment, nonce = probe.get("segment"), probe.get("nonce")
+        if not isinstance(segment, str) or not isinstance(nonce, str):
+            return False
+        try:
+            attachments = ShmAttachments(prefix)
+        except ValueError:
+            return False
+        if not probe_answer(prefix, segment, nonce):
+            return False
+        self.shm = attachments
+        self.decoder.shm_reader = attachments
+        return True
+
+    async def _serve(self, request: Request) -> None:
+        started = time.perf_counter()
+        code: ErrorCode | None = None
+        try:
+            buffers = await self._run_handler(request)
+        except OpError as exc:
+            code = exc.code
+            buffers = encode_error(ErrorResponse(request.id, exc.code, exc.message, exc.retryable))
+        except TimeoutError:
+            code = ErrorCode.TIMEOUT
+            buffers = encode_error(ErrorResponse(request.id, code, f"{request.op} took longer than "
+                                                 f"{self.limits.request_timeout}s", True))
+        except asyncio.CancelledError:
+            if self.service.closing and not self._broken:
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self._send(encode_error(ErrorResponse(
+                            request.id, ErrorCode.SHUTTING_DOWN, "daemon stopped before finishing", True)))
+                except (TimeoutError, OSError, asyncio.CancelledError):
+                    pass
+            raise
+        except Exception as exc:  # handler bug: answer INTERNAL, keep the connection
+            self.log.exception("op %s failed", request.op)
+            code = ErrorCode.INTERNAL
+            buffers = encode_error(ErrorResponse(request.id, code, f"{type(exc).__name__}: {exc}", False))
+        finally:
+            self.in_flight.pop(request.id, None)
+        if code is not None:
+            self.service.stats.errors_by_code[code.value] += 1
+        self._done(request.op, time.perf_counter() - started, code)
+        try:
+            await self._send(buffers)
+        except (OSError, TimeoutError) as exc:
+            self.log.info("could not answer %s on %s: %s", request.op, self.address, exc)
+
+    async def _run_handler(self, request: Request) -> list:
+        options = dict(request.options)
+        wire_dtype = options.pop("wire_dtype", None)
+        reply = options.pop("shm_reply", None)
+        if wire_dtype not in (None, "float32", "float16", "bfloat16"):
+            raise OpError(ErrorCode.BAD_REQUEST, "wire_dtype must be float32, float16 or bfloat16")
+        placer = self._reply_writer(reply)
+        async with asyncio.timeout(self.limits.request_timeout):
+            result, tensors = await self.service.handler.handle(
+                request.op, options, list(request.tensors), self.peer())
+        if not isinstance(result, dict):
+            raise TypeError(f"handler returned {type(result).__name__} instead of a dict")
+        response = Response(request.id, result, tuple(tensors))
+        buffers = encode_response(response, wire_dtype=wire_dtype, place=placer)
+        if placer is not None:
+            self.service.stats.shm_bytes_out += placer.used - placer.start
+        return buffers
+
+    def _reply_writer(self, reply: object) -> ReplyWriter | None:
+        if reply is None or self.shm is None:
+            return None
+        if (not isinstance(reply, dict) or not isinstance(reply.get("segment"), str)
+                or type(reply.get("offset")) is not int or type(reply.get("capacity")) is not int):
+            raise OpError(ErrorCode.BAD_REQUEST, "shm_reply must be {segment, offset, capacity}")
+        try:
+            segment = self.shm.segment(reply["segment"])
+            return ReplyWriter(segment, reply["offset"], reply["capacity"])
+        except (OSError, ValueError) as exc:
+            raise OpError(ErrorCode.BAD_REQUEST, f"shm_reply unusable: {exc}") from None
