@@ -15,8 +15,9 @@ Scaling (dynamic mode), evaluated every ``check_interval`` by a task on the loop
   and the device's real free memory (whole device, other processes included) covers the
   measured per-worker footprint plus the safety margin; the delay restarts after each add;
 * scale down by one worker when the queue is empty and a worker has been idle (no job in
-  flight, measured from when its LAST JOB FINISHED) for ``idle_timeout``; never a worker with a
-  job in flight (the old daemon's bug), never below the minimum.
+  flight, measured from when its LAST JOB FINISHED) for ``idle_timeout``: the highest-numbered
+  idle worker leaves; never a worker with a job in flight (the old daemon's bug), never below
+  the minimum.
 
 Static mode runs exactly one worker and never scales. The clock is injectable so unit tests
 drive :meth:`WorkerPool.evaluate_scaling` with a fake clock instead of sleeping.
@@ -247,9 +248,11 @@ class WorkerPool:
         self._pressure_since = None
 
         if depth == 0 and count > limits.min_workers:
-            idle = [w for w in self._workers.values()
-                    if not w.busy and now - w.last_active >= self.settings.idle_timeout]
-            if idle:
+            # Workers are interchangeable slots over shared weights: once any of them has been
+            # idle for the timeout there is spare capacity, and the highest-numbered idle one
+            # leaves (so ids stay compact, as the seed shows). A busy worker never leaves.
+            idle = [w for w in self._workers.values() if not w.busy]
+            if any(now - w.last_active >= self.settings.idle_timeout for w in idle):
                 victim = max(idle, key=lambda w: w.id)
                 del self._workers[victim.id]
                 self._spawn_stop(victim)
