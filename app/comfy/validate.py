@@ -136,6 +136,13 @@ class _Checker:
     def check_value(self, node_id: str, name: str, value: Any, spec: Any) -> None:
         options = combo_options(spec)
         if options is not None:
+            config = spec[1] if len(spec) > 1 and isinstance(spec[1], Mapping) else {}
+            if value not in options and any(config.get(k) for k in ("image_upload", "video_upload", "audio_upload")):
+                # Upload widgets (LoadImage) are checked by the node's own VALIDATE_INPUTS on the
+                # server, and the list is stale right after an upload: only a warning here.
+                self.issue("value_not_in_list", f"{value!r} is not in this instance's input files as last listed "
+                           "(fine if it was just uploaded)", node_id, name, severity="warning")
+                return
             if value not in options:
                 hint = " (a model file missing on this instance?)" if name.endswith("_name") else ""
                 self.issue("value_not_in_list", f"{value!r} is not offered by this instance{hint}; "

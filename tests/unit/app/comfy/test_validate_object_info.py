@@ -169,3 +169,13 @@ def test_node_errors_on_a_200_become_warnings():
                          "dependent_outputs": ["9"], "class_type": "KSampler"}}
     [issue] = explain_node_errors(node_errors, template.workflow, template.injection_map)
     assert issue.severity == "warning" and issue.params == ("scheduler",)
+
+
+def test_an_image_not_yet_listed_by_an_upload_widget_is_only_a_warning():
+    template = load_template("sdxl_img2img")
+    injected = inject(template, {"init_image": "just_uploaded.png", "seed": 1}).workflow
+    report = validate_workflow(injected, stock_object_info(), template.injection_map)
+    assert report.ok
+    [issue] = report.warnings
+    assert (issue.code, issue.params) == ("value_not_in_list", ("init_image",))
+    assert "just uploaded" in issue.message

@@ -1,0 +1,536 @@
+"""The ``luna`` command line: render templates on ComfyUI, inspect templates and instances.
+
+Subcommands (``luna --help`` for the details)::
+
+    luna render TEMPLATE [--url URL | --style STYLE] [--set name=value ...] [--out DIR] [--json]
+    luna templates list | detect TEMPLATE | validate TEMPLATE [--url URL | --style STYLE] [--set ...]
+    luna instances [--json]
+
+TEMPLATE is a file path or a template name (see ``workflows/README.md``). Progress goes to
+stderr; with ``--json`` stdout carries exactly one JSON document, also on failure.
+
+Exit codes: 0 done; 1 the render failed on the server (node error, interrupted, lost, timed
+out); 2 bad command line, template or parameter; 3 the prompt is invalid for the instance (local
+validation or a ComfyUI 400), every problem named by node title and parameter; 4 no instance
+reachable.
+
+Runs one asyncio event loop per invocation (``asyncio.run``); all network I/O goes through
+:class:`app.comfy.client.ComfyClient` with its timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from app.comfy.client import ComfyClient, ComfyTimeouts
+from app.comfy.detect import detect_map
+from app.comfy.errors import (
+    ComfyError,
+    ComfyUnavailable,
+    ExecutionFailed,
+    JobFailed,
+    NoInstanceAvailable,
+    PromptRejected,
+)
+from app.comfy.events import ConnectionLost, ExecutionCached, ExecutionStart, JobQueued, Progress, Reconnected
+from app.comfy.graph import WorkflowFormatError, describe_node
+from app.comfy.inject import InjectedWorkflow, InjectionError, LoraSpec, inject, parse_value
+from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig, load_instances
+from app.comfy.rejections import explain_reasons, explain_rejection
+from app.comfy.results import JobResult
+from app.comfy.templates import Template, TemplateError, dump_map, list_templates, load_template
+from app.comfy.validate import ValidationIssue, validate_workflow
+from app.paths import user_dirs
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INVALID = 3
+EXIT_UNAVAILABLE = 4
+
+
+@dataclass
+class CliError(Exception):
+    """A failure to report: exit code, one-line message, and the located issues if any."""
+
+    code: int
+    message: str
+    issues: list[ValidationIssue] = field(default_factory=list)
+    kind: str = "error"
+    prompt_id: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class Console:
+    """Where output goes: ``out`` for results, ``err`` for progress and human errors."""
+
+    out: TextIO
+    err: TextIO
+    json: bool = False
+    quiet: bool = False
+
+    def info(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=self.err, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _load(ref: str) -> Template:
+    try:
+        return load_template(ref)
+    except (TemplateError, WorkflowFormatError) as exc:
+        raise CliError(EXIT_USAGE, str(exc), kind="template") from exc
+
+
+def _parse_sets(template: Template, assignments: Sequence[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    params = template.injection_map.params
+    for assignment in assignments:
+        name, sep, text = assignment.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CliError(EXIT_USAGE, f"--set expects name=value, got {assignment!r}", kind="usage")
+        if name not in params:
+            raise CliError(EXIT_USAGE, f"template '{template.name}' has no parameter '{name}' "
+                           f"(it has: {', '.join(params) or 'none'})", kind="parameter")
+        try:
+            values[name] = parse_value(params[name], text)
+        except InjectionError as exc:
+            raise CliError(EXIT_USAGE, str(exc), kind="parameter") from exc
+    return values
+
+
+def _inject(template: Template, values: dict[str, Any]) -> InjectedWorkflow:
+    try:
+        return inject(template, values)
+    except InjectionError as exc:
+        raise CliError(EXIT_USAGE, str(exc), kind="parameter") from exc
+
+
+def _instances_config() -> InstancesConfig:
+    try:
+        return load_instances()
+    except InstanceConfigError as exc:
+        raise CliError(EXIT_USAGE, str(exc), kind="config") from exc
+
+
+def _timeouts(args: argparse.Namespace) -> ComfyTimeouts:
+    connect = getattr(args, "connect_timeout", 5.0)
+    return ComfyTimeouts(connect=connect, ws_open=max(connect, 2.0))
+
+
+async def _probe(instance: InstanceConfig, timeouts: ComfyTimeouts) -> dict[str, Any]:
+    """Health, queue and VRAM of one instance (never raises: failures become ``error``)."""
+    report: dict[str, Any] = {"name": instance.name, "url": instance.base_url, "styles": list(instance.styles)}
+    client = ComfyClient(instance, timeouts=timeouts, previews=False)
+    try:
+        await client.start()
+        stats, queue = await asyncio.gather(client.system_stats(), client.queue_remaining())
+        report.update(healthy=True, queue_remaining=queue, comfyui_version=stats.comfyui_version,
+                      devices=[{"name": d.name, "type": d.type, "vram_total": d.vram_total,
+                                "vram_free": d.vram_free} for d in stats.devices])
+    except ComfyError as exc:
+        report.update(healthy=False, error=str(exc))
+    finally:
+        await client.close()
+    return report
+
+
+async def _choose_instance(args: argparse.Namespace, timeouts: ComfyTimeouts, console: Console) -> InstanceConfig:
+    """``--url`` as given; else the healthy instance of the style with the shortest queue."""
+    if args.url:
+        try:
+            return InstanceConfig(args.url, args.url)
+        except InstanceConfigError as exc:
+            raise CliError(EXIT_USAGE, str(exc), kind="usage") from exc
+    config = _instances_config()
+    style = config.resolve_style(args.style)
+    if args.style and style != args.style:
+        console.info(f"no instance serves style '{args.style}'; using '{style}'")
+    candidates = config.for_style(style)
+    reports = await asyncio.gather(*(_probe(c, timeouts) for c in candidates))
+    healthy = [(r["queue_remaining"], i, c) for i, (r, c) in enumerate(zip(reports, candidates)) if r["healthy"]]
+    if not healthy:
+        reasons = "; ".join(f"{r['name']} ({r['url']}): {r['error']}" for r in reports)
+        raise CliError(EXIT_UNAVAILABLE, f"no reachable ComfyUI instance for style '{style}': {reasons}",
+                       kind="unavailable")
+    return min(healthy)[2]
+
+
+def _issue_lines(issues: Sequence[ValidationIssue]) -> str:
+    return "\n".join(f"  - {issue.describe()}" for issue in issues)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, LoraSpec):
+        return {"name": value.name, "strength_model": value.strength_model, "strength_clip": value.clip}
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# luna render
+
+
+class _ProgressPrinter:
+    """Prints a job's progress to stderr: a rewritten line on a terminal, sparse lines otherwise."""
+
+    def __init__(self, console: Console, workflow: dict):
+        self.console = console
+        self.workflow = workflow
+        self.tty = console.err.isatty()
+        self.last = ""
+
+    def line(self, text: str, final: bool = False) -> None:
+        if self.console.quiet or text == self.last:
+            return
+        self.last = text
+        if self.tty:
+            end = "\n" if final else ""
+            print("\r\033[K" + text, end=end, file=self.console.err, flush=True)
+        else:
+            print(text, file=self.console.err, flush=True)
+
+    def __call__(self, event: Any, job: Any) -> None:
+        if isinstance(event, JobQueued):
+            self.line(f"queued on {event.instance} as {event.prompt_id}", final=True)
+        elif isinstance(event, ExecutionStart):
+            self.line("running", final=True)
+        elif isinstance(event, ExecutionCached) and event.nodes:
+            self.line(f"{len(event.nodes)} node(s) cached", final=True)
+        elif isinstance(event, Progress) and event.max:
+            title = describe_node(self.workflow, event.node) if event.node else "progress"
+            percent = int(100 * job.progress.fraction)
+            step = f"{int(event.value)}/{int(event.max)}"
+            if self.tty or int(event.value) in (1, int(event.max)) or int(event.value) % 5 == 0:
+                self.line(f"{percent:3d}% {title} {step}")
+        elif isinstance(event, ConnectionLost):
+            self.line(f"connection lost ({event.reason}); reconnecting", final=True)
+        elif isinstance(event, Reconnected):
+            self.line("reconnected", final=True)
+
+    def finish(self) -> None:
+        if self.tty and self.last and not self.console.quiet:
+            print(file=self.console.err, flush=True)
+
+
+def _write_files(result: JobResult, out_dir: Path) -> list[dict[str, Any]]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file in result.files:
+        name = Path(file.filename).name or f"{result.prompt_id}.bin"
+        target = out_dir / name
+        counter = 1
+        while target.exists():
+            target = out_dir / f"{Path(name).stem}-{counter}{Path(name).suffix}"
+            counter += 1
+        target.write_bytes(file.data)
+        written.append({"path": str(target), "node_id": file.node_id, "filename": file.filename,
+                        "subfolder": file.ref.subfolder, "mime_type": file.mime_type, "bytes": len(file.data)})
+    return written
+
+
+async def _upload_local_images(client: ComfyClient, template: Template, values: dict[str, Any],
+                               console: Console) -> None:
+    """``image`` parameters naming a local file are uploaded; the server's name replaces them."""
+    for name, spec in template.injection_map.params.items():
+        value = values.get(name)
+        if spec.kind != "image" or not isinstance(value, str):
+            continue
+        path = Path(value).expanduser()
+        if path.is_file():
+            uploaded = await client.upload_image(path.read_bytes(), path.name)
+            values[name] = uploaded.reference
+            console.info(f"uploaded {path} as {uploaded.reference}")
+
+
+async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    template = _load(args.template)
+    for note in template.notes:
+        console.info(f"note: {note}")
+    values = _parse_sets(template, args.set)
+    timeouts = _timeouts(args)
+    instance = await _choose_instance(args, timeouts, console)
+    async with ComfyClient(instance, timeouts=timeouts, previews=False) as client:
+        await _upload_local_images(client, template, values, console)
+        injected = _inject(template, values)
+        warnings = list(injected.warnings)
+        if not args.no_validate:
+            info = await client.object_info()
+            report = validate_workflow(injected.workflow, info, template.injection_map)
+            if report.errors:
+                raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {instance.name}",
+                               list(report.issues), kind="invalid")
+            warnings += [issue.describe() for issue in report.warnings]
+        try:
+            job = await client.submit(injected.workflow)
+        except PromptRejected as exc:
+            raise CliError(EXIT_INVALID, f"{instance.name} rejected the prompt ({exc.error_type})",
+                           explain_rejection(exc, injected.workflow, template.injection_map),
+                           kind="rejected") from exc
+        # A 200 with node_errors: some outputs were dropped. Say which, by title and parameter.
+        warnings += [i.describe() for i in explain_reasons(job.warnings, injected.workflow,
+                                                           template.injection_map, severity="warning")]
+        printer = _ProgressPrinter(console, injected.workflow)
+
+        async def follow() -> None:
+            async for event in job.events():
+                printer(event, job)
+
+        follower = asyncio.create_task(follow(), name=f"luna-cli-progress-{job.prompt_id}")
+        try:
+            result = await client.wait(job, timeout=args.timeout)
+        except ExecutionFailed as exc:
+            where = describe_node(injected.workflow, exc.node_id) if exc.node_id in injected.workflow else (
+                f"{exc.node_type or 'node'} #{exc.node_id}")
+            params = template.injection_map.params_at(exc.node_id) if exc.node_id else []
+            raise CliError(EXIT_FAILED, f"{where} failed on {instance.name}: {exc.exception_type}: "
+                           f"{exc.exception_message.strip()}"
+                           + (f" [parameters bound there: {', '.join(params)}]" if params else ""),
+                           kind="execution_error", prompt_id=job.prompt_id) from exc
+        except JobFailed as exc:
+            raise CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__, prompt_id=job.prompt_id) from exc
+        finally:
+            if not job.done:
+                follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            printer.finish()
+    out_dir = Path(args.out).expanduser() if args.out else user_dirs().data / "renders"
+    files = _write_files(result, out_dir)
+    timings = result.timings
+    return {
+        "ok": True, "template": template.name, "prompt_id": result.prompt_id, "instance": instance.name,
+        "url": instance.base_url, "values": {k: _json_value(v) for k, v in injected.values.items()},
+        "timings": {"queued": round(timings.queued, 4), "running": round(timings.running, 4),
+                    "fetching": round(timings.fetching, 4), "total": round(timings.total, 4)},
+        "files": files, "cached_nodes": list(result.cached_nodes), "warnings": warnings,
+    }
+
+
+def _print_render(result: dict[str, Any], console: Console) -> None:
+    for warning in result["warnings"]:
+        console.info(f"warning: {warning}")
+    if "seed" in result["values"]:
+        console.info(f"seed {result['values']['seed']}")
+    console.info(f"done in {result['timings']['total']:.2f} s on {result['instance']} ({result['prompt_id']})")
+    for file in result["files"]:
+        print(file["path"], file=console.out)
+
+
+# ---------------------------------------------------------------------------------------------
+# luna templates …
+
+
+def _templates_list(console: Console) -> dict[str, Any]:
+    rows = []
+    for name, path in list_templates().items():
+        try:
+            description = load_template(str(path)).description
+        except (TemplateError, WorkflowFormatError) as exc:
+            description = f"(unusable: {exc})"
+        rows.append({"name": name, "path": str(path), "description": description})
+    return {"ok": True, "templates": rows}
+
+
+def _templates_detect(args: argparse.Namespace) -> dict[str, Any]:
+    template = _load(args.template)
+    detection = detect_map(template.workflow)
+    return {
+        "ok": True, "template": template.name, "toml": dump_map(detection.injection_map),
+        "ambiguities": [{"param": a.param, "message": a.message, "candidates": list(a.candidates)}
+                        for a in detection.ambiguities],
+        "notes": list(detection.notes),
+        "params": {name: {"kind": spec.kind, "bind": [[b.node, b.input] for b in spec.bindings]}
+                   for name, spec in detection.injection_map.params.items()},
+    }
+
+
+async def _templates_validate(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    template = _load(args.template)
+    values = _parse_sets(template, args.set)
+    injected = _inject(template, values)
+    result: dict[str, Any] = {"ok": True, "template": template.name, "instance": None,
+                              "params": list(template.injection_map.params), "issues": [],
+                              "notes": list(template.notes) + list(injected.warnings)}
+    if not (args.url or args.style):
+        result["notes"].append("checked the template and its map only; give --url or --style to "
+                               "validate against an instance's nodes and models")
+        return result
+    timeouts = _timeouts(args)
+    instance = await _choose_instance(args, timeouts, console)
+    async with ComfyClient(instance, timeouts=timeouts, previews=False) as client:
+        try:
+            info = await client.object_info()
+        except ComfyError as exc:
+            raise CliError(EXIT_UNAVAILABLE, f"cannot read /object_info of {instance.name}: {exc}",
+                           kind="unavailable") from exc
+    report = validate_workflow(injected.workflow, info, template.injection_map)
+    result.update(ok=report.ok, instance=instance.name, issues=[i.as_dict() for i in report.issues])
+    if not report.ok:
+        raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {instance.name}",
+                       list(report.issues), kind="invalid")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# luna instances
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f}"
+
+
+async def _instances(args: argparse.Namespace) -> dict[str, Any]:
+    config = _instances_config()
+    timeouts = _timeouts(args)
+    reports = await asyncio.gather(*(_probe(instance, timeouts) for instance in config.instances))
+    return {"ok": True, "default_style": config.default_style, "instances": list(reports)}
+
+
+def _print_instances(result: dict[str, Any], console: Console) -> None:
+    for report in result["instances"]:
+        styles = ",".join(report["styles"]) or "-"
+        if report["healthy"]:
+            vram = "; ".join(f"{d['name'] or d['type']}: {_gib(d['vram_free'])}/{_gib(d['vram_total'])} GiB free"
+                             for d in report["devices"]) or "no devices"
+            state = f"ok  queue {report['queue_remaining']}  {vram}  ComfyUI {report['comfyui_version'] or '?'}"
+        else:
+            state = f"DOWN  {report['error']}"
+        print(f"{report['name']:<24} {report['url']:<28} [{styles}]  {state}", file=console.out)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="luna", description="Luna Narrates Operator: render ComfyUI workflow templates and watch instances.",
+        epilog="Exit codes: 0 ok, 1 render failed, 2 bad input, 3 invalid for the instance, 4 unreachable.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def target_options(p: argparse.ArgumentParser) -> None:
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--url", help="ComfyUI base URL, e.g. http://127.0.0.1:8188")
+        where.add_argument("--style", help="route by style to a configured instance (instances.toml)")
+        p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                       help="set a template parameter (repeatable), e.g. --set seed=42 --set "
+                            "loras=a.safetensors:0.8,b.safetensors")
+        p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach an instance (5)")
+        p.add_argument("--json", action="store_true", help="print one JSON result on stdout")
+
+    render = sub.add_parser("render", help="render a template (file path or name) on ComfyUI")
+    render.add_argument("template", help="template name (see 'luna templates list') or path to an API-format JSON")
+    target_options(render)
+    render.add_argument("--out", help="directory for the images (default: <user data>/renders)")
+    render.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    render.add_argument("--no-validate", action="store_true", help="skip the check against /object_info")
+    render.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    templates = sub.add_parser("templates", help="list, detect or validate templates")
+    tsub = templates.add_subparsers(dest="templates_command", metavar="ACTION", required=True)
+    tlist = tsub.add_parser("list", help="templates by name (user templates first)")
+    tlist.add_argument("--json", action="store_true")
+    detect = tsub.add_parser("detect", help="print the injection map proposed for a workflow (TOML)")
+    detect.add_argument("template")
+    detect.add_argument("--json", action="store_true")
+    validate = tsub.add_parser("validate", help="check a template (with --url/--style: against that instance)")
+    validate.add_argument("template")
+    target_options(validate)
+
+    instances = sub.add_parser("instances", help="health, queue and VRAM of every configured instance")
+    instances.add_argument("--json", action="store_true")
+    instances.add_argument("--connect-timeout", type=float, default=3.0)
+    return parser
+
+
+async def _dispatch(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    if args.command == "render":
+        return await _render(args, console)
+    if args.command == "instances":
+        return await _instances(args)
+    if args.templates_command == "list":
+        return _templates_list(console)
+    if args.templates_command == "detect":
+        return _templates_detect(args)
+    return await _templates_validate(args, console)
+
+
+def _print_result(args: argparse.Namespace, result: dict[str, Any], console: Console) -> None:
+    if args.command == "render":
+        _print_render(result, console)
+    elif args.command == "instances":
+        _print_instances(result, console)
+    elif args.templates_command == "list":
+        for row in result["templates"]:
+            print(f"{row['name']:<28} {row['description']}", file=console.out)
+    elif args.templates_command == "detect":
+        header = [f"# Injection map proposed by `luna templates detect` for {result['template']}."]
+        header += [f"# AMBIGUOUS {a['param']}: {a['message']}" for a in result["ambiguities"]]
+        header += [f"# note: {n}" for n in result["notes"]]
+        print("\n".join(header) + "\n\n" + result["toml"], file=console.out, end="")
+    else:
+        for note in result["notes"]:
+            console.info(f"note: {note}")
+        for issue in result["issues"]:
+            console.info(f"warning: {ValidationIssue(**{**issue, 'params': tuple(issue['params'])}).describe()}")
+        where = f" on {result['instance']}" if result["instance"] else ""
+        print(f"{result['template']}: valid{where} (parameters: {', '.join(result['params'])})", file=console.out)
+
+
+def _report_error(error: CliError, console: Console) -> None:
+    if console.json:
+        body: dict[str, Any] = {"ok": False, "error": {"kind": error.kind, "message": error.message,
+                                                       "exit_code": error.code,
+                                                       "issues": [i.as_dict() for i in error.issues]}}
+        if error.prompt_id:
+            body["prompt_id"] = error.prompt_id
+        print(json.dumps(body, indent=2), file=console.out)
+    text = f"luna: error: {error.message}"
+    if error.issues:
+        text += "\n" + _issue_lines(error.issues)
+    print(text, file=console.err, flush=True)
+
+
+def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(out)
+        return EXIT_OK
+    console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
+    try:
+        result = asyncio.run(_dispatch(args, console))
+    except CliError as exc:
+        _report_error(exc, console)
+        return exc.code
+    except ComfyUnavailable as exc:
+        _report_error(CliError(EXIT_UNAVAILABLE, str(exc), kind="unavailable"), console)
+        return EXIT_UNAVAILABLE
+    except NoInstanceAvailable as exc:
+        _report_error(CliError(EXIT_UNAVAILABLE, str(exc), kind="unavailable"), console)
+        return EXIT_UNAVAILABLE
+    except ComfyError as exc:
+        _report_error(CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__), console)
+        return EXIT_FAILED
+    if console.json:
+        print(json.dumps(result, indent=2), file=out)
+    else:
+        _print_result(args, result, console)
+    return EXIT_OK
