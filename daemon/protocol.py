@@ -207,7 +207,7 @@ ShmPlacer = Callable[[np.ndarray], "ShmRef | None"]
 
 def float32_to_bfloat16_bits(array: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 (nearest-even), returned as little-endian uint16 words."""
-    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
+    bits = np.asarray(array, dtype="<f4", order="C").view("<u4")
     rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
     words = ((bits + rounding) >> 16).astype("<u2")
     nan = np.isnan(array)
@@ -238,8 +238,9 @@ def to_wire_array(array: np.ndarray, wire_dtype: str | None = None) -> tuple[np.
     if name == "float32" and wire_dtype == "bfloat16":
         return float32_to_bfloat16_bits(array), "bfloat16"
     if name == "float32" and wire_dtype == "float16":
-        return np.ascontiguousarray(array, dtype="<f2"), "float16"
-    return np.ascontiguousarray(array, dtype=WIRE_DTYPES[name]), name
+        return np.asarray(array, dtype="<f2", order="C"), "float16"
+    # asarray(order="C"), not ascontiguousarray: the latter turns 0-d arrays into 1-d ones.
+    return np.asarray(array, dtype=WIRE_DTYPES[name], order="C"), name
 
 
 def _byte_view(array: np.ndarray) -> memoryview:

@@ -1,0 +1,74 @@
+"""The daemon's access token: one random secret per installation, kept in the user config dir.
+
+``load_or_create_token()`` returns the token in ``<user config>/daemon.token`` (created on first
+use with owner-only permissions, 0600 on POSIX; on Windows the per-user config directory is
+already private to the user). The daemon checks it in ``hello`` (constant-time compare in
+``tcp_service``); local clients (the app, the ComfyUI node pack) read the same file. Pure stdlib
+plus ``daemon.paths``; call it from any thread at start-up, never per request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from .paths import user_dirs
+
+TOKEN_FILE_NAME = "daemon.token"
+TOKEN_BYTES = 32  # 256 bits: guessing is hopeless, so no rate limiting is needed
+
+
+class TokenFileError(OSError):
+    """The token file exists but cannot be used (unreadable, empty or too open)."""
+
+
+def token_path() -> Path:
+    """Where the token lives: ``user_dirs().config / "daemon.token"``."""
+    return user_dirs().config / TOKEN_FILE_NAME
+
+
+def _check_private(path: Path) -> None:
+    if sys.platform == "win32":
+        return
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise TokenFileError(f"{path} is readable by other users (mode {mode:o}); "
+                             f"run: chmod 600 {path}")
+
+
+def read_token(path: Path | None = None) -> str | None:
+    """The token in ``path`` (default :func:`token_path`), or None when there is no file."""
+    path = path or token_path()
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenFileError(f"cannot read the daemon token {path}: {exc}") from None
+    if len(text) < 16:
+        raise TokenFileError(f"the daemon token in {path} is empty or too short; delete the file "
+                             f"to make a new one")
+    _check_private(path)
+    return text
+
+
+def load_or_create_token(path: Path | None = None) -> str:
+    """Return the installation's token, creating the file (mode 0600) the first time."""
+    path = path or token_path()
+    existing = read_token(path)
+    if existing is not None:
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags, 0o600)  # created private: no window where others can read it
+    except FileExistsError:  # another process won the race: use its token
+        existing = read_token(path)
+        assert existing is not None
+        return existing
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(token + "\n")
+    return token
