@@ -14,8 +14,15 @@ out); 2 bad command line, template or parameter; 3 the prompt is invalid for the
 validation or a ComfyUI 400), every problem named by node title and parameter; 4 no instance
 reachable.
 
+Instances: ``--url`` renders on that server alone; otherwise the configured instances
+(``instances.toml``, else the seed's four local ports) are probed and the job goes through the
+:class:`~app.comfy.router.StyleRouter` (``--style``, else the default style): a healthy
+instance with the shortest queue, resubmitted elsewhere if it dies before starting the job.
+The template is injected, image parameters naming local files are uploaded, and the prompt is
+validated against the chosen instance's ``/object_info`` before it is submitted.
+
 Runs one asyncio event loop per invocation (``asyncio.run``); all network I/O goes through
-:class:`app.comfy.client.ComfyClient` with its timeouts.
+:class:`app.comfy.client.ComfyClient` (via the router) with its timeouts.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
+from app.comfy.router import InstanceSnapshot, RouterSettings, StyleRouter
 from app.comfy.detect import detect_map
 from app.comfy.errors import (
     ComfyError,
@@ -54,6 +62,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INVALID = 3
 EXIT_UNAVAILABLE = 4
+URL_STYLE = "url"  # the one style of the ad-hoc instance made from --url
 
 
 @dataclass
@@ -132,42 +141,42 @@ def _timeouts(args: argparse.Namespace) -> ComfyTimeouts:
     return ComfyTimeouts(connect=connect, ws_open=max(connect, 2.0))
 
 
-async def _probe(instance: InstanceConfig, timeouts: ComfyTimeouts) -> dict[str, Any]:
-    """Health, queue and VRAM of one instance (never raises: failures become ``error``)."""
-    report: dict[str, Any] = {"name": instance.name, "url": instance.base_url, "styles": list(instance.styles)}
-    client = ComfyClient(instance, timeouts=timeouts, previews=False)
-    try:
-        await client.start()
-        stats, queue = await asyncio.gather(client.system_stats(), client.queue_remaining())
-        report.update(healthy=True, queue_remaining=queue, comfyui_version=stats.comfyui_version,
-                      devices=[{"name": d.name, "type": d.type, "vram_total": d.vram_total,
-                                "vram_free": d.vram_free} for d in stats.devices])
-    except ComfyError as exc:
-        report.update(healthy=False, error=str(exc))
-    finally:
-        await client.close()
-    return report
-
-
-async def _choose_instance(args: argparse.Namespace, timeouts: ComfyTimeouts, console: Console) -> InstanceConfig:
-    """``--url`` as given; else the healthy instance of the style with the shortest queue."""
-    if args.url:
+def _router_for(args: argparse.Namespace, timeouts: ComfyTimeouts) -> tuple[StyleRouter, str | None]:
+    """A router over ``--url`` alone, or over the configured instances; and the style to use."""
+    if getattr(args, "url", None):
         try:
-            return InstanceConfig(args.url, args.url)
+            instance = InstanceConfig(args.url, args.url, styles=(URL_STYLE,))
         except InstanceConfigError as exc:
             raise CliError(EXIT_USAGE, str(exc), kind="usage") from exc
-    config = _instances_config()
-    style = config.resolve_style(args.style)
-    if args.style and style != args.style:
-        console.info(f"no instance serves style '{args.style}'; using '{style}'")
-    candidates = config.for_style(style)
-    reports = await asyncio.gather(*(_probe(c, timeouts) for c in candidates))
-    healthy = [(r["queue_remaining"], i, c) for i, (r, c) in enumerate(zip(reports, candidates)) if r["healthy"]]
-    if not healthy:
-        reasons = "; ".join(f"{r['name']} ({r['url']}): {r['error']}" for r in reports)
-        raise CliError(EXIT_UNAVAILABLE, f"no reachable ComfyUI instance for style '{style}': {reasons}",
+        config, style = InstancesConfig((instance,), default_style=URL_STYLE), URL_STYLE
+    else:
+        config, style = _instances_config(), getattr(args, "style", None)
+    settings = RouterSettings(timeouts=timeouts, probe_timeout=timeouts.connect + 1.0,
+                              no_instance_timeout=timeouts.connect)
+    return StyleRouter(config, settings=settings), style
+
+
+async def _pick(router: StyleRouter, style: str | None, console: Console) -> str:
+    """Probe now and return the name of the instance a job of ``style`` goes to."""
+    resolved = router.config.resolve_style(style)
+    if style and style != resolved:
+        console.info(f"no instance serves style '{style}'; using '{resolved}'")
+    snapshot = await router.check_now()
+    member = router.pick(resolved)
+    if member is None:
+        reasons = "; ".join(f"{i.name} ({i.base_url}): {i.last_error or i.state}" for i in snapshot.instances
+                            if resolved in i.styles)
+        raise CliError(EXIT_UNAVAILABLE, f"no reachable ComfyUI instance for style '{resolved}': {reasons}",
                        kind="unavailable")
-    return min(healthy)[2]
+    return member.config.name
+
+
+def _instance_report(snapshot: InstanceSnapshot) -> dict[str, Any]:
+    return {"name": snapshot.name, "url": snapshot.base_url, "styles": list(snapshot.styles),
+            "healthy": snapshot.healthy, "error": snapshot.last_error, "queue_remaining": snapshot.queue_remaining,
+            "comfyui_version": snapshot.comfyui_version,
+            "devices": [{"name": d.name, "type": d.type, "vram_total": d.vram_total, "vram_free": d.vram_free}
+                        for d in snapshot.devices]}
 
 
 def _issue_lines(issues: Sequence[ValidationIssue]) -> str:
@@ -194,30 +203,30 @@ class _ProgressPrinter:
         self.workflow = workflow
         self.tty = console.err.isatty()
         self.last = ""
+        self.prompt_id: str | None = None
 
     def line(self, text: str, final: bool = False) -> None:
         if self.console.quiet or text == self.last:
             return
         self.last = text
         if self.tty:
-            end = "\n" if final else ""
-            print("\r\033[K" + text, end=end, file=self.console.err, flush=True)
+            print("\r\033[K" + text, end="\n" if final else "", file=self.console.err, flush=True)
         else:
             print(text, file=self.console.err, flush=True)
 
-    def __call__(self, event: Any, job: Any) -> None:
+    def __call__(self, event: Any) -> None:
         if isinstance(event, JobQueued):
+            self.prompt_id = event.prompt_id
             self.line(f"queued on {event.instance} as {event.prompt_id}", final=True)
         elif isinstance(event, ExecutionStart):
             self.line("running", final=True)
         elif isinstance(event, ExecutionCached) and event.nodes:
             self.line(f"{len(event.nodes)} node(s) cached", final=True)
         elif isinstance(event, Progress) and event.max:
-            title = describe_node(self.workflow, event.node) if event.node else "progress"
-            percent = int(100 * job.progress.fraction)
-            step = f"{int(event.value)}/{int(event.max)}"
-            if self.tty or int(event.value) in (1, int(event.max)) or int(event.value) % 5 == 0:
-                self.line(f"{percent:3d}% {title} {step}")
+            title = describe_node(self.workflow, event.node) if event.node in self.workflow else "progress"
+            value, maximum = int(event.value), int(event.max)
+            if self.tty or value in (1, maximum) or value % 5 == 0:
+                self.line(f"{title} {value}/{maximum} ({100 * value // maximum}%)")
         elif isinstance(event, ConnectionLost):
             self.line(f"connection lost ({event.reason}); reconnecting", final=True)
         elif isinstance(event, Reconnected):
@@ -263,57 +272,47 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     for note in template.notes:
         console.info(f"note: {note}")
     values = _parse_sets(template, args.set)
-    timeouts = _timeouts(args)
-    instance = await _choose_instance(args, timeouts, console)
-    async with ComfyClient(instance, timeouts=timeouts, previews=False) as client:
+    router, style = _router_for(args, _timeouts(args))
+    async with router:
+        name = await _pick(router, style, console)
+        client = router.client(name)
         await _upload_local_images(client, template, values, console)
         injected = _inject(template, values)
         warnings = list(injected.warnings)
         if not args.no_validate:
-            info = await client.object_info()
-            report = validate_workflow(injected.workflow, info, template.injection_map)
+            report = validate_workflow(injected.workflow, await client.object_info(), template.injection_map)
             if report.errors:
-                raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {instance.name}",
+                raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {name}",
                                list(report.issues), kind="invalid")
             warnings += [issue.describe() for issue in report.warnings]
+        printer = _ProgressPrinter(console, injected.workflow)
         try:
-            job = await client.submit(injected.workflow)
+            result = await router.run(injected.workflow, style=style, timeout=args.timeout, on_event=printer)
         except PromptRejected as exc:
-            raise CliError(EXIT_INVALID, f"{instance.name} rejected the prompt ({exc.error_type})",
+            raise CliError(EXIT_INVALID, f"{exc.instance or name} rejected the prompt ({exc.error_type})",
                            explain_rejection(exc, injected.workflow, template.injection_map),
                            kind="rejected") from exc
-        # A 200 with node_errors: some outputs were dropped. Say which, by title and parameter.
-        warnings += [i.describe() for i in explain_reasons(job.warnings, injected.workflow,
-                                                           template.injection_map, severity="warning")]
-        printer = _ProgressPrinter(console, injected.workflow)
-
-        async def follow() -> None:
-            async for event in job.events():
-                printer(event, job)
-
-        follower = asyncio.create_task(follow(), name=f"luna-cli-progress-{job.prompt_id}")
-        try:
-            result = await client.wait(job, timeout=args.timeout)
         except ExecutionFailed as exc:
             where = describe_node(injected.workflow, exc.node_id) if exc.node_id in injected.workflow else (
                 f"{exc.node_type or 'node'} #{exc.node_id}")
             params = template.injection_map.params_at(exc.node_id) if exc.node_id else []
-            raise CliError(EXIT_FAILED, f"{where} failed on {instance.name}: {exc.exception_type}: "
+            raise CliError(EXIT_FAILED, f"{where} failed on {exc.instance or name}: {exc.exception_type}: "
                            f"{exc.exception_message.strip()}"
                            + (f" [parameters bound there: {', '.join(params)}]" if params else ""),
-                           kind="execution_error", prompt_id=job.prompt_id) from exc
+                           kind="execution_error", prompt_id=exc.prompt_id) from exc
         except JobFailed as exc:
-            raise CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__, prompt_id=job.prompt_id) from exc
+            raise CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__, prompt_id=exc.prompt_id) from exc
         finally:
-            if not job.done:
-                follower.cancel()
-            await asyncio.gather(follower, return_exceptions=True)
             printer.finish()
+        instance = router.client(result.instance).instance
+    # A 200 with node_errors: some outputs were dropped. Say which, by title and parameter.
+    warnings += [i.describe() for i in explain_reasons(result.warnings, injected.workflow,
+                                                       template.injection_map, severity="warning")]
     out_dir = Path(args.out).expanduser() if args.out else user_dirs().data / "renders"
     files = _write_files(result, out_dir)
     timings = result.timings
     return {
-        "ok": True, "template": template.name, "prompt_id": result.prompt_id, "instance": instance.name,
+        "ok": True, "template": template.name, "prompt_id": result.prompt_id, "instance": result.instance,
         "url": instance.base_url, "values": {k: _json_value(v) for k, v in injected.values.items()},
         "timings": {"queued": round(timings.queued, 4), "running": round(timings.running, 4),
                     "fetching": round(timings.fetching, 4), "total": round(timings.total, 4)},
@@ -370,18 +369,18 @@ async def _templates_validate(args: argparse.Namespace, console: Console) -> dic
         result["notes"].append("checked the template and its map only; give --url or --style to "
                                "validate against an instance's nodes and models")
         return result
-    timeouts = _timeouts(args)
-    instance = await _choose_instance(args, timeouts, console)
-    async with ComfyClient(instance, timeouts=timeouts, previews=False) as client:
+    router, style = _router_for(args, _timeouts(args))
+    async with router:
+        name = await _pick(router, style, console)
         try:
-            info = await client.object_info()
+            info = await router.client(name).object_info()
         except ComfyError as exc:
-            raise CliError(EXIT_UNAVAILABLE, f"cannot read /object_info of {instance.name}: {exc}",
+            raise CliError(EXIT_UNAVAILABLE, f"cannot read /object_info of {name}: {exc}",
                            kind="unavailable") from exc
     report = validate_workflow(injected.workflow, info, template.injection_map)
-    result.update(ok=report.ok, instance=instance.name, issues=[i.as_dict() for i in report.issues])
+    result.update(ok=report.ok, instance=name, issues=[i.as_dict() for i in report.issues])
     if not report.ok:
-        raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {instance.name}",
+        raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {name}",
                        list(report.issues), kind="invalid")
     return result
 
@@ -396,9 +395,11 @@ def _gib(value: int) -> str:
 
 async def _instances(args: argparse.Namespace) -> dict[str, Any]:
     config = _instances_config()
-    timeouts = _timeouts(args)
-    reports = await asyncio.gather(*(_probe(instance, timeouts) for instance in config.instances))
-    return {"ok": True, "default_style": config.default_style, "instances": list(reports)}
+    settings = RouterSettings(timeouts=_timeouts(args), probe_timeout=args.connect_timeout + 1.0)
+    async with StyleRouter(config, settings=settings) as router:
+        snapshot = await router.check_now()
+    return {"ok": True, "default_style": config.default_style,
+            "instances": [_instance_report(instance) for instance in snapshot.instances]}
 
 
 def _print_instances(result: dict[str, Any], console: Console) -> None:
