@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from daemon.config import build_config
 from daemon.server import DaemonServer, ReadyInfo, parse_ready_line
-from tests.helpers.tiny_models import make_tiny_vae
+from tests.helpers.tiny_models import make_tiny_clip, make_tiny_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,19 +31,13 @@ def tiny_vae_file(directory: Path, name: str = "tiny_vae.safetensors", seed: int
     return make_tiny_vae(directory / name, "ldm", seed=seed).path
 
 
-def tiny_clip_files(directory: Path) -> dict[str, Path] | None:
-    """CLIP-L (+ CLIP-G) tiny files when the text-encoder helpers exist, else None."""
-    from tests.helpers import tiny_models
-
-    builder = getattr(tiny_models, "make_tiny_clip_l", None)
-    if builder is None:
-        return None
-    try:
-        import daemon.models.clip  # noqa: F401
-    except ImportError:
-        return None
-    result = builder(directory / "tiny_clip_l.safetensors")
-    return {"clip_l": Path(getattr(result, "path", result))}
+def tiny_clip_files(directory: Path, *, sdxl: bool = False, seed: int = 0) -> dict[str, Path]:
+    """Tiny real-layout CLIP-L (SD1.5) or CLIP-L + CLIP-G (SDXL) text-encoder files."""
+    files = {"clip_l": make_tiny_clip(directory / f"tiny_clip_l_{seed}.safetensors", "l", seed=seed).path}
+    if sdxl:
+        files["clip_g"] = make_tiny_clip(directory / f"tiny_clip_g_{seed}.safetensors", "g",
+                                         layout="openclip", seed=seed + 1).path
+    return files
 
 
 def daemon_config(**overrides: Any):

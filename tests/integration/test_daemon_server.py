@@ -21,6 +21,7 @@ from tests.helpers.daemon_fixtures import (
     daemon_process,
     run_daemon_to_exit,
     running_daemon,
+    tiny_clip_files,
     tiny_vae_file,
     ws_recorder,
 )
@@ -166,6 +167,59 @@ async def test_broken_model_file_is_reported_and_the_daemon_keeps_running(tmp_pa
             assert models["sets"]["good"]["vae"]["state"] == "loaded"
         finally:
             await client.close()
+
+
+# ------------------------------------------------------------------------- CLIP
+
+
+async def test_clip_encode_sd15_and_sdxl_sets_match_in_process_and_hit_the_cache(tmp_path):
+    from daemon.models.clip import load_text_encoder
+
+    sd15 = tiny_clip_files(tmp_path, seed=0)
+    sdxl = tiny_clip_files(tmp_path, sdxl=True, seed=10)
+    config = daemon_config(**{"models.default.clip_l": str(sd15["clip_l"]),
+                              "models.xl.clip_l": str(sdxl["clip_l"]),
+                              "models.xl.clip_g": str(sdxl["clip_g"])})
+    local = load_text_encoder(clip_l=sd15["clip_l"], device="cpu", dtype="fp32")
+    async with running_daemon(config) as server:
+        client = await client_for(server)
+        try:
+            result, tensors = await client.request("clip_encode", {"text": "a (red:1.2) fox"})
+            assert result == {"model": "default", "kind": "sd15", "cache_hit": False}
+            expected = local.encode("a (red:1.2) fox")
+            np.testing.assert_allclose(tensors[0], expected.cond.numpy(), atol=1e-5)
+            again, tensors2 = await client.request("clip_encode", {"text": "a (red:1.2) fox"})
+            assert again["cache_hit"] is True
+            np.testing.assert_array_equal(tensors[0], tensors2[0])
+            skipped, _ = await client.request("clip_encode", {"text": "a (red:1.2) fox", "clip_skip": -2})
+            assert skipped["cache_hit"] is False           # clip_skip is part of the key
+
+            cond, pooled = await client.clip_encode("a castle", model="xl")
+            assert cond.shape[0] == 1 and cond.shape[1] == 77 and pooled is not None
+            xl_result, _ = await client.request("clip_encode", {"text": "a castle", "model": "xl"})
+            assert (xl_result["kind"], xl_result["cache_hit"]) == ("sdxl", True)
+
+            status = await client.status()
+            assert status["prompt_cache"]["hits"] == 2 and status["prompt_cache"]["misses"] == 3
+            assert status["clip_pool"]["total_requests"] == 3
+            assert status["models"] == {"default": {"clip": "loaded"}, "xl": {"clip": "loaded"}}
+        finally:
+            await client.close()
+
+
+async def test_concurrent_identical_prompts_are_encoded_once(tmp_path):
+    files = tiny_clip_files(tmp_path)
+    config = daemon_config(**{"models.default.clip_l": str(files["clip_l"]), "daemon.load_models": "start"})
+    async with running_daemon(config) as server:
+        clients = [await client_for(server) for _ in range(6)]
+        try:
+            results = await asyncio.gather(*(c.clip_encode("the fixed negative prompt") for c in clients))
+            status = await clients[0].status()
+        finally:
+            for client in clients:
+                await client.close()
+    assert all(np.array_equal(r[0], results[0][0]) for r in results)
+    assert status["clip_pool"]["total_requests"] == 1
 
 
 # ------------------------------------------------------------------------- scaling
