@@ -154,6 +154,7 @@ class ComfyClient:
             headers=headers,
             timeout=httpx.Timeout(self.timeouts.request, connect=self.timeouts.connect),
             follow_redirects=True,
+            trust_env=not self.instance.is_loopback,  # env proxies for remote hosts only
         )
         self._ws_task = asyncio.create_task(self._socket_loop(), name=f"comfy-ws-{self.name}")
         self._watchdog_task = asyncio.create_task(self._watchdog_loop(), name=f"comfy-watchdog-{self.name}")
@@ -541,7 +542,7 @@ class ComfyClient:
             try:
                 ws = await connect(
                     url, additional_headers=dict(self.instance.headers) or None, open_timeout=self.timeouts.ws_open,
-                    max_size=None, proxy=None, compression=None, user_agent_header="LunaNarrates-Operator",
+                    max_size=None, proxy=None if self.instance.is_loopback else True, compression=None, user_agent_header="LunaNarrates-Operator",
                     ping_interval=20, ping_timeout=20, close_timeout=2,
                 )
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:

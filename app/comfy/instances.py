@@ -61,6 +61,12 @@ class InstanceConfig:
         object.__setattr__(self, "headers", dict(self.headers))
 
     @property
+    def is_loopback(self) -> bool:
+        """True for localhost/127.x/::1: such URLs never go through an environment proxy."""
+        host = (urlsplit(self.base_url).hostname or "").lower()
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    @property
     def ws_url(self) -> str:
         """The ``/ws`` URL (``ws``/``wss`` by scheme), without the clientId query."""
         scheme = "wss" if self.base_url.startswith("https") else "ws"
