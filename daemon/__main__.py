@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"luna-daemon {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_serve_command(commands)
+    from daemon.comfyui_nodes.install import add_install_commands  # torch-free
+
+    add_install_commands(commands)
     return parser
 
 

@@ -43,6 +43,8 @@ except ModuleNotFoundError as _vendor_missing:
 DaemonClient = daemon_client.DaemonClient
 DaemonUnavailable = daemon_client.DaemonUnavailable
 DaemonError = daemon_client.DaemonError
+#: What a lost or refused connection can surface as (a failed hello may raise the raw error).
+CONNECTION_FAILURES = (DaemonUnavailable, OSError, daemon_client.ProtocolError)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19283
@@ -155,7 +157,7 @@ def run_with_fallback(
         raise LunaDaemonNodeError(f"{node_name}: mode must be one of {MODES}, got {mode!r}")
     try:
         return daemon_call(connections.client_for(endpoint))
-    except (DaemonUnavailable, DaemonError, OSError) as exc:
+    except (DaemonError, *CONNECTION_FAILURES) as exc:
         if not isinstance(exc, DaemonError):
             connections.discard(endpoint)
         failure = f"the Luna daemon at {endpoint.address} {_describe_failure(exc)}"

@@ -27,9 +27,14 @@ def encode_text_locally(clip: Any, text: str, *, clip_skip: int,
     else:
         cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
         conditioning = build_conditioning(cond, pooled)
-    if not conditioning or not is_sdxl(None, conditioning[0][0]):
+    if not conditioning or not (_sdxl_tokens(tokens) or is_sdxl(None, conditioning[0][0])):
         return conditioning
     return [[cond, {**details, **sdxl_size}] for cond, details in conditioning]
+
+
+def _sdxl_tokens(tokens: Any) -> bool:
+    """ComfyUI's SDXL tokenizer answers one token list per encoder: keys "g" and "l"."""
+    return isinstance(tokens, dict) and "g" in tokens and "l" in tokens
 
 
 def encode_pixels_locally(vae: Any, pixels: Any, *, tiling: str) -> dict:

@@ -221,24 +221,26 @@ def run_uninstall_command(comfyui: str) -> int:
     return 0
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``install-comfyui-nodes`` / ``uninstall-comfyui-nodes`` to a CLI's subparsers.
+def add_install_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``install-comfyui-nodes`` / ``uninstall-comfyui-nodes`` to a CLI's sub-commands.
 
-    Each sub-parser sets ``run=<callable(args) -> int>`` as its default, so a dispatcher can
-    call ``args.run(args)``.
+    Each sets ``handler=<callable(args) -> exit status>``, the convention of
+    ``daemon/__main__.py`` (which calls ``args.handler(args)``).
     """
-    install_parser = subparsers.add_parser(
+    install_parser = commands.add_parser(
         "install-comfyui-nodes", help="install the Luna shared-daemon nodes into ComfyUI")
     install_parser.add_argument("--comfyui", required=True, metavar="PATH",
                                 help="ComfyUI folder (the one containing main.py)")
     install_parser.add_argument("--link", action="store_true",
                                 help="symlink the files from this checkout instead of copying")
-    install_parser.set_defaults(run=lambda args: run_install_command(args.comfyui, link=args.link))
-    uninstall_parser = subparsers.add_parser(
+    install_parser.set_defaults(
+        handler=lambda args: run_install_command(args.comfyui, link=args.link))
+    uninstall_parser = commands.add_parser(
         "uninstall-comfyui-nodes", help="remove the Luna shared-daemon nodes from ComfyUI")
     uninstall_parser.add_argument("--comfyui", required=True, metavar="PATH",
                                   help="ComfyUI folder (the one containing main.py)")
-    uninstall_parser.set_defaults(run=lambda args: run_uninstall_command(args.comfyui))
+    uninstall_parser.set_defaults(
+        handler=lambda args: run_uninstall_command(args.comfyui))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,9 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m daemon.comfyui_nodes.install",
         description="Install or remove the Luna shared-daemon ComfyUI nodes.")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    add_install_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.run(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .connection import (
+    CONNECTION_FAILURES,
     MODES,
     DaemonConnections,
     LunaDaemonNodeError,
@@ -34,6 +35,9 @@ from .fallback import decode_latent_locally, encode_pixels_locally, encode_text_
 CATEGORY = "Luna/daemon"
 #: ComfyUI's nodes.MAX_RESOLUTION (not imported: ComfyUI modules stay out of the import path).
 MAX_RESOLUTION = 16384
+
+#: Seconds the status node waits for the daemon's answer.
+STATUS_TIMEOUT = 5.0
 
 #: One shared client per daemon endpoint for every node instance of the pack.
 SHARED_CONNECTIONS = DaemonConnections()
@@ -118,10 +122,17 @@ class LunaSharedCLIPEncode(_DaemonNode):
         size = sdxl_size_conditioning(width, height, crop_w, crop_h, target_width, target_height)
 
         def via_daemon(client: daemon_client.DaemonClient) -> list:
-            result = client.clip_encode(text, model=model_set, clip_skip=clip_skip or None)
-            cond, pooled = array_to_tensor(result[0]), array_to_tensor(result[1])
-            # The client may tell the model kind (sd15/sdxl); otherwise the width does.
-            kind = getattr(result, "kind", None)
+            # request() rather than clip_encode(): its answer also says the model kind.
+            result, tensors = client.request(
+                "clip_encode", {"text": text, "model": model_set, "clip_skip": clip_skip or None})
+            if len(tensors) not in (1, 2):
+                raise LunaDaemonNodeError(
+                    f"Luna Shared CLIP Encode: the daemon sent {len(tensors)} tensors, expected "
+                    "cond and pooled; is the vendored client older than the daemon? Reinstall "
+                    "the nodes.")
+            cond = array_to_tensor(tensors[0])
+            pooled = array_to_tensor(tensors[1]) if len(tensors) == 2 else None
+            kind = result.get("kind") if isinstance(result, dict) else None
             return build_conditioning(cond, pooled, size if is_sdxl(kind, cond) else None)
 
         local = None
@@ -251,13 +262,19 @@ class LunaDaemonStatus(_DaemonNode):
         except LunaDaemonNodeError as exc:
             return f"Luna daemon: bad address ({exc})", False
         try:
-            status = self.connections.client_for(endpoint).status()
-        except (daemon_client.DaemonUnavailable, OSError) as exc:
-            self.connections.discard(endpoint)
-            return f"Luna daemon at {endpoint.address}: offline ({exc})", False
+            # A short-lived client with short timeouts: a hung daemon must not hang the check.
+            with daemon_client.DaemonClient(endpoint.host, endpoint.port, token=endpoint.token,
+                                            timeout=STATUS_TIMEOUT, shared_memory=False) as client:
+                status = client.status()
+        except CONNECTION_FAILURES as exc:
+            return f"Luna daemon at {endpoint.address}: offline ({_reason(exc)})", False
         except Exception as exc:  # a status node must report, not break the workflow
             return f"Luna daemon at {endpoint.address}: error ({type(exc).__name__}: {exc})", False
         return _summarise_status(endpoint.address, status), status.get("status", "ok") == "ok"
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or str(exc) or type(exc).__name__
 
 
 def _summarise_status(address: str, status: dict) -> str:
