@@ -354,8 +354,8 @@ class DaemonClient:
         return _single(tensors, "vae_decode")
 
     def shutdown(self) -> None:
-        """Ask the daemon to stop (needs the token when the daemon has one)."""
-        self.request("shutdown")
+        """Ask the daemon to stop. Needs the daemon's token (sent in hello and in the op)."""
+        self.request("shutdown", _token_options(self.token))
 
     def close(self) -> None:
         with self._lock:
@@ -366,6 +366,11 @@ class DaemonClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _token_options(token: str | None) -> dict:
+    # A loopback daemon may run without transport auth and still guard shutdown by token.
+    return {"token": token} if token is not None else {}
 
 
 def _conditioning(tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -600,7 +605,8 @@ class AsyncDaemonClient:
         return _single(tensors, "vae_decode")
 
     async def shutdown(self) -> None:
-        await self.request("shutdown")
+        """Ask the daemon to stop. Needs the daemon's token (sent in hello and in the op)."""
+        await self.request("shutdown", _token_options(self.token))
 
     async def _disconnect(self) -> None:
         task, self._reader_task = self._reader_task, None

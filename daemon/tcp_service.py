@@ -519,11 +519,13 @@ class _Connection:
         return buffers
 
     def _reply_writer(self, reply: object) -> ReplyWriter | None:
-        if reply is None or self.shm is None:
+        if reply is None:
             return None
         if (not isinstance(reply, dict) or not isinstance(reply.get("segment"), str)
                 or type(reply.get("offset")) is not int or type(reply.get("capacity")) is not int):
             raise OpError(ErrorCode.BAD_REQUEST, "shm_reply must be {segment, offset, capacity}")
+        if self.shm is None:
+            raise OpError(ErrorCode.BAD_REQUEST, "shm_reply needs shared memory negotiated in hello")
         try:
             segment = self.shm.segment(reply["segment"])
             return ReplyWriter(segment, reply["offset"], reply["capacity"])
