@@ -357,3 +357,71 @@ def make_tiny_clip(
     save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in to_save.items()}, str(path))
     openclip = hf_clip_state_to_openclip(hf_state) if kind == "g" else None
     return TinyClip(path=path, layout=layout, reference=model, hf_state=hf_state, openclip_state=openclip)
+
+
+def random_clip_state(
+    kind: str,
+    *,
+    hidden: int,
+    layers: int,
+    mlp: int,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """HF-layout CLIP text weights of any size drawn directly (no module init: fast at full size).
+
+    Scaled like a trained model (std 0.02 matrices, LayerNorm scales near 1) so activations stay
+    finite through 32 layers. ``kind="g"`` adds ``text_projection.weight``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+
+    def normal(*shape: int, std: float = 0.02, mean: float = 0.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * std + mean).to(dtype)
+
+    p = "text_model."
+    state = {
+        p + "embeddings.token_embedding.weight": normal(49408, hidden),
+        p + "embeddings.position_embedding.weight": normal(77, hidden, std=0.01),
+        p + "final_layer_norm.weight": normal(hidden, std=0.05, mean=1.0),
+        p + "final_layer_norm.bias": normal(hidden),
+    }
+    for n in range(layers):
+        b = f"{p}encoder.layers.{n}."
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            state[b + f"self_attn.{name}.weight"] = normal(hidden, hidden)
+            state[b + f"self_attn.{name}.bias"] = normal(hidden)
+        for name in ("layer_norm1", "layer_norm2"):
+            state[b + f"{name}.weight"] = normal(hidden, std=0.05, mean=1.0)
+            state[b + f"{name}.bias"] = normal(hidden)
+        state[b + "mlp.fc1.weight"] = normal(mlp, hidden)
+        state[b + "mlp.fc1.bias"] = normal(mlp)
+        state[b + "mlp.fc2.weight"] = normal(hidden, mlp)
+        state[b + "mlp.fc2.bias"] = normal(hidden)
+    if kind == "g":
+        state["text_projection.weight"] = normal(hidden, hidden)
+    return state
+
+
+def hf_clip_from_state(kind: str, state: Mapping[str, torch.Tensor], *, hidden: int, layers: int, mlp: int):
+    """A transformers CLIP text module whose parameters ARE ``state``'s tensors (built on meta)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+        num_attention_heads=hidden // 64, max_position_embeddings=77,
+        hidden_act="quick_gelu" if kind == "l" else "gelu", projection_dim=hidden,
+        bos_token_id=49406, eos_token_id=49407,
+    )
+    with torch.device("meta"):
+        model = CLIPTextModel(config) if kind == "l" else CLIPTextModelWithProjection(config)
+    wanted = set(model.state_dict())
+    own = {}
+    for key, tensor in state.items():
+        bare = key.removeprefix("text_model.")
+        own[key if key in wanted else bare] = tensor
+    own = {k: v for k, v in own.items() if k in wanted}
+    missing = wanted - set(own)
+    for key in missing:  # non-persistent buffers such as position_ids
+        own[key] = torch.arange(77)[None]
+    model.load_state_dict(own, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
