@@ -111,7 +111,8 @@ class DaemonConnections:
         with self._lock:
             client = self._clients.get(endpoint)
             if client is None:
-                client = self._factory(endpoint.host, endpoint.port, token=endpoint.token)
+                client = self._factory(endpoint.host, endpoint.port, token=endpoint.token,
+                                       client_name=f"luna-comfyui-nodes/{os.getpid()}")
                 self._clients[endpoint] = client
             return client
 

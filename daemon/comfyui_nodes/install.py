@@ -32,6 +32,10 @@ PACK_DIR_NAME = "luna_shared_daemon"
 MANIFEST_NAME = "luna_install.json"
 INSTALLER_ID = "luna-narrates-operator"
 MODES = ("copy", "link")
+#: The staging folder's name: hidden, and ending in ".disabled", which ComfyUI's loader skips,
+#: so a folder left by an interrupted install is never loaded as a second copy of the pack.
+STAGING_PREFIX = f".{PACK_DIR_NAME}-staging-"
+STAGING_SUFFIX = ".disabled"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DAEMON_DIR = PACKAGE_DIR.parent
@@ -123,7 +127,8 @@ def install(comfyui_path: str | os.PathLike, *, mode: str = "copy",
     previous = _claim_existing(target) if (target.exists() or target.is_symlink()) else None
     sources = pack_sources()
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{PACK_DIR_NAME}-", dir=target.parent))
+    _remove_stale_staging(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX, dir=target.parent))
     try:
         staging.chmod(0o755)  # mkdtemp makes it owner-only; the pack is ordinary code
         (staging / "_vendor").mkdir()
@@ -174,6 +179,13 @@ def uninstall(comfyui_path: str | os.PathLike, *, out: Printer = print) -> Path 
     out(f"Removed Luna shared daemon nodes {manifest.get('version', '?')} from {target}; "
         "restart ComfyUI to unload them")
     return target
+
+
+def _remove_stale_staging(custom_nodes: Path) -> None:
+    """Staging folders an interrupted install left behind (only this installer's names)."""
+    for stale in custom_nodes.glob(f"{STAGING_PREFIX}*{STAGING_SUFFIX}"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _claim_existing(target: Path) -> dict:

@@ -123,6 +123,28 @@ def test_refuses_a_folder_it_did_not_create(comfy_root):
     assert (foreign / "precious.txt").read_text(encoding="utf-8") == "keep me"
 
 
+def test_refuses_a_pack_folder_that_is_a_symlink_even_to_an_install(comfy_root, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "ComfyUI" / "custom_nodes").mkdir(parents=True)
+    (elsewhere / "ComfyUI" / "main.py").write_text("", encoding="utf-8")
+    real = installer.install(elsewhere / "ComfyUI", out=_quiet([])).target
+    (comfy_root / "custom_nodes" / "luna_shared_daemon").symlink_to(real, target_is_directory=True)
+    with pytest.raises(installer.InstallError, match="not created by this installer"):
+        installer.uninstall(comfy_root, out=_quiet([]))
+    with pytest.raises(installer.InstallError, match="not created by this installer"):
+        installer.install(comfy_root, out=_quiet([]))
+    assert (real / "luna_install.json").is_file() and (real / "nodes.py").is_file()
+
+
+def test_stale_staging_folders_are_cleaned_and_named_so_comfyui_skips_them(comfy_root):
+    stale = comfy_root / "custom_nodes" / f"{installer.STAGING_PREFIX}abc{installer.STAGING_SUFFIX}"
+    stale.mkdir()
+    (stale / "__init__.py").write_text("raise RuntimeError('half-installed')\n", encoding="utf-8")
+    installer.install(comfy_root, out=_quiet([]))
+    assert not stale.exists()
+    assert stale.name.endswith(".disabled")  # ComfyUI's loader skips *.disabled folders
+
+
 def test_refuses_a_path_that_is_not_a_comfyui_root(tmp_path):
     not_comfy = tmp_path / "not_comfy"
     (not_comfy / "custom_nodes").mkdir(parents=True)
