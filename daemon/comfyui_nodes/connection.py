@@ -116,6 +116,11 @@ class DaemonConnections:
                 self._clients[endpoint] = client
             return client
 
+    def __len__(self) -> int:
+        """How many daemon endpoints currently have a client."""
+        with self._lock:
+            return len(self._clients)
+
     def discard(self, endpoint: DaemonEndpoint) -> None:
         with self._lock:
             client = self._clients.pop(endpoint, None)

@@ -250,3 +250,51 @@ def test_installed_copy_gives_the_same_results_as_the_repository(live_daemon, lo
         if shared is not None:
             shared.close_all()
         unload_custom_node(pack.module_name)
+
+
+# ------------------------------------------------------------------- daemon stops mid-workflow
+
+async def test_daemon_stopping_between_nodes_falls_back_in_auto_and_fails_loudly_in_daemon_mode(
+        model_files, local_models, connections, caplog):
+    """The shared client survives its daemon going away: auto mode carries the render on."""
+    import asyncio
+
+    from tests.helpers.daemon_fixtures import daemon_config, running_daemon
+
+    config = daemon_config(**{"models.default.vae": str(model_files["vae"])})
+    latent = {"samples": torch.randn(1, 4, 3, 4, generator=torch.Generator().manual_seed(8))}
+    local = ComfyVAEAdapter(local_models["vae"])
+    async with running_daemon(config) as server:
+        address = {"host": server.ready.host, "port": server.ready.port}
+        (image,) = await asyncio.to_thread(
+            run_node, nodes.LunaSharedVAEDecode, samples=latent, model_set="default",
+            mode="auto", tiling="auto", vae=local, **address)
+        assert local.calls == []  # the daemon did the work
+    # the daemon is closed now; the shared client still holds its old connection
+    (fallback,) = await asyncio.to_thread(
+        run_node, nodes.LunaSharedVAEDecode, samples=latent, model_set="default", mode="auto",
+        tiling="auto", vae=local, **address)
+    assert local.calls == ["decode"]
+    torch.testing.assert_close(fallback, image, **CLOSE)
+    assert f"{address['host']}:{address['port']}" in caplog.text
+    with pytest.raises(LunaDaemonNodeError, match=f"{address['host']}:{address['port']}"):
+        await asyncio.to_thread(
+            run_node, nodes.LunaSharedVAEDecode, samples=latent, model_set="default",
+            mode="daemon", tiling="auto", vae=local, **address)
+
+
+def test_nodes_on_several_threads_share_one_client_safely(live_daemon, local_models, connections):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"a lantern number {i}" for i in range(6)]
+
+    def encode(text):
+        return run_node(nodes.LunaSharedCLIPEncode, text=text, model_set="default",
+                        mode="daemon", **_address(live_daemon))[0]
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(encode, texts))
+    for text, conditioning in zip(texts, results):
+        torch.testing.assert_close(conditioning[0][0], local_models["sdxl"].encode(text).cond,
+                                   **CLOSE)
+    assert len(connections) == 1
