@@ -150,3 +150,16 @@ class TestEndpointResolution:
     def test_bad_environment_port_is_a_clear_error(self, raw):
         with pytest.raises(connection.LunaDaemonNodeError, match="LUNA_DAEMON_PORT|out of range"):
             connection.resolve_endpoint("", 0, environ={"LUNA_DAEMON_PORT": raw})
+
+
+def test_importing_the_pack_and_installer_does_not_import_torch_or_comfy():
+    import subprocess
+    import sys
+
+    code = ("import sys, daemon.comfyui_nodes.install, daemon.comfyui_nodes as pack; "
+            "assert len(pack.NODE_CLASS_MAPPINGS) == 4; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'comfy', 'nodes')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
