@@ -425,6 +425,7 @@ class AsyncDaemonClient:
         async with self._connect_lock:
             if self._writer is not None:
                 return self.hello
+            await self._disconnect()  # what is left of a connection that broke
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -609,6 +610,9 @@ class AsyncDaemonClient:
         await self.request("shutdown", _token_options(self.token))
 
     async def _disconnect(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(DaemonUnavailable(self.host, self.port, "client closed"))
         task, self._reader_task = self._reader_task, None
         writer, self._writer = self._writer, None
         if task is not None:

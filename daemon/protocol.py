@@ -251,6 +251,14 @@ def _aligned(offset: int) -> int:
     return -(-offset // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
 
 
+def _aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialised byte array whose start is on a TENSOR_ALIGNMENT boundary (SIMD-friendly
+    views for every tensor; numpy alone only promises 16 bytes)."""
+    raw = np.empty(nbytes + TENSOR_ALIGNMENT, dtype=np.uint8)
+    skip = -raw.ctypes.data % TENSOR_ALIGNMENT
+    return raw[skip:skip + nbytes]
+
+
 def parse_descriptor(raw: Any, limits: Limits) -> TensorDescriptor:
     """Validate one header tensor descriptor; raises ``ValueError`` naming what is wrong."""
     if not isinstance(raw, dict):
@@ -542,13 +550,15 @@ class FrameDecoder:
     def _payload_buffer(self, payload_len: int) -> np.ndarray | None:
         if not payload_len:
             return None
-        spare = self._spare
-        # getrefcount == 2 (our attribute + the call's argument): no array, memoryview or
-        # tensor still uses the previous frame's memory, so writing over it is safe.
-        if (spare is not None and payload_len <= spare.size <= 2 * payload_len
-                and sys.getrefcount(spare) == 2):
-            return spare[:payload_len]
-        return np.empty(payload_len, dtype=np.uint8)
+        owner = self._spare
+        # numpy views and np.frombuffer arrays all reference the owning array, so a refcount
+        # of 2 (our attribute + the call's argument) means no array, memoryview or tensor
+        # still uses the previous frame's memory: writing over it is safe.
+        if (owner is not None and payload_len + TENSOR_ALIGNMENT <= owner.size
+                <= 2 * payload_len + TENSOR_ALIGNMENT and sys.getrefcount(owner) == 2):
+            skip = -owner.ctypes.data % TENSOR_ALIGNMENT
+            return owner[skip:skip + payload_len]
+        return _aligned_empty(payload_len)
 
     def _check_header(self, header: dict, payload_len: int) -> tuple[str, tuple[TensorDescriptor, ...]]:
         request_id = header.get("id")
@@ -630,7 +640,7 @@ class FrameDecoder:
             return ErrorResponse(request_id, code, message, bool(error.get("retryable", False)))
         payload = pending.payload
         if payload is not None and payload.size >= self._RECYCLE_MIN:
-            self._spare = payload if payload.base is None else payload.base
+            self._spare = payload.base  # the owning array (payloads are aligned views)
         del payload
         try:
             tensors = self._tensors(pending)

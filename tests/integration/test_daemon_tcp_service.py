@@ -341,10 +341,10 @@ async def test_idle_connection_is_not_timed_out(start_service, conn_factory):
     service, handler = await start_service(Limits(read_timeout=0.05))
     idle = await conn_factory(service)
     await idle.send_request(Request(1, "wait"))
-    await handler.wait_entered(1)  # the server has read the whole frame
-    blocker = asyncio.get_running_loop().create_future()
-    asyncio.get_running_loop().call_later(0.2, blocker.set_result, None)
-    await blocker  # longer than read_timeout with no frame in progress
+    await handler.wait_entered(1)  # the server has read the whole frame: idle from now on
+    stalled = await conn_factory(service)
+    await stalled.send(b"LU")  # a frame that never completes on another connection
+    assert await stalled.is_closed_by_server()  # so the read timeout has certainly expired
     handler.release.set()
     assert (await idle.receive()).result == {"tag": None}
     await assert_good_request_succeeds(idle)

@@ -380,15 +380,20 @@ def test_big_endian_and_strided_inputs_are_sent_as_little_endian_c_order():
 
 def test_payload_buffer_is_reused_only_when_no_array_uses_it():
     big = np.arange(1 << 19, dtype=np.float32)  # 2 MiB: above the recycling threshold
-    data = frame_bytes(encode_request(Request(1, "x", {}, (big,))))
+    first_frame = frame_bytes(encode_request(Request(1, "x", {}, (big,))))
+    other_frame = frame_bytes(encode_request(Request(2, "x", {}, (big * 2,))))
     decoder = FrameDecoder()
-    (first,) = decoder.feed(data)
+    (first,) = decoder.feed(first_frame)
     kept = first.tensors[0]
-    (second,) = decoder.feed(data)
-    assert not np.shares_memory(kept, second.tensors[0])  # still in use: a fresh buffer
-    np.testing.assert_array_equal(kept, big)
-    del first, second, kept
-    (third,) = decoder.feed(data)
+    del first
+    (second,) = decoder.feed(other_frame)
+    np.testing.assert_array_equal(kept, big)  # still in use, so never written over
+    assert not np.shares_memory(kept, second.tensors[0])
+    second_address = second.tensors[0].ctypes.data  # an int: holds no reference
+    del second
+    (third,) = decoder.feed(first_frame)
+    assert third.tensors[0].ctypes.data == second_address  # free again: reused, not reallocated
+    assert third.tensors[0].ctypes.data % 64 == 0
     np.testing.assert_array_equal(third.tensors[0], big)
 
 
