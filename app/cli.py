@@ -4,6 +4,7 @@ Subcommands (``luna --help`` for the details)::
 
     luna render TEMPLATE [--url URL | --style STYLE] [--set name=value ...] [--out DIR] [--json]
     luna templates list | detect TEMPLATE | validate TEMPLATE [--url URL | --style STYLE] [--set ...]
+    luna templates convert UI_WORKFLOW (--url URL | --style STYLE)
     luna instances [--json]
 
 TEMPLATE is a file path or a template name (see ``workflows/README.md``). Progress goes to
@@ -19,7 +20,9 @@ Instances: ``--url`` renders on that server alone; otherwise the configured inst
 :class:`~app.comfy.router.StyleRouter` (``--style``, else the default style): a healthy
 instance with the shortest queue, resubmitted elsewhere if it dies before starting the job.
 The template is injected, image parameters naming local files are uploaded, and the prompt is
-validated against the chosen instance's ``/object_info`` before it is submitted.
+validated against the chosen instance's ``/object_info`` before it is submitted. A UI-format
+file (plain "Save") is converted with that instance's node definitions
+(:mod:`app.comfy.ui_convert`) and sent with the original as ``extra_pnginfo.workflow``.
 
 Runs one asyncio event loop per invocation (``asyncio.run``); all network I/O goes through
 :class:`app.comfy.client.ComfyClient` (via the router) with its timeouts.
@@ -48,12 +51,23 @@ from app.comfy.errors import (
     PromptRejected,
 )
 from app.comfy.events import ConnectionLost, ExecutionCached, ExecutionStart, JobQueued, Progress, Reconnected
-from app.comfy.graph import WorkflowFormatError, describe_node
+from app.comfy.graph import UiFormatWorkflowError, WorkflowFormatError, describe_node
 from app.comfy.inject import InjectedWorkflow, InjectionError, LoraSpec, inject, parse_value
 from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig, load_instances
 from app.comfy.rejections import explain_reasons, explain_rejection
 from app.comfy.results import JobResult
-from app.comfy.templates import Template, TemplateError, dump_map, list_templates, load_template
+from app.comfy.templates import (
+    Template,
+    TemplateError,
+    dump_map,
+    find_template,
+    list_templates,
+    load_template,
+    read_json,
+    read_map,
+    template_from_workflow,
+)
+from app.comfy.ui_convert import convert_ui_workflow
 from app.comfy.validate import ValidationIssue, validate_workflow
 from app.paths import user_dirs
 
@@ -97,11 +111,35 @@ class Console:
 # shared helpers
 
 
-def _load(ref: str) -> Template:
+def _load(ref: str, *, allow_ui: bool = False) -> Template | None:
+    """The template; None for a UI-format file when ``allow_ui`` (converted once an instance is
+    known, see :func:`_convert_ui`)."""
     try:
         return load_template(ref)
+    except UiFormatWorkflowError as exc:
+        if allow_ui:
+            return None
+        raise CliError(EXIT_USAGE, str(exc), kind="template") from exc
     except (TemplateError, WorkflowFormatError) as exc:
         raise CliError(EXIT_USAGE, str(exc), kind="template") from exc
+
+
+def _convert_ui(ref: str, object_info: dict[str, Any], instance: str, console: Console) -> Template:
+    """Convert a UI-format template file with the instance's node definitions."""
+    path = find_template(ref)
+    data = read_json(path)
+    try:
+        conversion = convert_ui_workflow(data, object_info)
+        injection_map, map_file = read_map(path)
+        template = template_from_workflow(
+            path.stem, conversion.workflow, injection_map=injection_map, source=str(path), workflow_path=path,
+            map_path=map_file, ui_workflow=dict(data),
+            notes=(f"converted from the UI format with {instance}'s node definitions",) + conversion.notes)
+    except (TemplateError, WorkflowFormatError) as exc:
+        raise CliError(EXIT_USAGE, str(exc), kind="template") from exc
+    for note in template.notes:
+        console.info(f"note: {note}")
+    return template
 
 
 def _parse_sets(template: Template, assignments: Sequence[str]) -> dict[str, Any]:
@@ -268,14 +306,18 @@ async def _upload_local_images(client: ComfyClient, template: Template, values: 
 
 
 async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    template = _load(args.template)
-    for note in template.notes:
-        console.info(f"note: {note}")
-    values = _parse_sets(template, args.set)
+    template = _load(args.template, allow_ui=True)
+    if template is not None:
+        for note in template.notes:
+            console.info(f"note: {note}")
+        values = _parse_sets(template, args.set)
     router, style = _router_for(args, _timeouts(args))
     async with router:
         name = await _pick(router, style, console)
         client = router.client(name)
+        if template is None:
+            template = _convert_ui(args.template, await client.object_info(), name, console)
+            values = _parse_sets(template, args.set)
         await _upload_local_images(client, template, values, console)
         injected = _inject(template, values)
         warnings = list(injected.warnings)
@@ -287,7 +329,8 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             warnings += [issue.describe() for issue in report.warnings]
         printer = _ProgressPrinter(console, injected.workflow)
         try:
-            result = await router.run(injected.workflow, style=style, timeout=args.timeout, on_event=printer)
+            result = await router.run(injected.workflow, style=style, timeout=args.timeout, on_event=printer,
+                                      ui_workflow=template.ui_workflow)
         except PromptRejected as exc:
             raise CliError(EXIT_INVALID, f"{exc.instance or name} rejected the prompt ({exc.error_type})",
                            explain_rejection(exc, injected.workflow, template.injection_map),
@@ -345,8 +388,8 @@ def _templates_list(console: Console) -> dict[str, Any]:
     return {"ok": True, "templates": rows}
 
 
-def _templates_detect(args: argparse.Namespace) -> dict[str, Any]:
-    template = _load(args.template)
+async def _templates_detect(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    template, _, _ = await _template_for_inspection(args, console)
     detection = detect_map(template.workflow)
     return {
         "ok": True, "template": template.name, "toml": dump_map(detection.injection_map),
@@ -358,25 +401,41 @@ def _templates_detect(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _instance_object_info(args: argparse.Namespace, console: Console) -> tuple[str, dict[str, Any]]:
+    router, style = _router_for(args, _timeouts(args))
+    async with router:
+        name = await _pick(router, style, console)
+        try:
+            return name, await router.client(name).object_info()
+        except ComfyError as exc:
+            raise CliError(EXIT_UNAVAILABLE, f"cannot read /object_info of {name}: {exc}",
+                           kind="unavailable") from exc
+
+
+async def _template_for_inspection(args: argparse.Namespace, console: Console
+                                   ) -> tuple[Template, str | None, dict[str, Any] | None]:
+    """The template (a UI-format file converted with the instance's nodes) and, when an
+    instance is given, its name and object_info."""
+    template = _load(args.template, allow_ui=bool(args.url or args.style))
+    if not (args.url or args.style):
+        return template, None, None
+    name, info = await _instance_object_info(args, console)
+    if template is None:
+        template = _convert_ui(args.template, info, name, console)
+    return template, name, info
+
+
 async def _templates_validate(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    template = _load(args.template)
+    template, name, info = await _template_for_inspection(args, console)
     values = _parse_sets(template, args.set)
     injected = _inject(template, values)
     result: dict[str, Any] = {"ok": True, "template": template.name, "instance": None,
                               "params": list(template.injection_map.params), "issues": [],
                               "notes": list(template.notes) + list(injected.warnings)}
-    if not (args.url or args.style):
+    if info is None:
         result["notes"].append("checked the template and its map only; give --url or --style to "
                                "validate against an instance's nodes and models")
         return result
-    router, style = _router_for(args, _timeouts(args))
-    async with router:
-        name = await _pick(router, style, console)
-        try:
-            info = await router.client(name).object_info()
-        except ComfyError as exc:
-            raise CliError(EXIT_UNAVAILABLE, f"cannot read /object_info of {name}: {exc}",
-                           kind="unavailable") from exc
     report = validate_workflow(injected.workflow, info, template.injection_map)
     result.update(ok=report.ok, instance=name, issues=[i.as_dict() for i in report.issues])
     if not report.ok:
@@ -448,7 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
     tlist.add_argument("--json", action="store_true")
     detect = tsub.add_parser("detect", help="print the injection map proposed for a workflow (TOML)")
     detect.add_argument("template")
+    detect_where = detect.add_mutually_exclusive_group()
+    detect_where.add_argument("--url", help="instance whose node definitions convert a UI-format workflow")
+    detect_where.add_argument("--style", help="as --url, the instance routed for this style")
+    detect.add_argument("--connect-timeout", type=float, default=5.0)
     detect.add_argument("--json", action="store_true")
+    convert = tsub.add_parser("convert", help="convert a UI-format workflow to the API format (JSON on stdout)")
+    convert.add_argument("template")
+    convert_where = convert.add_mutually_exclusive_group(required=True)
+    convert_where.add_argument("--url", help="instance whose /object_info defines the nodes")
+    convert_where.add_argument("--style", help="as --url, the instance routed for this style")
+    convert.add_argument("--connect-timeout", type=float, default=5.0)
     validate = tsub.add_parser("validate", help="check a template (with --url/--style: against that instance)")
     validate.add_argument("template")
     target_options(validate)
@@ -467,7 +536,10 @@ async def _dispatch(args: argparse.Namespace, console: Console) -> dict[str, Any
     if args.templates_command == "list":
         return _templates_list(console)
     if args.templates_command == "detect":
-        return _templates_detect(args)
+        return await _templates_detect(args, console)
+    if args.templates_command == "convert":
+        template, _, _ = await _template_for_inspection(args, console)
+        return {"ok": True, "workflow": template.workflow}
     return await _templates_validate(args, console)
 
 
@@ -479,6 +551,8 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any], console: Con
     elif args.templates_command == "list":
         for row in result["templates"]:
             print(f"{row['name']:<28} {row['description']}", file=console.out)
+    elif args.templates_command == "convert":
+        print(json.dumps(result["workflow"], indent=2), file=console.out)
     elif args.templates_command == "detect":
         header = [f"# Injection map proposed by `luna templates detect` for {result['template']}."]
         header += [f"# AMBIGUOUS {a['param']}: {a['message']}" for a in result["ambiguities"]]

@@ -131,6 +131,7 @@ class Template:
     map_path: Path | None = None
     detected: bool = False
     notes: tuple[str, ...] = ()
+    ui_workflow: dict | None = None  # the UI-format original, when converted (sent as extra_pnginfo)
 
     @property
     def description(self) -> str:
@@ -309,7 +310,8 @@ def map_path_for(workflow_path: Path) -> Path:
 
 def template_from_workflow(name: str, data: Any, *, injection_map: InjectionMap | None = None,
                            source: str = "workflow", workflow_path: Path | None = None,
-                           map_path: Path | None = None) -> Template:
+                           map_path: Path | None = None, ui_workflow: dict | None = None,
+                           notes: tuple[str, ...] = ()) -> Template:
     """Build a template from parsed JSON; without a map the detected one is used."""
     workflow = ensure_api_format(data, source)
     if injection_map is None:
@@ -318,10 +320,31 @@ def template_from_workflow(name: str, data: Any, *, injection_map: InjectionMap 
         detection = detect_map(workflow)
         return Template(name=name, workflow=workflow, injection_map=detection.injection_map,
                         workflow_path=workflow_path, detected=True,
-                        notes=tuple(detection.messages()))
+                        notes=notes + tuple(detection.messages()), ui_workflow=ui_workflow)
     check_map_against_workflow(injection_map, workflow, str(map_path or source))
     return Template(name=name, workflow=workflow, injection_map=injection_map,
-                    workflow_path=workflow_path, map_path=map_path)
+                    workflow_path=workflow_path, map_path=map_path, notes=notes, ui_workflow=ui_workflow)
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON of a template file; :class:`TemplateError` naming the file otherwise."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise TemplateError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def read_map(workflow_path: Path) -> tuple[InjectionMap | None, Path | None]:
+    """The injection map next to a workflow file, if there is one."""
+    map_file = map_path_for(workflow_path)
+    if not map_file.is_file():
+        return None, None
+    try:
+        return parse_map(tomllib.loads(map_file.read_text(encoding="utf-8")), str(map_file)), map_file
+    except tomllib.TOMLDecodeError as exc:
+        raise TemplateError(f"{map_file} is not valid TOML: {exc}") from exc
 
 
 def load_template(ref: str | Path, search_dirs: Iterable[Path] | None = None) -> Template:
@@ -332,18 +355,7 @@ def load_template(ref: str | Path, search_dirs: Iterable[Path] | None = None) ->
     to export the API format).
     """
     path = find_template(ref, search_dirs)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"cannot read {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise TemplateError(f"{path} is not valid JSON: {exc}") from exc
-    map_file = map_path_for(path)
-    injection_map = None
-    if map_file.is_file():
-        try:
-            injection_map = parse_map(tomllib.loads(map_file.read_text(encoding="utf-8")), str(map_file))
-        except tomllib.TOMLDecodeError as exc:
-            raise TemplateError(f"{map_file} is not valid TOML: {exc}") from exc
+    data = read_json(path)
+    injection_map, map_file = read_map(path)
     return template_from_workflow(path.stem, data, injection_map=injection_map, source=str(path),
-                                  workflow_path=path, map_path=map_file if injection_map else None)
+                                  workflow_path=path, map_path=map_file)

@@ -154,10 +154,14 @@ async def test_bad_parameters_exit_2_before_contacting_anything(argv, needle):
     assert code == cli.EXIT_USAGE and needle in err
 
 
-async def test_a_ui_format_workflow_is_refused_with_the_export_hint(tmp_path):
+async def test_a_ui_workflow_that_cannot_be_converted_is_refused_with_the_export_hint(tmp_path):
     path = tmp_path / "ui.json"
-    path.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}), encoding="utf-8")
-    code, out, err = await luna("render", str(path), "--url", dead_url(), "--json")
+    path.write_text(json.dumps({"nodes": [{"id": 1, "type": "5f3e-subgraph", "mode": 0, "inputs": [], "outputs": []}],
+                                "links": [], "definitions": {"subgraphs": [{"id": "5f3e-subgraph"}]},
+                                "version": 0.4}), encoding="utf-8")
+    async with FakeComfyUI() as fake:
+        code, out, err = await luna("render", str(path), "--url", fake.url, "--json")
+        assert fake.prompts == []
     assert code == cli.EXIT_USAGE
     assert "Export (API)" in json.loads(out)["error"]["message"]
 
@@ -219,3 +223,31 @@ async def test_instances_reports_health_queue_and_vram():
 async def test_no_subcommand_prints_help():
     code, out, err = await luna()
     assert code == 0 and "render" in out and "templates" in out and "instances" in out
+
+
+async def test_a_ui_format_file_is_converted_with_the_instance_nodes_and_rendered(tmp_path):
+    from tests.unit.app.comfy.test_templates_ui_convert import default_ui_workflow
+
+    path = tmp_path / "saved_from_ui.json"
+    ui = default_ui_workflow()
+    path.write_text(json.dumps(ui), encoding="utf-8")
+    async with FakeComfyUI() as fake:
+        converted = await luna("templates", "convert", str(path), "--url", fake.url)
+        code, out, err = await luna("render", str(path), "--url", fake.url, "--set", "checkpoint=sdxl_base.safetensors",
+                                    "--set", "width=64", "--set", "height=64", "--set", "positive=a harbour",
+                                    "--out", str(tmp_path / "out"), "--json")
+        assert code == 0, err
+        [received] = fake.prompts
+    assert converted[0] == 0 and json.loads(converted[1])["3"]["class_type"] == "KSampler"
+    assert received.prompt["6"]["inputs"]["text"] == "a harbour"
+    assert received.extra_data["extra_pnginfo"]["workflow"] == ui
+    assert "converted from the UI format" in err
+
+
+async def test_a_ui_format_file_without_an_instance_is_refused_with_the_export_hint(tmp_path):
+    from tests.unit.app.comfy.test_templates_ui_convert import default_ui_workflow
+
+    path = tmp_path / "saved_from_ui.json"
+    path.write_text(json.dumps(default_ui_workflow()), encoding="utf-8")
+    code, out, err = await luna("templates", "detect", str(path))
+    assert code == cli.EXIT_USAGE and "Export (API)" in err
