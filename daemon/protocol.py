@@ -552,10 +552,10 @@ class FrameDecoder:
             return None
         owner = self._spare
         # numpy views and np.frombuffer arrays all reference the owning array, so a refcount
-        # of 2 (our attribute + the call's argument) means no array, memoryview or tensor
-        # still uses the previous frame's memory: writing over it is safe.
+        # of 3 (our attribute + the local ``owner`` + the call's argument) means no array,
+        # memoryview or tensor still uses the previous frame's memory: writing over it is safe.
         if (owner is not None and payload_len + TENSOR_ALIGNMENT <= owner.size
-                <= 2 * payload_len + TENSOR_ALIGNMENT and sys.getrefcount(owner) == 2):
+                <= 2 * payload_len + TENSOR_ALIGNMENT and sys.getrefcount(owner) == 3):
             skip = -owner.ctypes.data % TENSOR_ALIGNMENT
             return owner[skip:skip + payload_len]
         return _aligned_empty(payload_len)
