@@ -266,11 +266,11 @@ class LunaDaemonStatus(_DaemonNode):
             with daemon_client.DaemonClient(endpoint.host, endpoint.port, token=endpoint.token,
                                             timeout=STATUS_TIMEOUT, shared_memory=False) as client:
                 status = client.status()
+            return _summarise_status(endpoint.address, status), status.get("status", "ok") == "ok"
         except CONNECTION_FAILURES as exc:
             return f"Luna daemon at {endpoint.address}: offline ({_reason(exc)})", False
         except Exception as exc:  # a status node must report, not break the workflow
             return f"Luna daemon at {endpoint.address}: error ({type(exc).__name__}: {exc})", False
-        return _summarise_status(endpoint.address, status), status.get("status", "ok") == "ok"
 
 
 def _reason(exc: BaseException) -> str:
