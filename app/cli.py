@@ -13,7 +13,7 @@ stderr; with ``--json`` stdout carries exactly one JSON document, also on failur
 Exit codes: 0 done; 1 the render failed on the server (node error, interrupted, lost, timed
 out); 2 bad command line, template or parameter; 3 the prompt is invalid for the instance (local
 validation or a ComfyUI 400), every problem named by node title and parameter; 4 no instance
-reachable.
+reachable; 130 cancelled with Ctrl-C (the job is dequeued or interrupted on the server first).
 
 Instances: ``--url`` renders on that server alone; otherwise the configured instances
 (``instances.toml``, else the seed's four local ports) are probed and the job goes through the
@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import sys
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ EXIT_USAGE = 2
 EXIT_INVALID = 3
 EXIT_UNAVAILABLE = 4
 URL_STYLE = "url"  # the one style of the ad-hoc instance made from --url
+EXIT_CANCELLED = 130  # Ctrl-C, as shells report SIGINT
+CANCEL_TIMEOUT = 5.0
 
 
 @dataclass
@@ -242,6 +245,7 @@ class _ProgressPrinter:
         self.tty = console.err.isatty()
         self.last = ""
         self.prompt_id: str | None = None
+        self.instance: str | None = None
 
     def line(self, text: str, final: bool = False) -> None:
         if self.console.quiet or text == self.last:
@@ -254,7 +258,7 @@ class _ProgressPrinter:
 
     def __call__(self, event: Any) -> None:
         if isinstance(event, JobQueued):
-            self.prompt_id = event.prompt_id
+            self.prompt_id, self.instance = event.prompt_id, event.instance
             self.line(f"queued on {event.instance} as {event.prompt_id}", final=True)
         elif isinstance(event, ExecutionStart):
             self.line("running", final=True)
@@ -305,6 +309,15 @@ async def _upload_local_images(client: ComfyClient, template: Template, values: 
             console.info(f"uploaded {path} as {uploaded.reference}")
 
 
+async def _cancel_on_server(client: ComfyClient, prompt_id: str, console: Console) -> None:
+    """Dequeue or interrupt the job; bounded, and shielded from the cancellation in progress."""
+    try:
+        outcome = await asyncio.shield(asyncio.wait_for(client.cancel(prompt_id), CANCEL_TIMEOUT))
+        console.info(f"cancelled job {prompt_id} on {client.name}: {outcome}")
+    except (ComfyError, TimeoutError, asyncio.CancelledError) as exc:
+        console.info(f"could not cancel job {prompt_id} on {client.name}: {exc or type(exc).__name__}")
+
+
 async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     template = _load(args.template, allow_ui=True)
     if template is not None:
@@ -329,8 +342,10 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             warnings += [issue.describe() for issue in report.warnings]
         printer = _ProgressPrinter(console, injected.workflow)
         try:
+            # Our own prompt id: known before the POST returns, so Ctrl-C can always cancel it.
+            printer.prompt_id = str(uuid.uuid4())
             result = await router.run(injected.workflow, style=style, timeout=args.timeout, on_event=printer,
-                                      ui_workflow=template.ui_workflow)
+                                      ui_workflow=template.ui_workflow, prompt_id=printer.prompt_id)
         except PromptRejected as exc:
             raise CliError(EXIT_INVALID, f"{exc.instance or name} rejected the prompt ({exc.error_type})",
                            explain_rejection(exc, injected.workflow, template.injection_map),
@@ -345,6 +360,11 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                            kind="execution_error", prompt_id=exc.prompt_id) from exc
         except JobFailed as exc:
             raise CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__, prompt_id=exc.prompt_id) from exc
+        except asyncio.CancelledError:
+            # Ctrl-C: do not leave the job running on the server for nobody.
+            if printer.prompt_id is not None:
+                await _cancel_on_server(router.client(printer.instance or name), printer.prompt_id, console)
+            raise
         finally:
             printer.finish()
         instance = router.client(result.instance).instance
@@ -592,6 +612,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
     try:
         result = asyncio.run(_dispatch(args, console))
+    except KeyboardInterrupt:
+        print("luna: cancelled", file=err, flush=True)
+        return EXIT_CANCELLED
     except CliError as exc:
         _report_error(exc, console)
         return exc.code

@@ -54,6 +54,8 @@ class ValidationIssue:
 
 @dataclass(frozen=True)
 class ValidationReport:
+    """All issues of one validation; ``ok`` when none is an error (warnings do not block)."""
+
     issues: tuple[ValidationIssue, ...] = ()
 
     @property

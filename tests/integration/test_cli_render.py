@@ -251,3 +251,21 @@ async def test_a_ui_format_file_without_an_instance_is_refused_with_the_export_h
     path.write_text(json.dumps(default_ui_workflow()), encoding="utf-8")
     code, out, err = await luna("templates", "detect", str(path))
     assert code == cli.EXIT_USAGE and "Export (API)" in err
+
+
+async def test_cancelling_a_render_interrupts_its_job_on_the_server(tmp_path):
+    args = cli.build_parser().parse_args(["render", "sdxl_txt2img", *SMALL, "--out", str(tmp_path), "--quiet"])
+    console = cli.Console(io.StringIO(), io.StringIO(), quiet=False)
+    async with FakeComfyUI() as fake:
+        args.url = fake.url
+        fake.pause()  # the job starts and stays running
+        render = asyncio.create_task(cli._render(args, console))
+        while not fake.prompts:  # wait for the submit to reach the fake, yielding only
+            await asyncio.sleep(0)
+        await fake.wait_state(fake.prompts[0].prompt_id, "running")
+        render.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await render
+        fake.resume()
+        assert fake.interrupts == [{"prompt_id": fake.prompts[0].prompt_id}], console.err.getvalue()
+    assert "cancelled job" in console.err.getvalue() and ": interrupted" in console.err.getvalue(), console.err.getvalue()

@@ -179,3 +179,14 @@ def test_an_image_not_yet_listed_by_an_upload_widget_is_only_a_warning():
     [issue] = report.warnings
     assert (issue.code, issue.params) == ("value_not_in_list", ("init_image",))
     assert "just uploaded" in issue.message
+
+
+def test_an_old_server_string_error_still_explains_itself():
+    template = load_template("sdxl_txt2img")
+    [issue] = explain_rejection(parse_prompt_rejection(400, {"error": "no prompt", "node_errors": []}),
+                                template.workflow)
+    assert issue.node_id is None and "no prompt" in issue.describe()
+    legacy = parse_prompt_rejection(400, {"error": "invalid prompt", "node_errors": {
+        "3": {"errors": ["Required input is missing: seed"], "class_type": "KSampler"}}})
+    [issue] = explain_rejection(legacy, template.workflow, template.injection_map)
+    assert (issue.node_title, issue.input_name, issue.params) == ("KSampler", "seed", ("seed",))
