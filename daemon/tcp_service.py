@@ -466,6 +466,14 @@ class _Connection:
         return True
 
     async def _serve(self, request: Request) -> None:
+        try:
+            await self._serve_one(request)
+        finally:
+            # Only now: the task stays referenced (and counted as in flight) until its answer
+            # has been written, so close() and teardown can wait for or cancel it.
+            self.in_flight.pop(request.id, None)
+
+    async def _serve_one(self, request: Request) -> None:
         started = time.perf_counter()
         code: ErrorCode | None = None
         try:
@@ -490,8 +498,6 @@ class _Connection:
             self.log.exception("op %s failed", request.op)
             code = ErrorCode.INTERNAL
             buffers = encode_error(ErrorResponse(request.id, code, f"{type(exc).__name__}: {exc}", False))
-        finally:
-            self.in_flight.pop(request.id, None)
         if code is not None:
             self.service.stats.errors_by_code[code.value] += 1
         self._done(request.op, time.perf_counter() - started, code)
