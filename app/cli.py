@@ -246,6 +246,7 @@ class _ProgressPrinter:
         self.last = ""
         self.prompt_id: str | None = None
         self.instance: str | None = None
+        self.open_line = False  # a progress line waiting to be ended (terminal only)
 
     def line(self, text: str, final: bool = False) -> None:
         if self.console.quiet or text == self.last:
@@ -253,6 +254,7 @@ class _ProgressPrinter:
         self.last = text
         if self.tty:
             print("\r\033[K" + text, end="\n" if final else "", file=self.console.err, flush=True)
+            self.open_line = not final
         else:
             print(text, file=self.console.err, flush=True)
 
@@ -275,8 +277,9 @@ class _ProgressPrinter:
             self.line("reconnected", final=True)
 
     def finish(self) -> None:
-        if self.tty and self.last and not self.console.quiet:
+        if self.open_line:
             print(file=self.console.err, flush=True)
+            self.open_line = False
 
 
 def _write_files(result: JobResult, out_dir: Path) -> list[dict[str, Any]]:
