@@ -159,6 +159,9 @@ class _Connection:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             want_shm = _is_loopback_host(host) if shared_memory is None else shared_memory
             self.hello = self._hello(client_name, token, want_shm)
+        except (ProtocolError, OSError) as exc:  # socket.timeout included
+            self.close()
+            raise DaemonUnavailable(host, port, f"no usable answer to hello: {exc}") from None
         except BaseException:
             self.close()
             raise

@@ -317,3 +317,24 @@ def test_client_protocol_and_shm_can_be_vendored_without_the_daemon(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "DaemonClient"
+
+
+async def test_something_else_on_the_port_is_reported_as_unavailable():
+    async def http_server(reader, writer):
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(http_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(DaemonUnavailable, match=f"127.0.0.1:{port}"):
+            await asyncio.to_thread(DaemonClient("127.0.0.1", port, shared_memory=False).ping)
+        with pytest.raises(DaemonUnavailable):
+            await AsyncDaemonClient("127.0.0.1", port, shared_memory=False).ping()
+        assert not await asyncio.to_thread(check_daemon_health, "127.0.0.1", port)
+    finally:
+        server.close()
+        await server.wait_closed()
