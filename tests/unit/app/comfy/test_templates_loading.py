@@ -6,12 +6,16 @@ import json
 import tomllib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.comfy.graph import UiFormatWorkflowError, WorkflowFormatError
 from app.comfy.templates import (
     Binding,
+    InjectionMap,
     LoraChainTarget,
     LoraStackerTarget,
+    ParamSpec,
     TemplateError,
     TemplateNotFound,
     dump_map,
@@ -159,3 +163,16 @@ def test_params_at_finds_the_parameters_bound_to_a_node_input():
     assert injection_map.params_at("3", "seed") == ["seed"]
     assert injection_map.params_at("5") == ["width", "height", "batch_size"]
     assert injection_map.params_at("8", "vae") == []
+
+_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+_name = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=st.lists(_name, min_size=1, max_size=4, unique=True), description=_text, node=_text.filter(bool),
+       input_name=_text.filter(bool), default=st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), _text))
+def test_any_map_round_trips_through_its_toml_text(names, description, node, input_name, default):
+    params = {n: ParamSpec(n, "text", (Binding(node, input_name),), description=description, default=default)
+              for n in names}
+    injection_map = InjectionMap(params, description=description)
+    assert parse_map(tomllib.loads(dump_map(injection_map))) == injection_map
