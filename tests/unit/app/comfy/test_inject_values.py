@@ -7,6 +7,8 @@ import copy
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.comfy.graph import consumers
 from app.comfy.inject import (
@@ -26,6 +28,10 @@ from app.comfy.templates import (
     Template,
     load_template,
 )
+from app.comfy.validate import validate_workflow
+from tests.helpers.object_info import luna_nodes_object_info, stock_object_info
+
+LORA_FILES = ["detail_tweaker_xl.safetensors", "luna_character_a.safetensors"]
 
 
 def template_with(workflow, *specs):
@@ -207,3 +213,24 @@ def test_command_line_text_is_parsed_by_kind(kind, text, expected):
 def test_unreadable_command_line_text_names_the_parameter(kind, text):
     with pytest.raises(ParameterTypeError, match="parameter 'p'"):
         parse_value(ParamSpec("p", kind), text)
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(["sdxl_txt2img", "sdxl_img2img", "sdxl_txt2img_luna_daemon"]),
+       loras=st.lists(st.tuples(st.sampled_from(LORA_FILES), st.floats(-2, 2), st.one_of(st.none(), st.floats(-2, 2))),
+                      max_size=5),
+       text=st.text(max_size=60), seed=st.integers(0, 2**64 - 1), steps=st.integers(1, 150))
+def test_any_injection_leaves_a_valid_graph_and_the_template_untouched(name, loras, text, seed, steps):
+    template = load_template(name)
+    before = copy.deepcopy(template.workflow)
+    result = inject(template, {"positive": text, "seed": seed, "steps": steps,
+                               "loras": [LoraSpec(n, m, c) for n, m, c in loras]})
+    assert template.workflow == before
+    info = stock_object_info()
+    if name.endswith("luna_daemon"):
+        info.update(luna_nodes_object_info())
+    report = validate_workflow(result.workflow, info, template.injection_map)
+    assert [i for i in report.issues if i.code != "value_not_in_list" or i.input_name != "image"] == []
+    assert result.workflow["6"]["inputs"]["text"] == text and result.workflow["3"]["inputs"]["seed"] == seed
+    loaders = [n for n in result.workflow.values() if n["class_type"].startswith("LoraLoader")]
+    assert [n["inputs"]["lora_name"] for n in loaders] == [n for n, _, _ in loras]
