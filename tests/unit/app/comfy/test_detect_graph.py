@@ -212,3 +212,20 @@ def test_without_a_sampler_titles_are_the_fallback_and_it_is_said():
     assert bound(detection, "negative") == (Binding("1", "text"),)
     messages = " | ".join(detection.messages())
     assert "no sampler found" in messages and "title only" in messages and "no 'seed'" in messages
+
+
+def test_ksampler_advanced_and_sd3_latent_are_detected():
+    graph = base_graph()
+    graph["4"] = node("EmptySD3LatentImage", width=1024, height=768, batch_size=2)
+    graph["5"] = node("KSamplerAdvanced", add_noise="enable", noise_seed=5, steps=30, cfg=4.0, sampler_name="euler",
+                      scheduler="sgm_uniform", start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable",
+                      model=["1", 0], positive=["2", 0], negative=["3", 0], latent_image=["4", 0])
+    graph["12"] = node("PrimitiveStringMultiline", value="a castle")
+    graph["2"]["inputs"]["text"] = ["12", 0]
+    detection = detect_map(graph)
+    assert bound(detection, "seed") == (Binding("5", "noise_seed"),)
+    assert bound(detection, "scheduler") == (Binding("5", "scheduler"),)
+    assert "denoise" not in detection.injection_map.params
+    assert bound(detection, "height") == (Binding("4", "height"),)
+    assert bound(detection, "batch_size") == (Binding("4", "batch_size"),)
+    assert bound(detection, "positive") == (Binding("12", "value"),)
