@@ -17,6 +17,7 @@ import pytest
 from app import cli
 from app.paths import user_dirs
 from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
+from tests.helpers.ui_workflows import default_ui_workflow
 
 SMALL = ["--set", "checkpoint=sdxl_base.safetensors", "--set", "width=64", "--set", "height=64",
          "--set", "steps=4"]
@@ -226,8 +227,6 @@ async def test_no_subcommand_prints_help():
 
 
 async def test_a_ui_format_file_is_converted_with_the_instance_nodes_and_rendered(tmp_path):
-    from tests.unit.app.comfy.test_templates_ui_convert import default_ui_workflow
-
     path = tmp_path / "saved_from_ui.json"
     ui = default_ui_workflow()
     path.write_text(json.dumps(ui), encoding="utf-8")
@@ -245,8 +244,6 @@ async def test_a_ui_format_file_is_converted_with_the_instance_nodes_and_rendere
 
 
 async def test_a_ui_format_file_without_an_instance_is_refused_with_the_export_hint(tmp_path):
-    from tests.unit.app.comfy.test_templates_ui_convert import default_ui_workflow
-
     path = tmp_path / "saved_from_ui.json"
     path.write_text(json.dumps(default_ui_workflow()), encoding="utf-8")
     code, out, err = await luna("templates", "detect", str(path))
