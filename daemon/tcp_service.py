@@ -371,7 +371,9 @@ class _Connection:
                                    "only requests may be sent to the daemon")
             return
         op = message.op
-        self.service.stats.requests_by_op[op] += 1
+        known = op in self.service.ops or op in (OP_HELLO, OP_PING)
+        # Unknown names share one counter: a client must not grow the stats without bound.
+        self.service.stats.requests_by_op[op if known else "(unknown)"] += 1
         self.service.stats.shm_bytes_in += self.decoder.take_shm_bytes()
         if op == OP_HELLO:
             await self._hello(message)

@@ -238,6 +238,8 @@ async def test_unknown_op_is_bad_request_and_the_connection_lives(start_service,
     assert answer == ErrorResponse(7, ErrorCode.BAD_REQUEST, answer.message, False)
     assert "unknown op" in answer.message
     await assert_good_request_succeeds(connection)
+    await connection.call(Request(8, "x" * 64))
+    assert service.stats.requests_by_op["(unknown)"] == 2 and "format_disk" not in service.stats.requests_by_op
 
 
 def header_frame(header: dict, payload: bytes = b"") -> bytes:
