@@ -3,7 +3,7 @@
 Subcommands (``luna --help`` for the details)::
 
     luna render TEMPLATE [--url URL | --style STYLE] [--set name=value ...] [--out DIR] [--json]
-    luna templates list | detect TEMPLATE | validate TEMPLATE [--url URL | --style STYLE] [--set ...]
+    luna templates list | show TEMPLATE | detect TEMPLATE | validate TEMPLATE [--url URL | --style STYLE] [--set ...]
     luna templates convert UI_WORKFLOW (--url URL | --style STYLE)
     luna instances [--json]
 
@@ -411,6 +411,46 @@ def _templates_list(console: Console) -> dict[str, Any]:
     return {"ok": True, "templates": rows}
 
 
+def _current_value(template: Template, name: str) -> Any:
+    spec = template.injection_map.params[name]
+    if spec.default is not None:
+        return spec.default
+    if spec.kind == "loras":
+        return []
+    for binding in spec.bindings:
+        value = template.workflow.get(binding.node, {}).get("inputs", {}).get(binding.input)
+        if value is not None:
+            return value
+    return None
+
+
+def _templates_show(args: argparse.Namespace) -> dict[str, Any]:
+    template = _load(args.template)
+    params = []
+    for name, spec in template.injection_map.params.items():
+        where = [f"{describe_node(template.workflow, b.node)}.{b.input}" for b in spec.bindings]
+        if spec.lora is not None:
+            where = [type(spec.lora).__name__]
+        params.append({"name": name, "kind": spec.kind, "description": spec.description,
+                       "value": "random" if spec.randomize and spec.default is None else _current_value(template, name),
+                       "bound_to": where})
+    return {"ok": True, "template": template.name, "description": template.description,
+            "path": str(template.workflow_path), "map": str(template.map_path) if template.map_path else None,
+            "detected": template.detected, "notes": list(template.notes), "params": params}
+
+
+def _print_show(result: dict[str, Any], console: Console) -> None:
+    print(f"{result['template']}: {result['description']}", file=console.out)
+    print(f"  workflow {result['path']}", file=console.out)
+    print(f"  map      {result['map'] or '(detected)'}", file=console.out)
+    for param in result["params"]:
+        value = param["value"]
+        shown = value if not isinstance(value, str) or len(value) < 40 else value[:37] + "..."
+        print(f"  {param['name']:<16} {param['kind']:<7} {shown!r:<42} {param['description']}", file=console.out)
+    for note in result["notes"]:
+        print(f"  note: {note}", file=console.out)
+
+
 async def _templates_detect(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     template, _, _ = await _template_for_inspection(args, console)
     detection = detect_map(template.workflow)
@@ -524,10 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--no-validate", action="store_true", help="skip the check against /object_info")
     render.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    templates = sub.add_parser("templates", help="list, detect or validate templates")
+    templates = sub.add_parser("templates", help="list, show, detect, validate or convert templates")
     tsub = templates.add_subparsers(dest="templates_command", metavar="ACTION", required=True)
     tlist = tsub.add_parser("list", help="templates by name (user templates first)")
     tlist.add_argument("--json", action="store_true")
+    show = tsub.add_parser("show", help="a template's parameters (for --set), kinds and current values")
+    show.add_argument("template")
+    show.add_argument("--json", action="store_true")
     detect = tsub.add_parser("detect", help="print the injection map proposed for a workflow (TOML)")
     detect.add_argument("template")
     detect_where = detect.add_mutually_exclusive_group()
@@ -558,6 +601,8 @@ async def _dispatch(args: argparse.Namespace, console: Console) -> dict[str, Any
         return await _instances(args)
     if args.templates_command == "list":
         return _templates_list(console)
+    if args.templates_command == "show":
+        return _templates_show(args)
     if args.templates_command == "detect":
         return await _templates_detect(args, console)
     if args.templates_command == "convert":
@@ -574,6 +619,8 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any], console: Con
     elif args.templates_command == "list":
         for row in result["templates"]:
             print(f"{row['name']:<28} {row['description']}", file=console.out)
+    elif args.templates_command == "show":
+        _print_show(result, console)
     elif args.templates_command == "convert":
         print(json.dumps(result["workflow"], indent=2), file=console.out)
     elif args.templates_command == "detect":

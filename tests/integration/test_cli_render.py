@@ -266,3 +266,14 @@ async def test_cancelling_a_render_interrupts_its_job_on_the_server(tmp_path):
         fake.resume()
         assert fake.interrupts == [{"prompt_id": fake.prompts[0].prompt_id}], console.err.getvalue()
     assert "cancelled job" in console.err.getvalue() and ": interrupted" in console.err.getvalue(), console.err.getvalue()
+
+
+async def test_templates_show_lists_the_parameters_for_set():
+    code, out, err = await luna("templates", "show", "sdxl_img2img", "--json")
+    assert code == 0
+    params = {p["name"]: p for p in json.loads(out)["params"]}
+    assert params["init_image"]["kind"] == "image" and params["init_image"]["value"] == "example.png"
+    assert params["seed"]["value"] == "random" and params["loras"]["value"] == []
+    assert params["denoise"]["bound_to"] == ["'KSampler' (#3 KSampler).denoise"]
+    code, text, _ = await luna("templates", "show", "sdxl_img2img")
+    assert code == 0 and "init_image" in text and "0.55" in text
