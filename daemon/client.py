@@ -680,7 +680,7 @@ async def check_daemon_health_ws(host: str = DEFAULT_HOST, port: int = DEFAULT_W
                     if isinstance(message, dict) and message.get("type") == "status":
                         data = message.get("data")
                         return data if isinstance(data, dict) else {"status": "offline"}
-    except (OSError, TimeoutError, ValueError, Exception):
+    except Exception:  # refused, timed out, not a WebSocket, bad JSON: all mean "offline"
         return {"status": "offline"}
 
 

@@ -308,6 +308,29 @@ async def test_garbage_closes_only_that_connection(start_service, conn_factory, 
     await assert_good_request_succeeds(await conn_factory(service), 3)
 
 
+async def test_random_byte_streams_never_disturb_other_clients(start_service, conn_factory):
+    service, _ = await start_service()
+    bystander = await conn_factory(service)
+    rng = np.random.default_rng(7)
+    valid = frame_bytes(encode_request(Request(1, "echo", {}, (np.ones(300, np.float32),))))
+    for round_index in range(24):
+        blob = rng.bytes(int(rng.integers(1, 400)))
+        if round_index % 3 == 1:  # a valid frame with random bytes flipped
+            mutated = bytearray(valid)
+            for position in rng.integers(0, len(mutated), 4):
+                mutated[position] ^= int(rng.integers(1, 256))
+            blob = bytes(mutated)
+        elif round_index % 3 == 2:  # a valid prefix followed by garbage
+            blob = PREFIX.pack(MAGIC, len(blob), int(rng.integers(0, 64))) + blob
+        fuzzer = await RawConnection.open(service.address)
+        await fuzzer.send(blob)
+        fuzzer.writer.write_eof()
+        assert await fuzzer.is_closed_by_server()
+        await fuzzer.close()
+        await assert_good_request_succeeds(bystander, 100 + round_index)
+    await wait_until(lambda: service.stats.connections_open == 1)
+
+
 async def test_oversize_frame_is_refused_before_reading_it(start_service, conn_factory):
     service, _ = await start_service(Limits(max_payload_bytes=1 << 20))
     attacker = await conn_factory(service)

@@ -225,6 +225,19 @@ async def test_request_over_the_daemon_limit_is_refused_before_sending():
         await tcp.close()
 
 
+async def test_half_precision_wire_dtype_round_trips_through_the_client(service):
+    values = np.linspace(0, 1, 128 * 128, dtype=np.float32).reshape(1, 128, 128)
+
+    def run():
+        with DaemonClient(*service.address, shared_memory=False) as client:
+            return client.request("echo", {}, (values,), wire_dtype="bfloat16")
+
+    _, (echoed,) = await asyncio.to_thread(run)
+    assert echoed.dtype == np.float32
+    np.testing.assert_allclose(echoed, values, atol=4e-3)
+    assert service.stats.bytes_in < values.nbytes * 0.6  # 16 bits per value on the wire
+
+
 async def test_client_name_reaches_the_handler(service):
     def run():
         with DaemonClient(*service.address, client_name="comfyui-8188") as client:
