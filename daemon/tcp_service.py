@@ -249,6 +249,10 @@ class TcpService:
                              return_exceptions=True)
 
 
+class _FrameTimeout(Exception):
+    """A started frame did not complete within ``Limits.read_timeout``."""
+
+
 class _Connection:
     """One client connection: reader loop + in-flight request tasks (event loop only)."""
 
@@ -284,8 +288,11 @@ class _Connection:
                 if decoder.in_frame:
                     if frame_deadline is None:
                         frame_deadline = loop.time() + self.limits.read_timeout
-                    async with asyncio.timeout_at(frame_deadline):
-                        received = await loop.sock_recv_into(self.sock, buffer)
+                    try:
+                        async with asyncio.timeout_at(frame_deadline):
+                            received = await loop.sock_recv_into(self.sock, buffer)
+                    except TimeoutError:
+                        raise _FrameTimeout from None
                 else:
                     frame_deadline = None
                     received = await loop.sock_recv_into(self.sock, buffer)
@@ -302,13 +309,15 @@ class _Connection:
         except ProtocolError as exc:
             self.log.info("closing %s: %s", self.address, exc)
             await self._send_error_and_close(ErrorResponse(0, exc.code, exc.message, False))
-        except TimeoutError:
+        except _FrameTimeout:
             self.log.info("closing %s: frame not completed within %.1fs", self.address,
                           self.limits.read_timeout)
             await self._send_error_and_close(ErrorResponse(
                 0, ErrorCode.TIMEOUT, f"frame not completed within {self.limits.read_timeout}s", False))
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError) as exc:  # TimeoutError here: an answer not drained
             self.log.debug("connection %s lost: %s", self.address, exc)
+        except Exception:  # a bug here must cost one connection, never the service
+            self.log.exception("connection %s failed", self.address)
         finally:
             await self._teardown()
 
