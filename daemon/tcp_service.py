@@ -393,7 +393,8 @@ class _Connection:
             return
         if op not in self.service.ops:
             await self._send_error(message.id, ErrorCode.BAD_REQUEST,
-                                   f"unknown op {op!r}; ops: {', '.join(self.service.ops)}", op=op)
+                                   f"unknown op {op!r}; ops: {', '.join(self.service.ops)}",
+                                   op="(unknown)")
             return
         if self.service.token and not self.authenticated:
             await self._send_error(message.id, ErrorCode.UNAUTHORIZED,
