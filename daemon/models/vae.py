@@ -460,22 +460,49 @@ def _vae_prefix(keys: list[str]) -> str:
     return ""
 
 
+def cpu_has_fast_kernels(dtype: torch.dtype) -> bool:
+    """Whether this CPU runs convolutions natively in ``dtype`` (oneDNN bf16/fp16 needs
+    AVX-512-BF16/AMX/AVX-512-FP16; without them torch's fallback is ~100× slower than fp32)."""
+    checks = {
+        torch.bfloat16: "_is_mkldnn_bf16_supported",
+        torch.float16: "_is_mkldnn_fp16_supported",
+    }
+    if dtype not in checks:
+        return True
+    check = getattr(torch.ops.mkldnn, checks[dtype], None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
 def load_vae(
     path: str | Path,
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "bf16",
     tiling: TileSettings | None = None,
+    strict_dtype: bool = False,
 ) -> VAE:
     """Load a VAE from a standalone file (LDM or diffusers keys) or a full SD1.5/SDXL checkpoint.
 
     Tensors are memory-mapped and converted to ``dtype`` while being copied into the module
     on ``device``, so a large file is never held twice. Raises :class:`ModelLoadError` for
     pickle files, files that are not VAEs, and incomplete files (naming the missing keys).
+
+    On a CPU without native bf16/fp16 convolutions a half precision is replaced by fp32 with a
+    warning (ComfyUI runs the VAE in fp32 on CPU as well); ``strict_dtype=True`` keeps it.
+    The chosen precision is in ``VAE.dtype``.
     """
     path = Path(path)
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu" and not strict_dtype and not cpu_has_fast_kernels(torch_dtype):
+        log.warning(
+            "%s: this CPU has no native %s convolutions (they would run ~100x slower than fp32); "
+            "running the VAE in fp32", path.name, torch_dtype
+        )
+        torch_dtype = torch.float32
     prefix = _vae_prefix(read_keys(path))
     state = load_tensors(path, prefix=prefix)
     try:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from daemon.models.io import ModelLoadError
-from daemon.models.vae import VAEInputError, load_vae
+from daemon.models.vae import VAEInputError, cpu_has_fast_kernels, load_vae
 from tests.helpers.tiny_models import make_tiny_vae
 
 
@@ -95,11 +95,23 @@ def test_unknown_precision_and_missing_device_are_load_errors(tiny_path):
 
 
 def test_weights_are_on_the_requested_device_and_dtype(tiny_path):
-    vae = load_vae(tiny_path, device="cpu", dtype="fp16")
+    vae = load_vae(tiny_path, device="cpu", dtype="fp16", strict_dtype=True)
     assert vae.device == torch.device("cpu") and vae.dtype == torch.float16
     assert {p.device.type for p in vae._model.parameters()} == {"cpu"}
     assert {p.dtype for p in vae._model.parameters()} == {torch.float16}
     assert vae.latent_channels == 4 and vae.downscale == 8
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_without_native_cpu_kernels_runs_in_fp32(tiny_path, caplog, precision, dtype):
+    with caplog.at_level(logging.WARNING, logger="daemon.models.vae"):
+        vae = load_vae(tiny_path, device="cpu", dtype=precision)
+    if cpu_has_fast_kernels(dtype):
+        assert vae.dtype == dtype
+    else:
+        assert vae.dtype == torch.float32
+        assert "no native" in caplog.text
+    assert {p.dtype for p in vae._model.parameters()} == {vae.dtype}
 
 
 @pytest.mark.parametrize(

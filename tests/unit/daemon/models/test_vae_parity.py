@@ -101,7 +101,7 @@ def test_old_diffusers_attention_names_load_identically(tiny, tmp_path):
 
 def test_fp16_file_is_converted_to_the_requested_dtype(tmp_path):
     made = make_tiny_vae(tmp_path / "half.safetensors", "ldm", seed=8, dtype=torch.float16)
-    vae = load_vae(made.path)  # default precision: bf16
+    vae = load_vae(made.path, strict_dtype=True)  # default precision: bf16
     assert vae.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in vae._model.parameters())
     assert vae.footprint_bytes == sum(p.numel() * 2 for p in vae._model.parameters())
@@ -109,7 +109,7 @@ def test_fp16_file_is_converted_to_the_requested_dtype(tmp_path):
 
 def test_bf16_results_stay_close_to_fp32(tiny):
     made = tiny[0]
-    fp32, bf16 = load_vae(made.path, dtype="fp32"), load_vae(made.path, dtype="bf16")
+    fp32, bf16 = load_vae(made.path, dtype="fp32"), load_vae(made.path, dtype="bf16", strict_dtype=True)
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
     exact, approx = fp32.decode(latent), bf16.decode(latent)
     assert approx.dtype == torch.float32

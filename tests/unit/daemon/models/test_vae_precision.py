@@ -30,7 +30,7 @@ def overflowing_path(tmp_path_factory):
 
 
 def test_fp16_overflow_in_decode_is_recomputed_in_fp32(overflowing_path, caplog):
-    half = load_vae(overflowing_path, dtype="fp16")
+    half = load_vae(overflowing_path, dtype="fp16", strict_dtype=True)
     full = load_vae(overflowing_path, dtype="fp32")
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():  # precondition: the fp16 model really overflows
@@ -46,7 +46,7 @@ def test_fp16_overflow_in_decode_is_recomputed_in_fp32(overflowing_path, caplog)
 
 
 def test_fp16_overflow_in_encode_is_recomputed_in_fp32(overflowing_path, caplog):
-    half = load_vae(overflowing_path, dtype="fp16")
+    half = load_vae(overflowing_path, dtype="fp16", strict_dtype=True)
     full = load_vae(overflowing_path, dtype="fp32")
     pixels = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
     with caplog.at_level(logging.WARNING, logger="daemon.models.vae"):
@@ -56,7 +56,7 @@ def test_fp16_overflow_in_encode_is_recomputed_in_fp32(overflowing_path, caplog)
 
 
 def test_bf16_does_not_overflow_where_fp16_does(overflowing_path, caplog):
-    bf16 = load_vae(overflowing_path, dtype="bf16")
+    bf16 = load_vae(overflowing_path, dtype="bf16", strict_dtype=True)
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     with caplog.at_level(logging.WARNING, logger="daemon.models.vae"):
         image = bf16.decode(latent)
@@ -66,7 +66,7 @@ def test_bf16_does_not_overflow_where_fp16_does(overflowing_path, caplog):
 
 def test_loading_in_fp16_warns_about_the_sdxl_vae(overflowing_path, caplog):
     with caplog.at_level(logging.WARNING, logger="daemon.models.vae"):
-        load_vae(overflowing_path, dtype="fp16")
+        load_vae(overflowing_path, dtype="fp16", strict_dtype=True)
     assert "fp16" in caplog.text and "SDXL" in caplog.text
 
 
