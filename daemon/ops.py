@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -199,13 +200,15 @@ class DaemonOps:
             raise _bad(f"vae_decode: latent has {array.shape[1]} channels, model set {model!r} "
                        f"expects {vae.latent_channels} (shape B×C×h×w)")
 
-        def job() -> np.ndarray:
+        def job() -> tuple[np.ndarray, float]:
+            started = time.perf_counter()
             tensor = _to_torch(array)
             out = vae.encode(tensor, tile=tile) if op == "vae_encode" else vae.decode(tensor, tile=tile)
-            return _to_numpy(out)
+            return _to_numpy(out), time.perf_counter() - started
 
-        result = await self._submit(self.vae_pool, job)
-        return {"model": model, "shape": list(result.shape)}, [result]
+        result, seconds = await self._submit(self.vae_pool, job)
+        # run_ms: time on the worker (conversion + model); lets clients see the transport share.
+        return {"model": model, "shape": list(result.shape), "run_ms": round(seconds * 1000, 3)}, [result]
 
     # ------------------------------------------------------------------ shutdown
 
