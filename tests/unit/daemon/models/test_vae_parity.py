@@ -140,3 +140,18 @@ def test_alpha_channel_is_ignored(tiny):
     rgb = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(13))
     rgba = torch.cat([rgb, torch.rand(1, 32, 32, 1)], dim=-1)
     assert torch.equal(vae.encode(rgba), vae.encode(rgb))
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)])
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (8, 8)])
+def test_phase_decomposed_upsample_equals_nearest_upsample_then_conv(dtype, atol, size):
+    from daemon.models.vae import Upsample
+
+    torch.manual_seed(0)
+    module = Upsample(32).to(dtype)
+    x = torch.randn(2, 32, *size, dtype=dtype)
+    with torch.inference_mode():
+        ours = module(x)
+        reference = module.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert ours.shape == (2, 32, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(ours.float(), reference.float(), atol=atol, rtol=0.02)
