@@ -201,14 +201,16 @@ class Lease:
 class ShmArena:
     """Client-side pool of segments for one connection, leased per request id and reused.
 
-    Segments are sized in powers of two (at least 1 MiB); up to ``max_idle`` free ones are
-    kept for the next requests, the rest are unlinked at once. :meth:`close` unlinks all.
+    Segments are sized in powers of two from 1 MiB (4 MiB steps above 16 MiB); up to
+    ``max_idle`` free ones (``max_idle_bytes`` in all, but always the largest) are kept for the
+    next requests, the rest are unlinked at once. :meth:`close` unlinks all.
     """
 
     def __init__(self, prefix: str | None = None, *, max_idle: int = 4,
-                 max_segment_bytes: int = 4 << 30):
+                 max_idle_bytes: int = 256 << 20, max_segment_bytes: int = 4 << 30):
         self.prefix = prefix or new_prefix()
         self.max_idle = max_idle
+        self.max_idle_bytes = max_idle_bytes
         self.max_segment_bytes = max_segment_bytes
         self._counter = 0
         self._idle: list[Segment] = []
@@ -250,8 +252,11 @@ class ShmArena:
             self._destroy(lease.segment)
             return
         self._idle.append(lease.segment)
-        if len(self._idle) > self.max_idle:
-            self._idle.sort(key=lambda s: s.size)
+        self._idle.sort(key=lambda s: s.size)
+        # Keep few idle segments and bounded idle memory, but always the largest one, so a
+        # stream of same-size big requests never re-creates its segment.
+        while len(self._idle) > 1 and (len(self._idle) > self.max_idle
+                                       or sum(s.size for s in self._idle) > self.max_idle_bytes):
             self._destroy(self._idle.pop(0))
 
     def discard(self, request_id: int) -> None:

@@ -139,6 +139,18 @@ def test_released_segments_are_reused_and_extra_idle_ones_unlinked():
     assert not any(existing(name) for name in names)
 
 
+def test_idle_memory_is_bounded_but_the_largest_segment_is_kept():
+    arena = ShmArena(max_idle=4, max_idle_bytes=5 << 20)
+    try:
+        for request_id, size in enumerate((1 << 20, 2 << 20, 4 << 20, 8 << 20)):
+            arena.lease(request_id, size)
+        for request_id in range(4):
+            arena.release(request_id)
+        assert sorted(s.size for s in arena._idle) == [8 << 20]
+    finally:
+        arena.close()
+
+
 def test_discarded_lease_is_never_reused(arena):
     name = arena.lease(1, 1000).segment.name
     arena.discard(1)
