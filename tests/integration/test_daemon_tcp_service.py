@@ -456,6 +456,23 @@ async def test_close_lets_in_flight_finish_or_answers_shutting_down(start_servic
         socket.create_connection(service.address, timeout=1).close()
 
 
+async def test_close_waits_for_in_flight_work_within_the_grace_and_refuses_new_work(
+        start_service, conn_factory):
+    service, handler = await start_service()
+    connection = await conn_factory(service)
+    await connection.send_request(Request(1, "wait", {"tag": "finish me"}))
+    await handler.wait_entered(1)
+    closing = asyncio.get_running_loop().create_task(service.close(grace=5.0))
+    await wait_until(lambda: service.closing)
+    late = await connection.call(Request(2, "sum"))
+    assert late.code is ErrorCode.SHUTTING_DOWN and late.retryable
+    handler.release.set()
+    finished = await connection.receive()
+    assert finished.id == 1 and finished.result == {"tag": "finish me"}
+    await closing
+    assert await connection.is_closed_by_server()
+
+
 # ---------------------------------------------------------------------------------- auth
 
 async def test_token_is_required_before_any_op(start_service, conn_factory):
