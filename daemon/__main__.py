@@ -142,9 +142,9 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)        # config errors are reported before torch loads
     from daemon.server import run_daemon   # torch is imported only when serving
 
-    config = config_from_args(args)
     return run_daemon(config)
 
 

@@ -179,10 +179,8 @@ class DaemonServer:
             _, ws_port = await self.ws.start()
         except OSError as exc:
             await self._abort_start()
-            raise DaemonStartupError(
-                f"cannot listen for the status WebSocket on {config.network.host}:"
-                f"{config.network.ws_port}: {exc.strerror or exc} (is another Luna daemon running?)"
-            ) from None
+            raise DaemonStartupError(f"cannot listen for the status WebSocket: {exc.strerror or exc}"
+                                     ) from None
         await self.vae_pool.start()
         await self.clip_pool.start()
         if config.load_models == "start":

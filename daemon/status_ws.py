@@ -34,6 +34,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from daemon.tcp_service import bind_listener
+
 STATUS = "status"
 SCALING = "scaling"
 
@@ -93,15 +95,20 @@ class StatusWebSocket:
 
     async def start(self) -> tuple[str, int]:
         """Bind (port 0 → a free port) and start broadcasting; returns the bound (host, port)."""
-        self._server = await serve(
-            self._handle,
-            self._host,
-            self._port,
-            origins=self._origins,
-            process_request=self._process_request,
-            max_size=64 * 1024,
-            logger=self._log,
-        )
+        # Bound like the protocol port: exclusively on Windows, so no second daemon can share it.
+        listener = bind_listener(self._host, self._port)
+        try:
+            self._server = await serve(
+                self._handle,
+                sock=listener,
+                origins=self._origins,
+                process_request=self._process_request,
+                max_size=64 * 1024,
+                logger=self._log,
+            )
+        except BaseException:
+            listener.close()
+            raise
         self._ticker = asyncio.create_task(self._tick(), name="status-ws-ticker")
         host, port = self._server.sockets[0].getsockname()[:2]
         self._log.info("status WebSocket listening on ws://%s:%d", host, port)

@@ -344,6 +344,7 @@ def _blocking_decode(host: str, port: int) -> np.ndarray:
         return client.vae_decode(latent())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal")
 async def test_subprocess_daemon_stops_on_sigint_and_on_the_shutdown_op(luna_home):
     async with daemon_process("--port", "0", "--ws-port", "0", "--device", "cpu") as (proc, ready):
@@ -363,13 +364,17 @@ def _blocking_shutdown(host: str, port: int, token: str) -> dict:
         return client.request("shutdown", {"token": token})[0]
 
 
-async def test_subprocess_invalid_config_and_port_in_use_exit_with_a_message(tmp_path):
+async def test_subprocess_invalid_config_exits_2_naming_the_key(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[scaling]\nmax_vae_workers = 0\n")
     code, out, err = await run_daemon_to_exit("--config", str(bad), "--port", "0", "--ws-port", "0")
     assert code == 2 and "scaling.max_vae_workers" in err and "LUNA_DAEMON_READY" not in out
     code, _, err = await run_daemon_to_exit("--port", "0", "--ws-port", "0", "--max-clip-workers", "-1")
     assert code == 2 and "--max-clip-workers" in err
+
+
+@pytest.mark.slow
+async def test_subprocess_port_in_use_exits_2_with_a_message():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
