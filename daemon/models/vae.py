@@ -335,13 +335,17 @@ class VAE:
     def _encode(self, pixels: torch.Tensor, tile: bool | None, generator: torch.Generator | None) -> torch.Tensor:
         x = self._image_to_model_input(pixels)
         item_bytes = _ENCODE_ELEMENTS_PER_PIXEL * x.shape[-2] * x.shape[-1] * self._element_size()
+        # Image tiles start on multiples of the downscale factor so they map onto whole latent pixels.
+        f = self.downscale
+        tile_size = max(f, self.tiling.encode_tile // f * f)
+        overlap = min(self.tiling.encode_overlap // f * f, tile_size - f)
         moments = self._run(
             lambda model, t: model.encode_moments(t),
             x,
             tile=tile,
             item_bytes=item_bytes,
-            tile_size=self.tiling.encode_tile,
-            overlap=self.tiling.encode_overlap,
+            tile_size=tile_size,
+            overlap=overlap,
             scale=1.0 / self.downscale,
             out_channels=2 * self.latent_channels,
         )
@@ -468,7 +472,7 @@ class VAE:
 
     def _float32_model(self) -> AutoencoderKL:
         """An fp32 copy for the NaN retry, built once on first need (under a lock)."""
-        with self._fp32_lock:
+        with self._fp32_lock, torch.inference_mode(False):  # ordinary parameters, like the original
             if self._fp32_model is None:
                 self._fp32_model = copy.deepcopy(self._model).to(torch.float32)
             return self._fp32_model

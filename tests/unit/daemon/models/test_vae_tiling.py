@@ -146,3 +146,10 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory():
 def test_bad_tile_settings_are_rejected():
     with pytest.raises(ValueError, match="overlap"):
         TileSettings(decode_tile=8, decode_overlap=8)
+
+
+def test_encode_tiles_not_aligned_to_the_latent_grid_are_aligned(local_vae_path):
+    odd = load_vae(local_vae_path, dtype="fp32", tiling=TileSettings(encode_tile=100, encode_overlap=30))
+    aligned = load_vae(local_vae_path, dtype="fp32", tiling=TileSettings(encode_tile=96, encode_overlap=24))
+    pixels = torch.rand(1, 160, 136, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(odd.encode(pixels, tile=True), aligned.encode(pixels, tile=True))
