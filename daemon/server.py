@@ -21,11 +21,9 @@ status 0 after a clean stop, 2 for configuration/start-up errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
@@ -34,12 +32,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from daemon import __version__
+from daemon.auth import load_or_create_token
+from daemon.auth import token_path as default_token_path
 from daemon.config import ConfigError, DaemonConfig
 from daemon.devices import GIB, DeviceChoice, WorkerRunner, choose_device, memory_info, peak_memory_meter
 from daemon.devices import supports_precision
 from daemon.model_registry import CLIP_KIND, ModelRegistry
 from daemon.ops import DaemonOps
-from daemon.paths import user_dirs
 from daemon.pools import PoolSettings, ScalingEvent, WorkerPool
 from daemon.prompt_cache import PromptCache
 from daemon.protocol import PROTOCOL_VERSION, Limits
@@ -47,7 +46,6 @@ from daemon.status_ws import StatusWebSocket
 from daemon.tcp_service import PortInUseError, TcpService
 
 READY_PREFIX = "LUNA_DAEMON_READY"
-TOKEN_FILE_NAME = "daemon.token"
 EXIT_OK = 0
 EXIT_START_FAILED = 2
 
@@ -77,26 +75,8 @@ def parse_ready_line(line: str) -> ReadyInfo | None:
 
 
 def token_path(config: DaemonConfig) -> Path:
-    return config.network.token_file or (user_dirs().config / TOKEN_FILE_NAME)
-
-
-def load_or_create_token(path: Path) -> str:
-    """Read the daemon token, creating it (random, owner-only permissions) when missing."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    # O_EXCL + 0o600: never readable by other users, never a pre-existing file's permissions.
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    return token
+    """The configured token file, else ``daemon.token`` in the user config dir."""
+    return config.network.token_file or default_token_path()
 
 
 class DaemonServer:

@@ -295,8 +295,14 @@ async def test_shutdown_op_needs_the_token():
             with pytest.raises(DaemonError):
                 await client.request("shutdown", {"token": "wrong"})
             assert (await client.status())["status"] == "ok"
-            result, _ = await client.request("shutdown", {"token": server.token})
-            assert result == {"shutting_down": True}
+            with pytest.raises(DaemonError) as err:
+                await client.shutdown()                      # a client without the token
+            assert err.value.code is ErrorCode.UNAUTHORIZED
+            owner = await client_for(server, token=server.token)
+            try:
+                await owner.shutdown()                       # sends the token in the op
+            finally:
+                await owner.close()
             reason = await asyncio.wait_for(server.serve_forever(), 10)
             assert reason.startswith("shutdown op")
         finally:
@@ -360,8 +366,9 @@ async def test_subprocess_daemon_stops_on_sigint_and_on_the_shutdown_op(luna_hom
 
 
 def _blocking_shutdown(host: str, port: int, token: str) -> dict:
-    with DaemonClient(host, port) as client:
-        return client.request("shutdown", {"token": token})[0]
+    with DaemonClient(host, port, token=token) as client:
+        client.shutdown()
+    return {"shutting_down": True}
 
 
 async def test_subprocess_invalid_config_exits_2_naming_the_key(tmp_path):
