@@ -309,6 +309,30 @@ async def test_shutdown_op_needs_the_token():
             await client.close()
 
 
+async def test_stop_lets_the_request_in_flight_finish_then_refuses_new_work(tmp_path):
+    path = tiny_vae_file(tmp_path)
+    config = daemon_config(**{"models.default.vae": str(path), "daemon.load_models": "start"})
+    async with running_daemon(config) as server:
+        client = await client_for(server)
+        late = await client_for(server)
+        try:
+            await client.vae_decode(latent())
+            await late.ping()
+            async with ws_recorder(server.ready.host, server.ready.ws_port) as ws:
+                in_flight = asyncio.create_task(client.vae_decode(latent(size=32)))
+                await ws.next("status", lambda d: d["vae_pool"]["busy_workers"] == 1)
+                server.request_shutdown("test")
+                closing = asyncio.create_task(server.close(grace=30))
+                image = await in_flight                  # finished, not cut off
+                assert image.shape == (1, 256, 256, 3)
+                await closing
+            with pytest.raises((DaemonError, ConnectionError)):
+                await late.vae_decode(latent())
+        finally:
+            await client.close()
+            await late.close()
+
+
 async def test_port_in_use_is_a_clear_error():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
