@@ -122,7 +122,13 @@ def to_ldm(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
     layout = detect_layout(set(state))
     if layout == DIFFUSERS:
         return diffusers_to_ldm(state), layout
-    return dict(state), layout
+    # Some converted checkpoints keep Linear-shaped (2-D) attention weights under LDM names.
+    fixed = {}
+    for key, tensor in state.items():
+        if ".mid.attn_1." in key and key.endswith(".weight") and tensor.ndim == 2:
+            tensor = tensor.reshape(tensor.shape[0], tensor.shape[1], 1, 1)
+        fixed[key] = tensor
+    return fixed, layout
 
 
 @dataclass(frozen=True)

@@ -155,3 +155,16 @@ def test_phase_decomposed_upsample_equals_nearest_upsample_then_conv(dtype, atol
         reference = module.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
     assert ours.shape == (2, 32, 2 * size[0], 2 * size[1])
     torch.testing.assert_close(ours.float(), reference.float(), atol=atol, rtol=0.02)
+
+
+def test_ldm_file_with_linear_shaped_attention_weights_loads_identically(tiny, tmp_path):
+    made = tiny[0]
+    state = {
+        k: (v.reshape(v.shape[0], v.shape[1]) if ".mid.attn_1." in k and k.endswith(".weight") and v.ndim == 4 else v)
+        for k, v in made.ldm_state.items()
+    }
+    assert state["decoder.mid.attn_1.q.weight"].ndim == 2
+    path = tmp_path / "flat_attention.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(14))
+    assert torch.equal(load_vae(path, dtype="fp32").decode(latent), load_vae(made.path, dtype="fp32").decode(latent))
