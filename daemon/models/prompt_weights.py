@@ -92,7 +92,10 @@ def _group_weight(inner: str, enclosing: float) -> tuple[str, float]:
             if not math.isfinite(explicit):
                 raise PromptWeightError(f"prompt weight {inner[colon + 1:].strip()!r} is not a finite number")
             return inner[:colon], explicit
-    return inner, enclosing * EMPHASIS
+    weight = enclosing * EMPHASIS
+    if not math.isfinite(weight):
+        raise PromptWeightError("prompt nests parentheses so deeply that the weight overflows")
+    return inner, weight
 
 
 def parse_weighted_prompt(prompt: str) -> list[WeightedText]:

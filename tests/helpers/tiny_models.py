@@ -420,8 +420,14 @@ def hf_clip_from_state(kind: str, state: Mapping[str, torch.Tensor], *, hidden: 
         bare = key.removeprefix("text_model.")
         own[key if key in wanted else bare] = tensor
     own = {k: v for k, v in own.items() if k in wanted}
-    missing = wanted - set(own)
-    for key in missing:  # non-persistent buffers such as position_ids
+    for key in wanted - set(own):  # position_ids, when the transformers version persists it
         own[key] = torch.arange(77)[None]
     model.load_state_dict(own, strict=True, assign=True)
+    for name, buffer in list(model.named_buffers()):
+        if buffer.is_meta:  # non-persistent buffers are not in the state dict: make them real
+            owner_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            if attr != "position_ids":
+                raise RuntimeError(f"unexpected meta buffer {name}")
+            owner.register_buffer(attr, torch.arange(buffer.shape[-1]).expand(buffer.shape), persistent=False)
     return model.eval().requires_grad_(False)

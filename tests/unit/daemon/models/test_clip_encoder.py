@@ -279,3 +279,12 @@ def test_concurrent_encodes_from_threads_match_sequential_results(sdxl):
     assert not errors
     for (_, p), out in results.items():
         torch.testing.assert_close(out.cond, expected[p].cond, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_precision_picks_bf16_only_where_the_cpu_computes_it_natively(files, tokenizer):
+    from daemon.models.clip import preferred_precision
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert preferred_precision(torch.device("cpu")) == ("bf16" if native else "fp32")
+    enc = load_text_encoder(clip_l=files["l"].path, dtype="auto", tokenizer=tokenizer)
+    assert enc.dtype == (torch.bfloat16 if native else torch.float32)
