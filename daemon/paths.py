@@ -65,13 +65,18 @@ def user_dirs() -> UserDirs:
 def bundle_root() -> Path:
     """The directory holding ``resources/`` and ``workflows/``.
 
-    Frozen (PyInstaller): ``sys._MEIPASS``. Otherwise the repository root, i.e. the parent of
-    this package, which is also right for an editable install.
+    Frozen (PyInstaller): ``sys._MEIPASS``. A checkout or editable install: the repository root
+    (the parent of this package). A regular wheel install: ``<sys.prefix>/share/luna-narrates``.
     """
     frozen_root = getattr(sys, "_MEIPASS", None)
     if frozen_root:
         return Path(frozen_root)
-    return Path(__file__).resolve().parent.parent
+    source_root = Path(__file__).resolve().parent.parent
+    if (source_root / "resources").is_dir():
+        return source_root
+    # A regular (non-editable) wheel install ships the data under <prefix>/share (pyproject data-files).
+    installed_root = Path(sys.prefix) / "share" / "luna-narrates"
+    return installed_root if installed_root.is_dir() else source_root
 
 
 def resource_path(*parts: str) -> Path:
