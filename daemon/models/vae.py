@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Key prefixes under which a VAE may sit inside a bigger file (full checkpoint, diffusers bundle).
 VAE_KEY_PREFIXES = ("first_stage_model.", "vae.")
+#: Parts of a full checkpoint other than the VAE (UNet, SD1.5 CLIP, SDXL conditioner).
+_CHECKPOINT_PART_PREFIXES = ("model.diffusion_model.", "cond_stage_model.", "conditioner.")
 #: Leftovers of training found in some VAE files; ignored without a warning.
 _IGNORED_PREFIXES = ("loss.", "model_ema.")
 #: Working-memory estimates per batch item, in elements (ComfyUI's measured constants):
@@ -533,7 +535,10 @@ def load_vae(
             "running the VAE in fp32", path.name, torch_dtype
         )
         torch_dtype = torch.float32
-    prefix = _vae_prefix(read_keys(path))
+    keys = read_keys(path)
+    prefix = _vae_prefix(keys)
+    if not prefix and any(k.startswith(_CHECKPOINT_PART_PREFIXES) for k in keys):
+        raise ModelLoadError(f"{path.name}: this checkpoint contains no VAE (no first_stage_model.* tensors)")
     state = load_tensors(path, prefix=prefix)
     try:
         state, layout = to_ldm(state)

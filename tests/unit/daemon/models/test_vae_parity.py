@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from daemon.models.io import ModelLoadError
 from daemon.models.vae import load_vae
 from tests.helpers.tiny_models import make_tiny_checkpoint, make_tiny_vae
 
@@ -73,15 +74,32 @@ def test_both_layouts_give_identical_results(tiny):
     assert torch.equal(ldm.decode(latent), diffusers.decode(latent))
 
 
-def test_vae_inside_a_full_checkpoint_equals_the_standalone_file(tiny, tmp_path):
+CLIP_L_STUB = {"text_model.embeddings.token_embedding.weight": torch.zeros(4, 8)}
+CLIP_G_STUB = {"token_embedding.weight": torch.zeros(4, 8)}
+
+
+@pytest.mark.parametrize("kind", ["sd15", "sdxl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_vae_inside_a_full_checkpoint_equals_the_standalone_file(tiny, tmp_path, kind, dtype):
     made = tiny[0]
-    clip_stub = {"text_model.embeddings.token_embedding.weight": torch.zeros(4, 8)}
-    checkpoint = make_tiny_checkpoint(tmp_path / "model.safetensors", "sd15", made.ldm_state, clip_stub)
+    clip_g = CLIP_G_STUB if kind == "sdxl" else None
+    checkpoint = make_tiny_checkpoint(tmp_path / "model.safetensors", kind, made.ldm_state, CLIP_L_STUB, clip_g,
+                                      dtype=dtype)
+    standalone_path = tmp_path / "vae.safetensors"
+    save_file({k: v.to(dtype) for k, v in made.ldm_state.items()}, str(standalone_path))
     from_checkpoint = load_vae(checkpoint, dtype="fp32")
-    standalone = load_vae(made.path, dtype="fp32")
-    latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(6))
+    standalone = load_vae(standalone_path, dtype="fp32")
     assert from_checkpoint.layout == "ldm"
+    for name, tensor in standalone._model.state_dict().items():
+        assert torch.equal(from_checkpoint._model.state_dict()[name], tensor), name
+    latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(6))
     assert torch.equal(from_checkpoint.decode(latent), standalone.decode(latent))
+
+
+def test_checkpoint_without_a_vae_is_refused_by_name(tmp_path):
+    checkpoint = make_tiny_checkpoint(tmp_path / "novae.safetensors", "sd15", None, CLIP_L_STUB)
+    with pytest.raises(ModelLoadError, match="contains no VAE"):
+        load_vae(checkpoint)
 
 
 def test_old_diffusers_attention_names_load_identically(tiny, tmp_path):
