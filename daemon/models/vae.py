@@ -152,7 +152,9 @@ class Upsample(nn.Module):
         b, _, h, w = x.shape
         cout = self.conv.out_channels
         bias = self.conv.bias.repeat(4) if self.conv.bias is not None else None
-        phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), _phase_kernels(self.conv.weight), bias)
+        # Tap sums in fp32 so bf16/fp16 kernels carry one rounding, like the original weights.
+        kernels = _phase_kernels(self.conv.weight.float()).to(x.dtype)
+        phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, bias)
         out = x.new_empty(b, cout, 2 * h, 2 * w)
         for index, (row, col) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
             out[:, :, row::2, col::2] = phases[:, index * cout:(index + 1) * cout, row:row + h, col:col + w]
