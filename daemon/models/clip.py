@@ -32,6 +32,7 @@ under ``torch.inference_mode()`` and may be called from several pool threads at 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,8 @@ from daemon.models.tokenizer import (
     empty_window,
     split_into_windows,
 )
+
+log = logging.getLogger(__name__)
 
 #: ComfyUI tells bigG from CLIP-L by depth (a 31st layer exists only in bigG).
 _BIGG_MIN_LAYERS = 31
@@ -254,11 +257,20 @@ def preferred_precision(device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu":
-        fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-            torch.cpu, "_is_amx_tile_supported", lambda: False
-        )()
-        return "bf16" if fast_bf16 else "fp32"
+        return "bf16" if cpu_has_native(torch.bfloat16) else "fp32"
     return "fp32"
+
+
+def cpu_has_native(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN runs ``dtype`` matmuls natively (AVX-512-BF16/AMX/AVX-512-FP16)."""
+    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+    if dtype not in checks:
+        return True
+    check = getattr(torch.ops.mkldnn, checks[dtype], None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
 
 
 def load_text_encoder(
@@ -270,16 +282,26 @@ def load_text_encoder(
     dtype: str | torch.dtype = "bf16",
     embeddings_dir: str | Path | None = None,
     tokenizer: ClipTokenizer | None = None,
+    strict_dtype: bool = False,
 ) -> TextEncoder:
     """Load an SD1.5 (``clip_l``) or SDXL (``clip_l`` + ``clip_g``) text encoder.
 
     ``checkpoint`` instead takes both from a full SD1.5/SDXL ``.safetensors`` checkpoint.
     Weights are converted to ``dtype`` on load and placed on ``device`` (verified);
-    ``dtype="auto"`` picks :func:`preferred_precision` for the device.
+    ``dtype="auto"`` picks :func:`preferred_precision` for the device. On a CPU without native
+    bf16/fp16 matmuls a half precision is replaced by fp32 with a warning (emulated bf16 is ~6×
+    slower; ComfyUI computes the text encoders in fp32 anyway); ``strict_dtype=True`` keeps it.
+    The chosen precision is in ``TextEncoder.dtype``.
     ``tokenizer`` lets callers share one already-built tokenizer.
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(preferred_precision(torch_device) if dtype == "auto" else dtype)
+    if torch_device.type == "cpu" and not strict_dtype and not cpu_has_native(torch_dtype):
+        log.warning(
+            "this CPU has no native %s matmuls (a CLIP forward would run ~6x slower than fp32); "
+            "running the text encoders in fp32", torch_dtype,
+        )
+        torch_dtype = torch.float32
     if checkpoint is not None:
         if clip_l is not None or clip_g is not None:
             raise ValueError("pass either checkpoint= or clip_l=/clip_g=, not both")
@@ -330,5 +352,6 @@ __all__ = [
     "PromptError",
     "TextEncoder",
     "load_text_encoder",
+    "cpu_has_native",
     "preferred_precision",
 ]

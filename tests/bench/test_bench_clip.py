@@ -104,7 +104,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     args = json.loads(sys.argv[1])
     start = time.perf_counter()
-    encoder = load_text_encoder(dtype=args.pop("dtype"), tokenizer=tokenizer, **args)
+    encoder = load_text_encoder(dtype=args.pop("dtype"), tokenizer=tokenizer, strict_dtype=True, **args)
     loaded = time.perf_counter() - start
     encoder.encode("a photo of a cat")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -206,8 +206,8 @@ def test_sd15_checkpoint_without_text_model_prefix_matches_the_separate_file(fil
     torch.testing.assert_close(a.cond, b.cond, rtol=0.02, atol=0.02)  # fp16 file
 
 
-def test_fp32_files_are_converted_to_bf16_by_default_and_footprint_is_measured(files, tokenizer):
-    enc = load_text_encoder(clip_l=files["l"].path, clip_g=files["g"].path, tokenizer=tokenizer)
+def test_fp32_files_are_converted_to_bf16_and_footprint_is_measured(files, tokenizer):
+    enc = load_text_encoder(clip_l=files["l"].path, clip_g=files["g"].path, tokenizer=tokenizer, strict_dtype=True)
     assert enc.dtype == torch.bfloat16 and enc.device == torch.device("cpu")
     for part in enc.parts:
         assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in part.model.parameters())
@@ -282,9 +282,21 @@ def test_concurrent_encodes_from_threads_match_sequential_results(sdxl):
 
 
 def test_auto_precision_picks_bf16_only_where_the_cpu_computes_it_natively(files, tokenizer):
-    from daemon.models.clip import preferred_precision
+    from daemon.models.clip import cpu_has_native, preferred_precision
 
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    native = cpu_has_native(torch.bfloat16)
     assert preferred_precision(torch.device("cpu")) == ("bf16" if native else "fp32")
     enc = load_text_encoder(clip_l=files["l"].path, dtype="auto", tokenizer=tokenizer)
     assert enc.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_half_precision_on_a_cpu_without_native_support_runs_in_fp32(files, tokenizer, caplog):
+    from daemon.models.clip import cpu_has_native
+
+    enc = load_text_encoder(clip_l=files["l"].path, dtype="bf16", tokenizer=tokenizer)
+    if cpu_has_native(torch.bfloat16):
+        assert enc.dtype == torch.bfloat16
+    else:
+        assert enc.dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in enc.parts[0].model.parameters())
+        assert "running the text encoders in fp32" in caplog.text

@@ -25,8 +25,10 @@ def test_full_size_sdxl_text_encoder_loads_and_encodes(tmp_path):
     assert (l_model.config.hidden_size, l_model.config.num_layers, l_model.config.num_heads) == (768, 12, 12)
     assert (g_model.config.hidden_size, g_model.config.num_layers, g_model.config.num_heads) == (1280, 32, 20)
     assert g_model.config.intermediate_size == 5120 and g_model.config.projection_dim == 1280
-    # 123,060,480 (L without projection) + 694,659,840 (G with projection) parameters, bf16.
-    assert encoder.footprint_bytes == 2 * (123_060_480 + 694_659_840)
+    # 123,060,480 (L without projection) + 694,659,840 (G with projection) parameters; bf16, or
+    # fp32 on a CPU without native bf16 (see load_text_encoder).
+    bytes_per_param = torch.empty(0, dtype=encoder.dtype).element_size()
+    assert encoder.footprint_bytes == bytes_per_param * (123_060_480 + 694_659_840)
 
     out = encoder.encode("a photo of an astronaut riding a (horse:1.2) on the moon")
     assert out.cond.shape == (1, 77, 2048) and out.pooled.shape == (1, 1280)
