@@ -25,7 +25,9 @@ older builds). The socket uses ``/ws`` (registered under both too). No ``Origin`
 sent (ComfyUI answers 403 to cross-origin requests on loopback); the instance's extra headers go
 on every HTTP request and on the WebSocket upgrade. Every call has a timeout.
 
-Runs on one asyncio event loop (the one that called :meth:`start`); not thread-safe.
+Runs on one asyncio event loop (the one that called :meth:`start`); not thread-safe. Timeouts use
+``asyncio.timeout`` rather than ``asyncio.wait_for``: on Python 3.11 ``wait_for`` can swallow a
+cancellation that races with its inner future, which left background loops unkillable.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ class ComfyClient:
 
     async def start(self) -> None:
         """Create the HTTP session and start the socket task (it connects in the background)."""
+        if self._closing:
+            raise ComfyUnavailable(f"{self.name}: client is closed", instance=self.name, cause="closed")
         if self._http is not None:
             return
         headers = {"User-Agent": "LunaNarrates-Operator"}
@@ -198,7 +202,8 @@ class ComfyClient:
         if self._http is None:
             await self.start()
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout or self.timeouts.ws_open)
+            async with asyncio.timeout(timeout or self.timeouts.ws_open):
+                await self._connected.wait()
         except TimeoutError:
             raise ComfyUnavailable(f"{self.name}: WebSocket did not open within "
                                    f"{timeout or self.timeouts.ws_open:g} s", instance=self.name,
@@ -394,7 +399,8 @@ class ComfyClient:
         Raises ExecutionFailed / JobInterrupted / JobLost, or JobTimeout after ``timeout``.
         """
         try:
-            await asyncio.wait_for(job.wait_finished(), timeout)
+            async with asyncio.timeout(timeout):
+                await job.wait_finished()
         except TimeoutError:
             raise JobTimeout(f"job {job.prompt_id} not finished after {timeout:g} s", prompt_id=job.prompt_id,
                              instance=self.name) from None
@@ -490,7 +496,8 @@ class ComfyClient:
         """The job's history entry, waiting out the execution_success → history-write race."""
         if not job.history_written.is_set():
             try:
-                await asyncio.wait_for(job.history_written.wait(), self.timeouts.history_grace)
+                async with asyncio.timeout(self.timeouts.history_grace):
+                    await job.history_written.wait()
             except TimeoutError:
                 pass
         deadline = time.monotonic() + self.timeouts.history
@@ -504,7 +511,8 @@ class ComfyClient:
                 raise JobLost(f"finished but no history entry appeared within {self.timeouts.history:g} s",
                               prompt_id=job.prompt_id, started=True, instance=self.name)
             try:
-                await asyncio.wait_for(job.history_written.wait(), min(delay, remaining))
+                async with asyncio.timeout(min(delay, remaining)):
+                    await job.history_written.wait()
             except TimeoutError:
                 pass
             delay = min(delay * 2, 1.0)

@@ -276,8 +276,9 @@ class Job:
 class JobTracker:
     """Routes one instance's events to its jobs; see the module docstring."""
 
-    def __init__(self, *, orphan_limit: int = 64) -> None:
+    def __init__(self, *, orphan_limit: int = 64, keep_finished: int = 256) -> None:
         self.jobs: dict[str, Job] = {}
+        self._keep_finished = keep_finished
         self._orphans: OrderedDict[str, list[Any]] = OrderedDict()
         self._orphan_limit = orphan_limit
         self._current_prompt: str | None = None
@@ -293,6 +294,11 @@ class JobTracker:
 
     def register(self, job: Job) -> None:
         self.jobs[job.prompt_id] = job
+        if len(self.jobs) > self._keep_finished * 2:
+            # Long-running apps submit thousands of jobs: keep only recent finished ones.
+            finished = [pid for pid, known in self.jobs.items() if known.done]
+            for pid in finished[: len(finished) - self._keep_finished]:
+                del self.jobs[pid]
         for event in self._orphans.pop(job.prompt_id, []):
             job.feed(event)
 

@@ -10,7 +10,10 @@ task per instance, and the dispatch of jobs:
 * **choice** — among healthy instances serving the style (unknown styles use the configured
   default style), the one with the least load, where load is the larger of the live
   ``queue_remaining`` (status events + probes; counts other clients' jobs too) and our own jobs
-  in flight there; ties go to the instance with the faster measured job time, then config order.
+  in flight there — weighted by each instance's measured render time (moving average of
+  ``execution_start`` → finish), i.e. the earliest expected finish ``(load + 1) × job time``.
+  With equal speeds this is plain least ``queue_remaining``; with uneven GPUs it stops handing
+  the slow one work a fast one would finish sooner. Ties go to config order.
 * **first-free dispatch** — at most ``max_in_flight_per_instance`` of our jobs sit on one
   instance; further jobs wait in the router and go to whichever instance frees up first. This
   is what keeps a slow GPU from being handed an equal share of a burst (SwarmUI #247).
@@ -189,6 +192,8 @@ class StyleRouter:
             self._tasks.append(asyncio.create_task(self._health_loop(member), name=f"health-{member.config.name}"))
 
     async def close(self) -> None:
+        """Stop health tasks and close every client (jobs still in flight end with JobLost)."""
+        self._started = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -197,7 +202,6 @@ class StyleRouter:
             unsubscribe()
         self._unsubscribe.clear()
         await asyncio.gather(*(member.client.close() for member in self._members), return_exceptions=True)
-        self._started = False
 
     # --- observation -----------------------------------------------------------------------
 
@@ -227,7 +231,8 @@ class StyleRouter:
                 if predicate(snap):
                     return snap
                 await self._next_change()
-        return await asyncio.wait_for(waiter(), timeout)
+        async with asyncio.timeout(timeout):
+            return await waiter()
 
     async def _next_change(self) -> None:
         if self._changed is None or self._changed.done():
@@ -264,8 +269,9 @@ class StyleRouter:
 
     async def _probe(self, member: _Member) -> None:
         try:
-            stats = await asyncio.wait_for(member.client.system_stats(), self.settings.probe_timeout)
-            queue = await asyncio.wait_for(member.client.queue_remaining(), self.settings.probe_timeout)
+            async with asyncio.timeout(self.settings.probe_timeout):
+                stats = await member.client.system_stats()
+                queue = await member.client.queue_remaining()
         except (ComfyError, TimeoutError, OSError) as exc:
             member.failures += 1
             member.last_error = str(exc) or type(exc).__name__
@@ -292,7 +298,8 @@ class StyleRouter:
             if member.failures:
                 delay = min(self.settings.health_backoff_max, delay * 2 ** min(member.failures - 1, 16))
             try:
-                await asyncio.wait_for(member.probe_now.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await member.probe_now.wait()
             except TimeoutError:
                 pass
 
@@ -311,7 +318,16 @@ class StyleRouter:
                 if m.in_flight < self.settings.max_in_flight_per_instance]
         if not free:
             return None
-        return min(free, key=lambda m: (m.load, m.mean_seconds if m.mean_seconds is not None else 0.0, m.order))
+        known = [m.mean_seconds for m in free if m.mean_seconds is not None]
+        # Instances without a measurement yet are assumed as fast as the fastest known one, so
+        # they get tried; with equal speeds this is exactly "least queue_remaining".
+        default = min(known) if known else 1.0
+
+        def expected_finish(member: _Member) -> tuple[float, int, int]:
+            speed = member.mean_seconds if member.mean_seconds is not None else default
+            return ((member.load + 1) * speed, member.load, member.order)
+
+        return min(free, key=expected_finish)
 
     async def _acquire(self, style: str, exclude: set[str]) -> _Member:
         deadline = time.monotonic() + self.settings.no_instance_timeout
@@ -331,7 +347,8 @@ class StyleRouter:
                 if remaining <= 0:
                     raise NoInstanceAvailable(f"no healthy ComfyUI instance serves style {style!r}")
                 try:
-                    await asyncio.wait_for(self._next_change(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await self._next_change()
                 except TimeoutError:
                     continue
         finally:
@@ -364,7 +381,7 @@ class StyleRouter:
                     member.state = "unhealthy"
                     member.last_error = str(exc)
                     member.probe_now.set()
-                if never_started and attempts < self.settings.resubmit_attempts:
+                if never_started and attempts < self.settings.resubmit_attempts and self._started:
                     attempts += 1
                     tried.add(member.config.name)
                     log.warning("resubmitting a %s job: %s died before starting it (%s)",
@@ -376,7 +393,8 @@ class StyleRouter:
                 raise
             else:
                 member.done += 1
-                member.record_duration(time.monotonic() - started)
+                # Render time only (start -> finish): queue waits must not make a GPU look slow.
+                member.record_duration(result.timings.running or (time.monotonic() - started))
                 return result
             finally:
                 member.in_flight -= 1

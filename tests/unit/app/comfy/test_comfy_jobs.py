@@ -151,3 +151,16 @@ async def test_fail_from_outside_ends_the_stream():
     job = new_job()
     job.fail(JobLost("server restarted", prompt_id="p1", started=False))
     assert job.state is JobState.LOST and [type(e) async for e in job.events()] == [JobQueued]
+
+
+async def test_tracker_forgets_old_finished_jobs_but_keeps_running_ones():
+    tracker = JobTracker(keep_finished=2)
+    running = new_job("running")
+    tracker.register(running)
+    for index in range(6):
+        job = new_job(f"done-{index}")
+        tracker.register(job)
+        job.feed(ExecutionSuccess(job.prompt_id))
+    tracker.register(new_job("last"))
+    assert "running" in tracker.jobs and "last" in tracker.jobs
+    assert len([j for j in tracker.jobs.values() if j.done]) <= 4
