@@ -28,6 +28,8 @@ Knobs (attributes you may set at any time, or constructor keywords):
 
 Scripted failures (all deterministic — tests wait on futures, never sleep):
 
+* identical prompts are served from the node cache (all nodes cached, no new file);
+  :meth:`clear_cache` (or ``POST /free {"free_memory": true}``) forgets it;
 * :meth:`fail_on` — the next job(s) raise ``execution_error`` at a node id or class type;
 * :meth:`drop_websockets_on` — close every socket right before a given event is sent
   (the event is lost, the job carries on, like a network blip);
@@ -406,6 +408,10 @@ class FakeComfyUI:
         """Crash the server right before the next ``event`` (for ``node``, if given) is sent."""
         self._die_triggers.append({"event": event, "node": node, "times": 1})
 
+    def clear_cache(self) -> None:
+        """Forget cached node outputs, so an identical prompt runs again (like ``POST /free``)."""
+        self._cache.clear()
+
     def pause(self) -> None:
         """Hold the worker at its next step (before the next node or sampler step)."""
         self._run_gate.clear()
@@ -766,6 +772,9 @@ class FakeComfyUI:
         self._interrupt_wake.set()
 
     async def _post_free(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("free_memory"):
+            self._cache.clear()
         return web.Response(status=200)
 
     async def _get_history_all(self, request: web.Request) -> web.Response:

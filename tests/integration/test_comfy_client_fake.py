@@ -409,3 +409,10 @@ async def test_several_jobs_in_flight_each_get_their_own_outputs(client):
     results = [await client.wait(job) for job in jobs]
     assert len({r.files[0].filename for r in results}) == 3
     assert len({r.files[0].data for r in results}) == 3
+
+
+async def test_cache_can_be_cleared_so_an_identical_prompt_runs_again(fake, client):
+    first = await client.run(txt2img_prompt(seed=31))
+    await client.free(unload_models=True, free_memory=True)
+    again = await client.run(txt2img_prompt(seed=31))
+    assert again.cached_nodes == () and again.files[0].filename != first.files[0].filename
