@@ -30,6 +30,8 @@ Scripted failures (all deterministic — tests wait on futures, never sleep):
 
 * identical prompts are served from the node cache (all nodes cached, no new file);
   :meth:`clear_cache` (or ``POST /free {"free_memory": true}``) forgets it;
+* prompts are validated against ``object_info`` like ComfyUI does (real-shaped 400s);
+  :meth:`reject_next` forces the next answer(s) whatever the prompt;
 * :meth:`fail_on` — the next job(s) raise ``execution_error`` at a node id or class type;
 * :meth:`drop_websockets_on` — close every socket right before a given event is sent
   (the event is lost, the job carries on, like a network blip);
@@ -269,6 +271,7 @@ class FakeComfyUI:
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task | None = None
         self._failures: list[dict] = []
+        self._forced_rejections: list[tuple[int, dict]] = []
         self._drop_triggers: list[dict] = []
         self._die_triggers: list[dict] = []
         self._run_gate = asyncio.Event()
@@ -407,6 +410,19 @@ class FakeComfyUI:
     def die_on(self, event: str, *, node: str | None = None) -> None:
         """Crash the server right before the next ``event`` (for ``node``, if given) is sent."""
         self._die_triggers.append({"event": event, "node": node, "times": 1})
+
+    def reject_next(self, body: dict | None = None, *, status: int = 400, times: int = 1) -> None:
+        """Answer the next ``times`` ``POST /prompt`` with ``body`` (default: a missing-model 400)."""
+        if body is None:
+            body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                              "details": "", "extra_info": {}},
+                    "node_errors": {"4": {"errors": [{
+                        "type": "value_not_in_list", "message": "Value not in list",
+                        "details": "ckpt_name: 'missing.safetensors' not in ['tiny_sd15.safetensors']",
+                        "extra_info": {"input_name": "ckpt_name", "input_config": None,
+                                       "received_value": "missing.safetensors"}}],
+                        "dependent_outputs": ["9"], "class_type": "CheckpointLoaderSimple"}}}
+        self._forced_rejections.extend([(status, body)] * times)
 
     def clear_cache(self) -> None:
         """Forget cached node outputs, so an identical prompt runs again (like ``POST /free``)."""
@@ -695,6 +711,10 @@ class FakeComfyUI:
             body = json.loads(await request.text())
         except ValueError:
             return web.Response(status=500, text="500 Internal Server Error\n\nServer got itself in trouble")
+        if self._forced_rejections:
+            status, forced = self._forced_rejections.pop(0)
+            self.rejected.append(forced)
+            return web.json_response(forced, status=status)
         if not isinstance(body, dict) or "prompt" not in body:
             return self._reject("no_prompt", "No prompt provided", "No prompt provided")
         prompt = body["prompt"]

@@ -416,3 +416,12 @@ async def test_cache_can_be_cleared_so_an_identical_prompt_runs_again(fake, clie
     await client.free(unload_models=True, free_memory=True)
     again = await client.run(txt2img_prompt(seed=31))
     assert again.cached_nodes == () and again.files[0].filename != first.files[0].filename
+
+
+async def test_forced_rejection_reaches_the_caller_as_prompt_rejected(fake, client):
+    fake.reject_next()
+    with pytest.raises(PromptRejected) as caught:
+        await client.submit(txt2img_prompt())
+    (reason,) = caught.value.reasons
+    assert (reason.node_id, reason.input_name, reason.received_value) == ("4", "ckpt_name", "missing.safetensors")
+    assert (await client.run(txt2img_prompt())).images  # only the next one was rejected
