@@ -107,7 +107,12 @@ class EncoderPart:
 
 
 class TextEncoder:
-    """A loaded SD1.5 or SDXL text encoder producing ComfyUI-exact conditioning."""
+    """A loaded SD1.5 or SDXL text encoder producing ComfyUI-exact conditioning.
+
+    Owns its encoders' weights (read-only), the shared tokenizer and the embeddings library.
+    Built on a loading thread; :meth:`encode` is called by the daemon's pool threads,
+    concurrently, each call under its own ``torch.inference_mode()``.
+    """
 
     def __init__(
         self,

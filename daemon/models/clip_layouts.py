@@ -4,7 +4,8 @@ Owns recognising and converting the layouts users have:
 
 * HF transformers (``CLIPTextModel`` / ``CLIPTextModelWithProjection``; ComfyUI's
   ``clip_l.safetensors`` / ``clip_g.safetensors``, diffusers ``text_encoder(_2)``, SD1.5 and
-  SDXL-L inside checkpoints), with or without the ``text_model.`` prefix; an optional
+  SDXL-L inside checkpoints), with or without the ``text_model.`` prefix (or below a wrapper
+  prefix another tool added, e.g. ``clip_l.transformer.``); an optional
   ``position_ids`` buffer (float in old files) is ignored;
 * OpenCLIP (bigG inside SDXL checkpoints): fused ``attn.in_proj_*`` (q, k, v stacked in that
   order), bare ``positional_embedding``, ``ln_final``, and ``text_projection`` stored for
@@ -33,16 +34,40 @@ _HF_MARKER = "embeddings.token_embedding.weight"
 
 
 def detect_layout(state: Mapping[str, torch.Tensor], *, what: str) -> tuple[Layout, str]:
-    """``("hf", prefix)`` or ``("openclip", "")`` for a text-encoder state dict."""
-    if _OPENCLIP_MARKER in state:
-        return "openclip", ""
-    for prefix in ("text_model.", ""):
-        if prefix + _HF_MARKER in state:
-            return "hf", prefix
+    """``(layout, prefix)`` of the one text encoder in ``state``.
+
+    The prefix is whatever precedes the layout's marker key: ``""`` / ``"text_model."`` in
+    plain files, a wrapper such as ``"clip_l.transformer.text_model."`` in files saved by
+    other tools. A file holding several text encoders (a whole checkpoint) is refused.
+    """
+    found: list[tuple[Layout, str]] = []
+    for key in state:
+        if key.endswith(_OPENCLIP_MARKER) and (key == _OPENCLIP_MARKER or key[: -len(_OPENCLIP_MARKER)].endswith(".")):
+            prefix = key[: -len(_OPENCLIP_MARKER)]
+            if prefix + "token_embedding.weight" in state:  # not OpenCLIP's vision tower ("visual.")
+                found.append(("openclip", prefix))
+        elif key.endswith(_HF_MARKER) and (key == _HF_MARKER or key[: -len(_HF_MARKER)].endswith(".")):
+            found.append(("hf", key[: -len(_HF_MARKER)]))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        prefixes = ", ".join(repr(prefix) for _, prefix in sorted(found))
+        raise ModelLoadError(
+            f"{what}: holds several text encoders (under {prefixes}); "
+            "pass a full checkpoint as checkpoint=, or one encoder per file"
+        )
     sample = ", ".join(sorted(state)[:5]) or "no tensors"
     raise ModelLoadError(
         f"{what}: not a CLIP text encoder in HF or OpenCLIP layout (first keys: {sample})"
     )
+
+
+def _projection_key(layout: Layout, prefix: str, state: Mapping[str, torch.Tensor]) -> str:
+    """Where ``text_projection`` lives: beside ``text_model.`` (HF) or beside the blocks (OpenCLIP)."""
+    if layout == "hf":
+        return prefix.removesuffix("text_model.") + "text_projection.weight"
+    bare = prefix + "text_projection"
+    return bare if bare in state else bare + ".weight"
 
 
 def _count_layers(state: Mapping[str, torch.Tensor], stem: str) -> int:
@@ -74,15 +99,15 @@ def _hf_names(prefix: str, layers: int) -> dict[str, list[str]]:
     return names
 
 
-def _openclip_names(layers: int) -> dict[str, list[str]]:
+def _openclip_names(prefix: str, layers: int) -> dict[str, list[str]]:
     names: dict[str, list[str]] = {
-        "token_embedding.weight": ["token_embedding.weight"],
-        "position_embedding": ["positional_embedding"],
-        "final_norm.weight": ["ln_final.weight"],
-        "final_norm.bias": ["ln_final.bias"],
+        "token_embedding.weight": [prefix + "token_embedding.weight"],
+        "position_embedding": [prefix + "positional_embedding"],
+        "final_norm.weight": [prefix + "ln_final.weight"],
+        "final_norm.bias": [prefix + "ln_final.bias"],
     }
     for n in range(layers):
-        src = f"transformer.resblocks.{n}."
+        src = f"{prefix}transformer.resblocks.{n}."
         dst = f"layers.{n}."
         names[dst + "qkv.weight"] = [src + "attn.in_proj_weight"]
         names[dst + "qkv.bias"] = [src + "attn.in_proj_bias"]
@@ -112,11 +137,10 @@ def convert_state(
     if layout == "hf":
         layers = _count_layers(state, prefix + "encoder.layers.")
         names = _hf_names(prefix, layers)
-        projection_key = "text_projection.weight"
     else:
-        layers = _count_layers(state, "transformer.resblocks.")
-        names = _openclip_names(layers)
-        projection_key = "text_projection" if "text_projection" in state else "text_projection.weight"
+        layers = _count_layers(state, prefix + "transformer.resblocks.")
+        names = _openclip_names(prefix, layers)
+    projection_key = _projection_key(layout, prefix, state)
     required = [key for sources in names.values() for key in sources]
     if with_projection:
         required.append(projection_key)
@@ -128,7 +152,7 @@ def convert_state(
         converted[name] = (torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]).contiguous()
     if with_projection:
         projection = state.pop(projection_key)
-        if projection_key == "text_projection":  # OpenCLIP stores P for x @ P
+        if not projection_key.endswith(".weight"):  # OpenCLIP stores P for x @ P
             projection = projection.t()
         converted["projection.weight"] = projection.to(dtype).contiguous()
 

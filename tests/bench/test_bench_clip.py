@@ -100,14 +100,27 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import torch
     from daemon.models.clip import load_text_encoder
     from daemon.models.tokenizer import ClipTokenizer
+
+    def peak_kib():
+        # VmHWM is this process's own peak; ru_maxrss would include the (big) parent's RSS,
+        # which Linux carries across fork + exec.
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
     tokenizer = ClipTokenizer.from_file()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_kib()
     args = json.loads(sys.argv[1])
     start = time.perf_counter()
     encoder = load_text_encoder(dtype=args.pop("dtype"), tokenizer=tokenizer, strict_dtype=True, **args)
     loaded = time.perf_counter() - start
     encoder.encode("a photo of a cat")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_kib()
     print(json.dumps({"peak_mib": (peak - before) / 1024, "weights_mib": encoder.footprint_bytes / 2**20,
                       "load_s": loaded}))
     """

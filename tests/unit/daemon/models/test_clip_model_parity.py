@@ -163,3 +163,24 @@ def test_load_tensors_round_trip_keeps_fp16_files_loadable(clip_l, tmp_path, tok
         out, _ = ours(tokens)
         ref = clip_l(input_ids=tokens).last_hidden_state
     torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)
+
+
+def test_wrapper_prefixes_from_other_tools_are_found(clip_g, tokenizer):
+    reference, _ = _ours(hf_clip_state(clip_g), "g")
+    wrapped = {"clip_g.transformer." + k: v for k, v in hf_clip_state(clip_g).items()}
+    other, layout = _ours(wrapped, "g")
+    openclip = {"model." + k: v for k, v in clip_state_in_layout(hf_clip_state(clip_g), "openclip").items()}
+    openclip["model.visual.transformer.resblocks.0.ln_1.weight"] = torch.ones(4)  # vision tower: ignored
+    third, layout3 = _ours(openclip, "g")
+    assert (layout, layout3) == ("hf", "openclip")
+    tokens = _tokens(tokenizer, PAD_CLIP_G)
+    with torch.inference_mode():
+        a, b, c = (m(tokens, pooled="projected") for m in (reference, other, third))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+
+
+def test_a_file_with_several_text_encoders_is_refused(clip_l, clip_g):
+    state = {"conditioner.embedders.0.transformer." + k: v for k, v in hf_clip_state(clip_l).items()}
+    state.update({"conditioner.embedders.1.model." + k: v for k, v in clip_state_in_layout(hf_clip_state(clip_g), "openclip").items()})
+    with pytest.raises(ModelLoadError, match="several text encoders.*checkpoint="):
+        detect_layout(state, what="sdxl.safetensors")
