@@ -17,7 +17,9 @@ the jobs submitted through it. It follows the tracking recipe of the fact sheet 
   and reconciles every unfinished job through ``/queue`` then ``/history/{id}``; a job in neither
   is :class:`~app.comfy.errors.JobLost`. If the instance stays unreachable for
   ``timeouts.reconnect_give_up`` seconds its unfinished jobs are lost (``started`` tells the
-  router whether a resubmit is safe). A watchdog reconciles jobs that went quiet.
+  router whether a resubmit is safe). A watchdog reconciles jobs that went quiet, and while
+  the socket is down unfinished jobs are polled every ``timeouts.poll`` seconds — also when it
+  never opens (a proxy without WebSocket support): then jobs are tracked by polling alone.
 
 HTTP paths use the ``/api/...`` form (what the official frontend calls; every route has been
 registered under both ``/x`` and ``/api/x`` since 2023; ``InstanceConfig.api_prefix = ""`` for
@@ -97,6 +99,8 @@ class ComfyTimeouts:
     reconnect_max_delay: float = 5.0  # cap of the reconnect backoff
     reconnect_give_up: float = 60.0  # unreachable this long -> unfinished jobs are JobLost
     watchdog: float = 10.0  # a job silent this long is reconciled over HTTP
+    poll: float = 1.0  # while the socket is down, unfinished jobs are polled this often
+    poll_fallback: bool = True  # submit even when the socket cannot open (track by polling)
 
 
 class ComfyClient:
@@ -134,6 +138,7 @@ class ComfyClient:
         self._object_info: dict[str, Any] | None = None
         self._object_info_lock = asyncio.Lock()
         self._disconnected_since: float | None = None
+        self._last_http_ok: float | None = None
         self._reconcile_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -228,6 +233,8 @@ class ComfyClient:
         except httpx.HTTPError as exc:
             raise ComfyUnavailable(f"{self.name}: {method} {path} failed: {exc}", instance=self.name,
                                    cause=repr(exc)) from exc
+        if response.status_code < 500:
+            self._last_http_ok = time.monotonic()
         if response.status_code >= 500:
             raise ComfyUnavailable(f"{self.name}: {method} {path} answered {response.status_code}: "
                                    f"{response.text[:200]}", instance=self.name, cause=f"HTTP {response.status_code}")
@@ -354,7 +361,14 @@ class ComfyClient:
         Raises :class:`PromptRejected` (400, with per-node reasons) or :class:`ComfyUnavailable`.
         A 200 with ``node_errors`` is accepted; the reasons land in ``job.warnings``.
         """
-        await self.wait_connected()
+        try:
+            await self.wait_connected()
+        except ComfyUnavailable:
+            if not self.timeouts.poll_fallback:
+                raise
+            # A proxy that does not pass WebSocket upgrades: HTTP may still work. The POST below
+            # fails with ComfyUnavailable if it does not; otherwise the job is tracked by polling.
+            log.warning("%s: WebSocket not open; tracking jobs by polling /queue and /history", self.name)
         job_id = (prompt_id or str(uuid.uuid4())).lower()
         extra: dict[str, Any] = dict(extra_data or {})
         if ui_workflow is not None:
@@ -601,7 +615,9 @@ class ComfyClient:
         now = time.monotonic()
         if self._disconnected_since is None:
             self._disconnected_since = now
-        if now - self._disconnected_since >= self.timeouts.reconnect_give_up:
+        # Only a server silent on HTTP too is given up on (a WS-hostile proxy is not "dead").
+        last_contact = max(self._disconnected_since, self._last_http_ok or 0.0)
+        if now - last_contact >= self.timeouts.reconnect_give_up:
             for job in self.tracker.active:
                 job.fail(JobLost(f"instance unreachable for {self.timeouts.reconnect_give_up:g} s ({exc})",
                                  prompt_id=job.prompt_id, started=job.started, instance=self.name))
@@ -638,14 +654,18 @@ class ComfyClient:
                                      prompt_id=job.prompt_id, started=job.started, instance=self.name))
 
     async def _watchdog_loop(self) -> None:
-        """Reconcile jobs that went quiet while the socket looked fine (missed messages)."""
-        interval = self.timeouts.watchdog
+        """Poll unfinished jobs while the socket is down; reconcile silent ones while it is up."""
+        tick = min(self.timeouts.poll, self.timeouts.watchdog)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(tick)
+            active = self.tracker.active
+            if not active:
+                continue
             if not self.connected:
+                await self._reconcile(active)
                 continue
             now = time.monotonic()
-            stale = [job for job in self.tracker.active if now - job.last_event_at >= interval]
+            stale = [job for job in active if now - job.last_event_at >= self.timeouts.watchdog]
             if stale:
                 await self._reconcile(stale)
 

@@ -425,3 +425,15 @@ async def test_forced_rejection_reaches_the_caller_as_prompt_rejected(fake, clie
     (reason,) = caught.value.reasons
     assert (reason.node_id, reason.input_name, reason.received_value) == ("4", "ckpt_name", "missing.safetensors")
     assert (await client.run(txt2img_prompt())).images  # only the next one was rejected
+
+
+async def test_without_a_websocket_jobs_are_tracked_by_polling(fake):
+    fake.accept_websockets = False  # e.g. a reverse proxy that does not pass upgrades
+    timeouts = ComfyTimeouts(ws_open=0.1, poll=0.02, reconnect_max_delay=0.05, reconnect_give_up=30.0)
+    async with ComfyClient(fake.url, timeouts=timeouts) as client:
+        result = await client.run(txt2img_prompt(seed=41))
+        strict = ComfyTimeouts(ws_open=0.1, poll_fallback=False)
+        async with ComfyClient(fake.url, timeouts=strict) as no_fallback:
+            with pytest.raises(ComfyUnavailable):
+                await no_fallback.submit(txt2img_prompt())
+    assert result.images and fake.ws_connections == []
