@@ -11,6 +11,12 @@ normalising. ``fix_text=True`` adds ``ftfy.fix_text`` first, like the older slow
 ``CLIPTokenizer`` when ftfy is installed (it differs only on mojibake, curly quotes,
 ligatures and similar).
 
+Known differences from other reference tokenizers (all outside ordinary prompts): characters
+assigned in very recent Unicode versions may be classified differently by the ``regex`` module
+and by ``tokenizers``' Oniguruma; transformers 4 without ftfy (ComfyUI's slow tokenizer then
+falls back to a BERT-style clean-up) puts spaces around CJK characters and drops control
+characters, which transformers 5 and this module do not.
+
 A :class:`ClipTokenizer` is read-only after construction apart from its BPE cache, which is
 guarded by a lock, so the daemon's worker threads share one instance.
 """

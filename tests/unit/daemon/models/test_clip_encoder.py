@@ -300,3 +300,14 @@ def test_half_precision_on_a_cpu_without_native_support_runs_in_fp32(files, toke
         assert enc.dtype == torch.float32
         assert all(p.dtype == torch.float32 for p in enc.parts[0].model.parameters())
         assert "running the text encoders in fp32" in caplog.text
+
+
+def test_a_weighted_phrase_that_does_not_fit_starts_the_next_window(sd15, tokenizer):
+    filler = " ".join(["cat"] * 74)  # START + 74 tokens: 1 place left before END
+    windows = sd15.tokenize(filler + " (red fox:1.2)")["clip_l"]
+    assert len(windows) == 2
+    fox = tokenizer.encode("red fox")
+    assert list(windows[0].tokens[75:]) == [END_TOKEN, PAD_CLIP_L]
+    assert list(windows[1].tokens[: 2 + len(fox)]) == [START_TOKEN, *fox, END_TOKEN]
+    assert windows[1].weights[1 : 1 + len(fox)] == (1.2,) * len(fox)
+    assert sd15.encode(filler + " (red fox:1.2)").cond.shape == (1, 154, 128)
