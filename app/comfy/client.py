@@ -60,6 +60,7 @@ from app.comfy.errors import (
 )
 from app.comfy.events import (
     ConnectionLost,
+    FeatureFlags,
     JobQueued,
     MessageParseError,
     Reconnected,
@@ -127,7 +128,7 @@ class ComfyClient:
         self.previews = previews
         self.tracker = JobTracker()
         self.queue_remaining_seen: int | None = None
-        self.server_features: Mapping[str, Any] = {}
+        self.server_features: Mapping[str, Any] = {}  # from the feature_flags handshake reply
         self._listeners: list[EventListener] = []
         self._http: httpx.AsyncClient | None = None
         self._ws: ClientConnection | None = None
@@ -553,6 +554,8 @@ class ComfyClient:
             return
         if isinstance(event, StatusEvent) and event.queue_remaining is not None:
             self.queue_remaining_seen = event.queue_remaining
+        elif isinstance(event, FeatureFlags):
+            self.server_features = event.flags
         self.tracker.feed(event)
         self._emit(event)
 

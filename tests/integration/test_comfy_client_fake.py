@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 
@@ -24,6 +25,7 @@ from app.comfy.events import (
     ExecutionStart,
     ExecutionSuccess,
     Executing,
+    FeatureFlags,
     JobQueued,
     PreviewImage,
     Progress,
@@ -437,3 +439,11 @@ async def test_without_a_websocket_jobs_are_tracked_by_polling(fake):
             with pytest.raises(ComfyUnavailable):
                 await no_fallback.submit(txt2img_prompt())
     assert result.images and fake.ws_connections == []
+
+
+async def test_feature_flag_handshake_reply_is_kept(fake):
+    async with ComfyClient(fake.url, timeouts=FAST) as client:
+        replied = asyncio.get_running_loop().create_future()
+        client.add_listener(lambda e: isinstance(e, FeatureFlags) and not replied.done() and replied.set_result(e))
+        await replied
+        assert client.server_features["supports_preview_metadata"] is True
