@@ -16,6 +16,7 @@ from app.comfy.errors import (
     JobInterrupted,
     JobLost,
     JobTimeout,
+    OutputMissing,
     PromptRejected,
 )
 from app.comfy.events import (
@@ -34,6 +35,7 @@ from app.comfy.events import (
 )
 from app.comfy.instances import InstanceConfig
 from app.comfy.jobs import JobState
+from app.comfy.results import output_refs
 from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
 
 FAST = ComfyTimeouts(ws_open=5.0, history=3.0, reconnect_max_delay=0.02, reconnect_give_up=3.0, watchdog=60.0)
@@ -447,3 +449,24 @@ async def test_feature_flag_handshake_reply_is_kept(fake):
         client.add_listener(lambda e: isinstance(e, FeatureFlags) and not replied.done() and replied.set_result(e))
         await replied
         assert client.server_features["supports_preview_metadata"] is True
+
+
+async def test_missing_output_file_is_a_typed_error(fake, client):
+    job = await client.submit(txt2img_prompt(seed=51))
+    result = await client.wait(job, download=False)
+    assert result.files == () and result.outputs["9"]["images"]
+    (ref,) = output_refs(result.outputs)
+    fake.files.pop((ref.type, ref.subfolder, ref.filename))
+    with pytest.raises(OutputMissing):
+        await client.download(ref)
+
+
+async def test_job_progress_snapshot_for_progress_bars(fake, client):
+    fake.pause()
+    job = await client.submit(txt2img_prompt(steps=2))
+    await fake.wait_state(job.prompt_id, "running")
+    assert job.progress.state is JobState.QUEUED or job.progress.fraction < 1.0
+    fake.resume()
+    await client.wait(job)
+    progress = job.progress
+    assert progress.fraction == 1.0 and progress.nodes_total == 7 and progress.nodes_done == 7
