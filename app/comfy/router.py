@@ -21,8 +21,8 @@ task per instance, and the dispatch of jobs:
   ``started=False``, or the submit itself failing to connect) is sent, unchanged (same seed, so
   the same image), to another healthy instance of the style, up to ``resubmit_attempts`` times.
 * **observability** — :meth:`StyleRouter.snapshot` (per-instance health, queue, VRAM, versions,
-  jobs in flight, timings), :meth:`add_listener` (called on every change) and
-  :meth:`wait_until` for the GUI dashboard, the CLI and tests.
+  jobs in flight, timings), :meth:`add_listener` (called on every change), :meth:`watch` (async
+  iterator of snapshots) and :meth:`wait_until` for the GUI dashboard, the CLI and tests.
 
 Runs on one asyncio event loop; not thread-safe.
 """
@@ -33,7 +33,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, AsyncIterator, Callable, Mapping
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
 from app.comfy.errors import ComfyError, ComfyUnavailable, JobLost, NoInstanceAvailable
@@ -233,6 +233,12 @@ class StyleRouter:
                 await self._next_change()
         async with asyncio.timeout(timeout):
             return await waiter()
+
+    async def watch(self) -> AsyncIterator[RouterSnapshot]:
+        """Yield the current snapshot, then a new one after every change (for dashboards)."""
+        while True:
+            yield self.snapshot()
+            await self._next_change()
 
     async def _next_change(self) -> None:
         if self._changed is None or self._changed.done():

@@ -147,3 +147,14 @@ async def test_no_healthy_instance_for_the_style_raises():
         await router.wait_until(lambda s: s.by_name("gone").state == "unhealthy", timeout=5)
         with pytest.raises(NoInstanceAvailable):
             await router.run(txt2img_prompt(), style="anime")
+
+
+async def test_watch_yields_a_snapshot_after_each_change():
+    async with fakes(1) as (fake,):
+        async with StyleRouter(config(("a", fake.url, ("anime",))), settings=SETTINGS) as router:
+            states = []
+            async for snap in router.watch():
+                states.append(snap.by_name("a").state)
+                if snap.by_name("a").healthy:
+                    break
+    assert states[-1] == "healthy" and len(states) >= 1
