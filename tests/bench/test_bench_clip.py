@@ -1,7 +1,7 @@
 """CLIP benchmark: our CLIP-L / CLIP-G vs transformers on the same full-size random weights.
 
 Run: ``.venv/bin/python -m pytest tests/bench/test_bench_clip.py -m bench -s``
-Prints, side by side in one run, CPU latency (one 77-token window, batch 1, best of 2 after a
+Prints, side by side in one run, CPU latency (one 77-token window, batch 1, best of 3 after a
 warm-up, the two implementations alternating) in fp32 and bf16 with the ratio ours/theirs, and the peak memory of loading + one
 encode of our SDXL and SD1.5 text encoders in bf16 vs fp32 (each in a fresh subprocess, so
 the peaks do not mix). Latency does not depend on weight values, so random weights are fine.
@@ -31,7 +31,7 @@ PROMPT = "a photo of an astronaut riding a horse on the moon, highly detailed, g
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _best_of_interleaved(first, second, runs: int = 2) -> tuple[float, float]:
+def _best_of_interleaved(first, second, runs: int = 3) -> tuple[float, float]:
     """Best time of each after a warm-up, alternating the two so machine load hits both alike."""
     first()
     second()
