@@ -389,6 +389,11 @@ class ComfyClient:
         try:
             response = await self._request("POST", "/prompt", content=json.dumps(body).encode("utf-8"),
                                            headers={"Content-Type": "application/json"})
+        except asyncio.CancelledError:
+            self.tracker.forget(job_id)
+            # The server may have queued it before we stopped listening: our own id finds it.
+            await self._cancel_quietly(job_id)
+            raise
         except BaseException:
             self.tracker.forget(job_id)
             raise
@@ -457,7 +462,11 @@ class ComfyClient:
         timeout: float | None = None,
         **submit_kwargs: Any,
     ) -> JobResult:
-        """Submit, follow and fetch in one call; ``on_event(event)`` sees every job event."""
+        """Submit, follow and fetch in one call; ``on_event(event)`` sees every job event.
+
+        Cancelling the task that awaits this also cancels the job on the server (dequeue or
+        interrupt), so an abandoned render does not keep the GPU busy.
+        """
         job = await self.submit(prompt, **submit_kwargs)
         follower = None
         if on_event is not None:
@@ -467,6 +476,11 @@ class ComfyClient:
             follower = asyncio.create_task(follow(), name=f"comfy-follow-{job.prompt_id}")
         try:
             return await self.wait(job, timeout=timeout)
+        except asyncio.CancelledError:
+            # The caller gave up (GUI cancel, Ctrl-C): do not leave the job running on the GPU.
+            if not job.done:
+                await self._cancel_quietly(job)
+            raise
         finally:
             if follower is not None:
                 if job.done:
@@ -506,6 +520,14 @@ class ComfyClient:
                 prefetch[_ref_key(ref)] if _ref_key(ref) in prefetch else self.download(ref) for ref in refs)))
         finally:
             await _cancel_all(prefetch.values())
+
+    async def _cancel_quietly(self, job_or_id: Job | str) -> None:
+        prompt_id = job_or_id.prompt_id if isinstance(job_or_id, Job) else job_or_id
+        try:
+            async with asyncio.timeout(self.timeouts.connect + 2.0):
+                await asyncio.shield(self.cancel(prompt_id))
+        except (ComfyUnavailable, ComfyProtocolError, TimeoutError) as exc:
+            log.warning("%s: could not cancel job %s on the server: %s", self.name, prompt_id, exc)
 
     async def _finished_history(self, job: Job) -> HistoryEntry:
         """The job's history entry, waiting out the execution_success → history-write race."""

@@ -215,6 +215,17 @@ class StyleRouter:
                 return member
         raise KeyError(name)
 
+    async def cancel(self, prompt_id: str) -> str:
+        """Cancel a routed job wherever it runs (see :meth:`ComfyClient.cancel`).
+
+        A job still waiting in the router for a free instance is cancelled by cancelling the task
+        awaiting :meth:`run`.
+        """
+        for member in self._members:
+            if prompt_id in member.client.tracker.jobs:
+                return await member.client.cancel(prompt_id)
+        return "not_found"
+
     def snapshot(self) -> RouterSnapshot:
         return RouterSnapshot(tuple(member.snapshot() for member in self._members), self._waiting, time.time())
 

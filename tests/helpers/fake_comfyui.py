@@ -40,7 +40,8 @@ Scripted failures (all deterministic — tests wait on futures, never sleep):
 * :meth:`pause` / :meth:`resume` — hold the worker at its next step (a "running" job that
   stays running, to test cancel and reconnects); ``hold_history = True`` holds the history write
   after ``execution_success`` until :meth:`release_history`;
-* :meth:`wait_state` — await a job reaching ``pending`` / ``running`` / ``done``.
+* :meth:`wait_state` — await a job reaching ``pending`` / ``running`` / ``done``;
+  :meth:`wait_for_prompts` — await the n-th accepted prompt (e.g. from a task running ``run``).
 
 Inspection: ``prompts`` (accepted prompts), ``rejected`` (bodies answered 400),
 ``requests`` (method, path, headers of every HTTP request), ``ws_connections`` (client id and
@@ -272,6 +273,7 @@ class FakeComfyUI:
         self._worker: asyncio.Task | None = None
         self._failures: list[dict] = []
         self._forced_rejections: list[tuple[int, dict]] = []
+        self._prompt_waiters: list[asyncio.Future] = []
         self._drop_triggers: list[dict] = []
         self._die_triggers: list[dict] = []
         self._run_gate = asyncio.Event()
@@ -457,6 +459,14 @@ class FakeComfyUI:
         fut = asyncio.get_running_loop().create_future()
         self._state_waiters.setdefault((prompt_id, state), []).append(fut)
         await fut
+
+    async def wait_for_prompts(self, count: int) -> list[ReceivedPrompt]:
+        """Wait until ``count`` prompts were accepted in total; returns ``prompts``."""
+        while len(self.prompts) < count:
+            fut = asyncio.get_running_loop().create_future()
+            self._prompt_waiters.append(fut)
+            await fut
+        return self.prompts
 
     def request_count(self, path: str, method: str | None = None) -> int:
         """How many requests hit ``path`` (with or without the ``/api`` prefix)."""
@@ -743,6 +753,10 @@ class FakeComfyUI:
         job = _Job(number, prompt_id, copy.deepcopy(prompt), extra_data, outputs, client_id)
         self.prompts.append(ReceivedPrompt(prompt_id, client_id, copy.deepcopy(prompt), extra_data, number, body,
                                            {k.lower(): v for k, v in request.headers.items()}, outputs))
+        waiters, self._prompt_waiters = self._prompt_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
         heapq.heappush(self._pending, (number, next(self._seq), job))
         self._set_state(prompt_id, "pending")
         self._queue_event.set()

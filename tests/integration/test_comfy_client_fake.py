@@ -470,3 +470,25 @@ async def test_job_progress_snapshot_for_progress_bars(fake, client):
     await client.wait(job)
     progress = job.progress
     assert progress.fraction == 1.0 and progress.nodes_total == 7 and progress.nodes_done == 7
+
+
+async def test_cancelling_the_run_task_cancels_the_job_on_the_server(fake, client):
+    fake.pause()
+    running = asyncio.create_task(client.run(txt2img_prompt(seed=61)))
+    first = (await fake.wait_for_prompts(1))[0].prompt_id
+    await fake.wait_state(first, "running")
+    waiting = asyncio.create_task(client.run(txt2img_prompt(seed=62)))
+    second = (await fake.wait_for_prompts(2))[1].prompt_id
+    await collect_until(client.tracker.jobs[second], JobQueued)  # its POST reply is in
+
+    waiting.cancel()
+    running.cancel()
+    for task in (waiting, running):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert {"prompt_id": first} in fake.interrupts
+    queue = await client.get_queue()
+    assert second not in {item.prompt_id for item in queue.pending}
+    fake.resume()
+    await fake.wait_state(first, "done")
+    assert fake.history[first]["status"]["status_str"] == "error"

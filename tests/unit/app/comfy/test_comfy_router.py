@@ -158,3 +158,19 @@ async def test_watch_yields_a_snapshot_after_each_change():
                 if snap.by_name("a").healthy:
                     break
     assert states[-1] == "healthy" and len(states) >= 1
+
+
+async def test_router_cancels_a_job_on_the_instance_that_has_it():
+    async with fakes(2) as (first, second):
+        cfg = config(("a", first.url, ("anime",)), ("b", second.url, ("anime",)))
+        async with StyleRouter(cfg, settings=SETTINGS) as router:
+            await all_healthy(router)
+            first.pause()
+            second.pause()
+            job = await router.client("b").submit(txt2img_prompt())
+            await second.wait_state(job.prompt_id, "running")
+            assert await router.cancel(job.prompt_id) == "interrupted"
+            assert await router.cancel("unknown") == "not_found"
+            first.resume()
+            second.resume()
+    assert second.interrupts == [{"prompt_id": job.prompt_id}]
