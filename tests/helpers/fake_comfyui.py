@@ -14,6 +14,12 @@ Basic use::
         ...
         assert len(fake.prompts) == 1           # every accepted prompt, as received
 
+Helpers: :func:`default_object_info` (stock SD nodes with small model lists; pass
+``object_info=`` to replace it or ``extra_object_info=`` to add classes, e.g. Luna nodes),
+:func:`txt2img_prompt` (a valid API-format prompt for it), :func:`png_bytes`. Standalone, in its
+own process: ``python -m tests.helpers.fake_comfyui [--port N] [--render-delay S]`` prints
+``FAKE_COMFYUI_READY <url>`` and serves until stdin closes (benchmarks, trying the CLI by hand).
+
 Knobs (attributes you may set at any time, or constructor keywords):
 
 * ``render_delay`` seconds per job (spread over the sampler steps), ``progress_steps_cap``
@@ -24,7 +30,10 @@ Knobs (attributes you may set at any time, or constructor keywords):
   a non-canonical UUID, as v0.25+), ``legacy_errors`` (old ``"error": "no prompt"`` strings and
   node reasons as plain strings), ``accept_websockets`` (False = the ``/ws`` upgrade is refused
   with 503, e.g. while a proxy is down);
-* ``vram_total`` / ``vram_free`` / ``version`` for ``/system_stats``.
+* ``vram_total`` / ``vram_free`` / ``version`` for ``/system_stats``;
+* previews: a prompt with ``extra_data.preview_method`` (not ``none``) gets one binary preview
+  per sampler step — type 4 (with metadata) for sockets that sent the ``feature_flags``
+  handshake, legacy type 1 otherwise.
 
 Scripted failures (all deterministic — tests wait on futures, never sleep):
 
@@ -35,15 +44,17 @@ Scripted failures (all deterministic — tests wait on futures, never sleep):
 * :meth:`fail_on` — the next job(s) raise ``execution_error`` at a node id or class type;
 * :meth:`drop_websockets_on` — close every socket right before a given event is sent
   (the event is lost, the job carries on, like a network blip);
-* :meth:`die_on` — crash the whole server right before a given event (:meth:`crash` does it
-  now; :meth:`restart` brings it back on the same port with empty memory, like a real restart);
+* :meth:`die_on` — crash the whole server right before a given job event (``execution_start``,
+  ``executing``, ``progress``…; :meth:`crash` does it now; :meth:`restart` brings it back on the
+  same port with empty memory, like a real restart);
 * :meth:`pause` / :meth:`resume` — hold the worker at its next step (a "running" job that
   stays running, to test cancel and reconnects); ``hold_history = True`` holds the history write
   after ``execution_success`` until :meth:`release_history`;
 * :meth:`wait_state` — await a job reaching ``pending`` / ``running`` / ``done``;
   :meth:`wait_for_prompts` — await the n-th accepted prompt (e.g. from a task running ``run``).
 
-Inspection: ``prompts`` (accepted prompts), ``rejected`` (bodies answered 400),
+Inspection: ``prompts`` (accepted prompts), ``rejected`` (bodies answered 400), ``interrupts``
+(bodies of ``POST /interrupt``), ``crashes``,
 ``requests`` (method, path, headers of every HTTP request), ``ws_connections`` (client id and
 upgrade headers), ``files`` (``(type, subfolder, filename) -> bytes``), ``history``,
 :meth:`request_count`.
