@@ -41,8 +41,9 @@ import mimetypes
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect

@@ -13,8 +13,9 @@ Pure data and parsing: no I/O, safe on any thread.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 class ComfyError(Exception):

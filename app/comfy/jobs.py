@@ -23,8 +23,9 @@ import dataclasses
 import enum
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator
 
 from app.comfy.errors import ExecutionFailed, JobFailed, JobInterrupted, JobLost, NodeReason
 from app.comfy.events import (

@@ -8,8 +8,9 @@ Pure data, any thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from app.comfy.errors import ExecutionFailed, JobFailed, JobInterrupted, NodeReason
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Callable
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
 from app.comfy.errors import ComfyError, ComfyUnavailable, JobLost, NoInstanceAvailable
