@@ -228,6 +228,8 @@ class TextEncoder:
                 z = hidden[:-1]
                 w = weights.unsqueeze(-1)
                 hidden = torch.where(w != 1.0, (z - empty) * w + empty, z)
+                if not torch.isfinite(hidden).all():
+                    raise PromptError("prompt weights are so large that the conditioning overflows float32")
             cond = hidden.reshape(1, -1, hidden.shape[-1])
             first_pooled = pooled[0:1].float().cpu() if pooled is not None else None
         # Cloned outside inference mode: callers get ordinary tensors they may modify in place.

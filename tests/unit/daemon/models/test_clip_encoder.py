@@ -6,6 +6,8 @@ import threading
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from daemon.models.clip import Conditioning, PromptError, TextEncoder, load_text_encoder
 from daemon.models.io import ModelLoadError
@@ -311,3 +313,21 @@ def test_a_weighted_phrase_that_does_not_fit_starts_the_next_window(sd15, tokeni
     assert list(windows[1].tokens[: 2 + len(fox)]) == [START_TOKEN, *fox, END_TOKEN]
     assert windows[1].weights[1 : 1 + len(fox)] == (1.2,) * len(fox)
     assert sd15.encode(filler + " (red fox:1.2)").cond.shape == (1, 154, 128)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.sampled_from(list("ab (:)\\,.1e2-\n😀é")) | st.characters(), max_size=120))
+def test_any_prompt_encodes_or_raises_a_typed_error(sdxl, prompt):
+    try:
+        out = sdxl.encode(prompt)
+    except ValueError as exc:  # PromptWeightError / EmbeddingError are ValueErrors with a message
+        assert str(exc)
+        return
+    k = len(sdxl.tokenize(prompt)["clip_l"])
+    assert out.cond.shape == (1, 77 * k, 256) and out.pooled.shape == (1, 128)
+    assert torch.isfinite(out.cond).all()
+
+
+def test_weights_that_overflow_the_conditioning_are_a_prompt_error(sd15):
+    with pytest.raises(PromptError, match="overflows"):
+        sd15.encode("(cat:1e300)")
