@@ -45,6 +45,7 @@ from daemon.models.clip_model import Activation, ClipTextModel, EmbeddingOverrid
 from daemon.models.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion
 from daemon.models.io import (
     ModelLoadError,
+    cpu_has_native,
     load_tensors,
     parameter_bytes,
     resolve_device,
@@ -266,18 +267,6 @@ def preferred_precision(device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_native(torch.bfloat16) else "fp32"
     return "fp32"
-
-
-def cpu_has_native(dtype: torch.dtype) -> bool:
-    """Whether this CPU's oneDNN runs ``dtype`` matmuls natively (AVX-512-BF16/AMX/AVX-512-FP16)."""
-    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
-    if dtype not in checks:
-        return True
-    check = getattr(torch.ops.mkldnn, checks[dtype], None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False
 
 
 def load_text_encoder(

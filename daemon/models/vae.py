@@ -26,6 +26,7 @@ from torch import nn
 
 from daemon.models.io import (
     ModelLoadError,
+    cpu_has_native,
     load_tensors,
     parameter_bytes,
     read_keys,
@@ -494,22 +495,6 @@ def _vae_prefix(keys: list[str]) -> str:
     return ""
 
 
-def cpu_has_fast_kernels(dtype: torch.dtype) -> bool:
-    """Whether this CPU runs convolutions natively in ``dtype`` (oneDNN bf16/fp16 needs
-    AVX-512-BF16/AMX/AVX-512-FP16; without them torch's fallback is ~100× slower than fp32)."""
-    checks = {
-        torch.bfloat16: "_is_mkldnn_bf16_supported",
-        torch.float16: "_is_mkldnn_fp16_supported",
-    }
-    if dtype not in checks:
-        return True
-    check = getattr(torch.ops.mkldnn, checks[dtype], None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False
-
-
 def load_vae(
     path: str | Path,
     *,
@@ -531,7 +516,7 @@ def load_vae(
     path = Path(path)
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
-    if torch_device.type == "cpu" and not strict_dtype and not cpu_has_fast_kernels(torch_dtype):
+    if torch_device.type == "cpu" and not strict_dtype and not cpu_has_native(torch_dtype):
         log.warning(
             "%s: this CPU has no native %s convolutions (they would run ~100x slower than fp32); "
             "running the VAE in fp32", path.name, torch_dtype

@@ -25,7 +25,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from daemon.models.vae import cpu_has_fast_kernels, load_vae
+from daemon.models.io import cpu_has_native
+from daemon.models.vae import load_vae
 from tests.helpers.tiny_models import FULL_VAE_CONFIG, build_diffusers_vae
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(1200)]
@@ -103,7 +104,7 @@ def test_bench_vae_decode_512_ours_vs_diffusers(full_vae_file):
     print(f"{'precision':<10}{'ours s':>9}{'diffusers s':>13}{'ratio':>7}"
           f"{'ours peak MiB':>15}{'diffusers peak MiB':>20}{'weights MiB':>13}")
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if not cpu_has_fast_kernels(dtype):
+        if not cpu_has_native(dtype):
             weights = load_vae(full_vae_file, dtype=precision, strict_dtype=True).footprint_bytes / 2**20
             print(f"{precision:<10}{'n/a: no native ' + precision + ' convolutions on this CPU':>55}"
                   f"{weights:>20.0f}")

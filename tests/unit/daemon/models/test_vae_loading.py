@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from daemon.models.io import ModelLoadError
-from daemon.models.vae import VAEInputError, cpu_has_fast_kernels, load_vae
+from daemon.models.io import cpu_has_native
+from daemon.models.vae import VAEInputError, load_vae
 from tests.helpers.tiny_models import make_tiny_vae
 
 
@@ -106,7 +107,7 @@ def test_weights_are_on_the_requested_device_and_dtype(tiny_path):
 def test_half_precision_without_native_cpu_kernels_runs_in_fp32(tiny_path, caplog, precision, dtype):
     with caplog.at_level(logging.WARNING, logger="daemon.models.vae"):
         vae = load_vae(tiny_path, device="cpu", dtype=precision)
-    if cpu_has_fast_kernels(dtype):
+    if cpu_has_native(dtype):
         assert vae.dtype == dtype
     else:
         assert vae.dtype == torch.float32
