@@ -41,6 +41,7 @@ import mimetypes
 import random
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -142,6 +143,7 @@ class ComfyClient:
         self._disconnected_since: float | None = None
         self._last_http_ok: float | None = None
         self._reconcile_lock = asyncio.Lock()
+        self._cancelled: OrderedDict[str, str] = OrderedDict()  # prompt id -> what cancel() did
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -494,23 +496,32 @@ class ComfyClient:
         """Cancel one job: dequeue it when pending, interrupt it by id when running.
 
         Returns ``"dequeued"``, ``"interrupted"`` (the job then ends with JobInterrupted) or
-        ``"not_found"`` (finished already, or unknown to this instance).
+        ``"not_found"`` (finished already, or unknown to this instance). Idempotent: cancelling
+        an id again answers what the first cancel through this client did, without new requests
+        (so a caller's own Ctrl-C handler and :meth:`run`'s automatic cancel do not collide).
         """
         prompt_id = job_or_id.prompt_id if isinstance(job_or_id, Job) else job_or_id
+        if prompt_id in self._cancelled:
+            return self._cancelled[prompt_id]
+        job = self.tracker.jobs.get(prompt_id)
+        outcome = "not_found"
         where = (await self.get_queue()).contains(prompt_id)
         if where == "pending":
             await self._request("POST", "/queue", json={"delete": [prompt_id]})
             # It may have started between the two calls: the delete then did nothing.
             where = (await self.get_queue()).contains(prompt_id)
             if where != "running":
-                job = self.tracker.jobs.get(prompt_id)
+                outcome = "dequeued"
                 if job is not None:
                     job.fail(JobInterrupted(prompt_id=prompt_id, while_pending=True, instance=self.name))
-                return "dequeued"
         if where == "running":
             await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
-            return "interrupted"
-        return "not_found"
+            outcome = "interrupted"
+        if outcome != "not_found":
+            self._cancelled[prompt_id] = outcome
+            while len(self._cancelled) > 256:
+                self._cancelled.popitem(last=False)
+        return outcome
 
     async def _collect_files(self, outputs: Mapping[str, Any], prefetch: dict[tuple, asyncio.Task]) -> tuple[OutputFile, ...]:
         refs = output_refs(outputs)

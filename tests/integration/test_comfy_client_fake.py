@@ -295,7 +295,9 @@ async def test_cancel_running_job_interrupts_it_by_prompt_id(fake, client):
         await client.wait(job)
     assert fake.interrupts[-1] == {"prompt_id": job.prompt_id}
     assert not caught.value.while_pending and "interrupted" in str(caught.value)
-    assert await client.cancel(job.prompt_id) == "not_found"
+    assert await client.cancel(job.prompt_id) == "interrupted"  # idempotent: same answer, no new request
+    assert len(fake.interrupts) == 1
+    assert await client.cancel(str(uuid.uuid4())) == "not_found"
     fake.resume()
 
 
