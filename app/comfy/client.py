@@ -475,7 +475,10 @@ class ComfyClient:
         if on_event is not None:
             async def follow() -> None:
                 async for event in job.events():
-                    on_event(event)
+                    try:
+                        on_event(event)
+                    except Exception:  # a broken progress display must not lose the render
+                        log.exception("%s: on_event callback failed", self.name)
             follower = asyncio.create_task(follow(), name=f"comfy-follow-{job.prompt_id}")
         try:
             return await self.wait(job, timeout=timeout)

@@ -494,3 +494,11 @@ async def test_cancelling_the_run_task_cancels_the_job_on_the_server(fake, clien
     fake.resume()
     await fake.wait_state(first, "done")
     assert fake.history[first]["status"]["status_str"] == "error"
+
+
+async def test_a_failing_progress_callback_does_not_lose_the_render(client, caplog):
+    def broken(event):
+        raise RuntimeError("display crashed")
+
+    result = await client.run(txt2img_prompt(seed=71), on_event=broken)
+    assert result.images and "on_event callback failed" in caplog.text
