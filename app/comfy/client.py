@@ -21,11 +21,11 @@ the jobs submitted through it. It follows the tracking recipe of the fact sheet 
   the socket is down unfinished jobs are polled every ``timeouts.poll`` seconds — also when it
   never opens (a proxy without WebSocket support): then jobs are tracked by polling alone.
 
-HTTP paths use the ``/api/...`` form (what the official frontend calls; every route has been
-registered under both ``/x`` and ``/api/x`` since 2023; ``InstanceConfig.api_prefix = ""`` for
-older builds). The socket uses ``/ws`` (registered under both too). No ``Origin`` header is ever
-sent (ComfyUI answers 403 to cross-origin requests on loopback); the instance's extra headers go
-on every HTTP request and on the WebSocket upgrade. Every call has a timeout.
+The REST calls (health, queue, history, ``/view``, uploads, ``/object_info``) live in
+:class:`~app.comfy.rest.ComfyRest`, which this class extends; HTTP paths use ``/api/...`` (see
+there), the socket uses ``/ws`` (registered under both ``/ws`` and ``/api/ws``). No ``Origin``
+header is ever sent; the instance's extra headers go on every HTTP request and on the WebSocket
+upgrade. Every call has a timeout.
 
 Runs on one asyncio event loop (the one that called :meth:`start`); not thread-safe. Timeouts use
 ``asyncio.timeout`` rather than ``asyncio.wait_for``: on Python 3.11 ``wait_for`` can swallow a
@@ -37,16 +37,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import mimetypes
 import random
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Callable
 
-import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
@@ -56,7 +53,6 @@ from app.comfy.errors import (
     JobInterrupted,
     JobLost,
     JobTimeout,
-    OutputMissing,
     parse_node_errors,
     parse_prompt_rejection,
 )
@@ -72,41 +68,17 @@ from app.comfy.events import (
 )
 from app.comfy.instances import InstanceConfig
 from app.comfy.jobs import Job, JobState, JobTracker
-from app.comfy.results import (
-    HistoryEntry,
-    JobResult,
-    JobTimings,
-    OutputFile,
-    OutputRef,
-    QueueSnapshot,
-    SystemStats,
-    UploadedImage,
-    output_refs,
-)
+from app.comfy.rest import ComfyRest, ComfyTimeouts
+from app.comfy.results import HistoryEntry, JobResult, JobTimings, OutputFile, OutputRef, output_refs
+
+__all__ = ["ComfyClient", "ComfyTimeouts", "EventListener"]
 
 log = logging.getLogger(__name__)
 
 EventListener = Callable[[Any], None]
 
 
-@dataclass(frozen=True)
-class ComfyTimeouts:
-    """Every time limit of the client, in seconds."""
-
-    connect: float = 5.0  # TCP connect of HTTP requests
-    request: float = 30.0  # read/write of one HTTP request
-    upload: float = 120.0  # upload/download of one file
-    ws_open: float = 10.0  # how long submit() waits for the socket to be open
-    history_grace: float = 0.25  # after execution_success: wait this long for "executing null"
-    history: float = 30.0  # after the job finished: give up waiting for its history entry
-    reconnect_max_delay: float = 5.0  # cap of the reconnect backoff
-    reconnect_give_up: float = 60.0  # unreachable this long -> unfinished jobs are JobLost
-    watchdog: float = 10.0  # a job silent this long is reconciled over HTTP
-    poll: float = 1.0  # while the socket is down, unfinished jobs are polled this often
-    poll_fallback: bool = True  # submit even when the socket cannot open (track by polling)
-
-
-class ComfyClient:
+class ComfyClient(ComfyRest):
     """One ComfyUI instance; use as ``async with ComfyClient(cfg) as client: await client.run(p)``.
 
     Public surface (stable, used by the router, the templates layer, the CLI and the GUI):
@@ -123,25 +95,18 @@ class ComfyClient:
         client_id: str | None = None,
         previews: bool = True,
     ) -> None:
-        self.instance = instance if isinstance(instance, InstanceConfig) else InstanceConfig(instance, instance)
-        self.name = self.instance.name
-        self.timeouts = timeouts or ComfyTimeouts()
+        super().__init__(instance, timeouts=timeouts)
         self.client_id = client_id or uuid.uuid4().hex
         self.previews = previews
         self.tracker = JobTracker()
-        self.queue_remaining_seen: int | None = None
         self.server_features: Mapping[str, Any] = {}  # from the feature_flags handshake reply
         self._listeners: list[EventListener] = []
-        self._http: httpx.AsyncClient | None = None
         self._ws: ClientConnection | None = None
         self._ws_task: asyncio.Task | None = None
         self._watchdog_task: asyncio.Task | None = None
         self._connected = asyncio.Event()
         self._closing = False
-        self._object_info: dict[str, Any] | None = None
-        self._object_info_lock = asyncio.Lock()
         self._disconnected_since: float | None = None
-        self._last_http_ok: float | None = None
         self._reconcile_lock = asyncio.Lock()
         self._cancelled: OrderedDict[str, str] = OrderedDict()  # prompt id -> what cancel() did
 
@@ -160,17 +125,12 @@ class ComfyClient:
             raise ComfyUnavailable(f"{self.name}: client is closed", instance=self.name, cause="closed")
         if self._http is not None:
             return
-        headers = {"User-Agent": "LunaNarrates-Operator"}
-        headers.update(self.instance.headers)
-        self._http = httpx.AsyncClient(
-            base_url=self.instance.base_url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(self.timeouts.request, connect=self.timeouts.connect),
-            follow_redirects=True,
-            trust_env=not self.instance.is_loopback,  # env proxies for remote hosts only
-        )
+        self._open_http()
         self._ws_task = asyncio.create_task(self._socket_loop(), name=f"comfy-ws-{self.name}")
         self._watchdog_task = asyncio.create_task(self._watchdog_loop(), name=f"comfy-watchdog-{self.name}")
+
+    async def _ensure_started(self) -> None:
+        await self.start()
 
     async def close(self) -> None:
         """Stop the socket, fail nothing silently: unfinished jobs become JobLost (client closed)."""
@@ -188,9 +148,7 @@ class ComfyClient:
         for job in self.tracker.active:
             job.fail(JobLost("the client was closed", prompt_id=job.prompt_id, started=job.started,
                              instance=self.name))
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._close_http()
 
     @property
     def connected(self) -> bool:
@@ -217,136 +175,6 @@ class ComfyClient:
             raise ComfyUnavailable(f"{self.name}: WebSocket did not open within "
                                    f"{timeout or self.timeouts.ws_open:g} s", instance=self.name,
                                    cause="websocket timeout") from None
-
-    # --- HTTP plumbing ---------------------------------------------------------------------
-
-    def _path(self, path: str) -> str:
-        return (self.instance.api_prefix + path).lstrip("/")
-
-    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
-        if self._http is None:
-            await self.start()
-        assert self._http is not None
-        if timeout is not None:
-            kwargs["timeout"] = httpx.Timeout(timeout, connect=self.timeouts.connect)
-        try:
-            response = await self._http.request(method, self._path(path), **kwargs)
-        except httpx.TimeoutException as exc:
-            raise ComfyUnavailable(f"{self.name}: {method} {path} timed out", instance=self.name,
-                                   cause=f"timeout: {exc!r}") from exc
-        except httpx.HTTPError as exc:
-            raise ComfyUnavailable(f"{self.name}: {method} {path} failed: {exc}", instance=self.name,
-                                   cause=repr(exc)) from exc
-        if response.status_code < 500:
-            self._last_http_ok = time.monotonic()
-        if response.status_code >= 500:
-            raise ComfyUnavailable(f"{self.name}: {method} {path} answered {response.status_code}: "
-                                   f"{response.text[:200]}", instance=self.name, cause=f"HTTP {response.status_code}")
-        return response
-
-    def _json(self, response: httpx.Response, what: str) -> Any:
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ComfyProtocolError(f"{self.name}: {what} answered non-JSON ({response.status_code}): "
-                                     f"{response.text[:200]}", instance=self.name) from exc
-
-    async def _get_json(self, path: str, **kwargs: Any) -> Any:
-        response = await self._request("GET", path, **kwargs)
-        if response.status_code != 200:
-            raise ComfyProtocolError(f"{self.name}: GET {path} answered {response.status_code}", instance=self.name)
-        return self._json(response, f"GET {path}")
-
-    # --- health / load ---------------------------------------------------------------------
-
-    async def system_stats(self) -> SystemStats:
-        """``/system_stats``: versions and per-device VRAM (cheap liveness probe)."""
-        body = await self._get_json("/system_stats")
-        if not isinstance(body, Mapping):
-            raise ComfyProtocolError(f"{self.name}: /system_stats is not an object", instance=self.name)
-        return SystemStats.parse(body)
-
-    async def queue_remaining(self) -> int:
-        """``GET /prompt`` → ``exec_info.queue_remaining`` (pending + running, all clients)."""
-        body = await self._get_json("/prompt")
-        try:
-            value = int(body["exec_info"]["queue_remaining"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ComfyProtocolError(f"{self.name}: GET /prompt has no exec_info.queue_remaining",
-                                     instance=self.name) from exc
-        self.queue_remaining_seen = value
-        return value
-
-    async def get_queue(self) -> QueueSnapshot:
-        body = await self._get_json("/queue")
-        if not isinstance(body, Mapping):
-            raise ComfyProtocolError(f"{self.name}: /queue is not an object", instance=self.name)
-        return QueueSnapshot.parse(body)
-
-    async def object_info(self, *, refresh: bool = False) -> dict[str, Any]:
-        """``/object_info`` (all node schemas), cached per client until ``refresh=True``."""
-        async with self._object_info_lock:
-            if self._object_info is None or refresh:
-                body = await self._get_json("/object_info", timeout=max(self.timeouts.request, 60.0))
-                if not isinstance(body, dict):
-                    raise ComfyProtocolError(f"{self.name}: /object_info is not an object", instance=self.name)
-                self._object_info = body
-            return self._object_info
-
-    async def features(self) -> dict[str, Any]:
-        """``/features`` server flags; ``{}`` on servers that predate it (404)."""
-        response = await self._request("GET", "/features")
-        if response.status_code == 404:
-            return {}
-        body = self._json(response, "GET /features")
-        return dict(body) if isinstance(body, Mapping) else {}
-
-    async def free(self, *, unload_models: bool = True, free_memory: bool = False) -> None:
-        """``POST /free``: unload models (and caches); applied once the current job ends."""
-        await self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
-
-    # --- files -----------------------------------------------------------------------------
-
-    async def history(self, prompt_id: str) -> HistoryEntry | None:
-        """``/history/{id}``; None while the entry does not exist (pending, running, lost…)."""
-        body = await self._get_json(f"/history/{prompt_id}")
-        if not isinstance(body, Mapping):
-            raise ComfyProtocolError(f"{self.name}: /history/{prompt_id} is not an object", instance=self.name)
-        entry = body.get(prompt_id)
-        return HistoryEntry.parse(prompt_id, entry) if isinstance(entry, Mapping) else None
-
-    async def download(self, ref: OutputRef) -> OutputFile:
-        """Fetch one output with ``/view`` (filename, subfolder, type exactly as listed)."""
-        params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
-        response = await self._request("GET", "/view", params=params, timeout=self.timeouts.upload)
-        if response.status_code != 200:
-            raise OutputMissing(f"{self.name}: /view {ref.type}/{ref.subfolder}/{ref.filename} answered "
-                                f"{response.status_code}", instance=self.name)
-        mime = response.headers.get("content-type", "").split(";")[0].strip()
-        if not mime or mime == "application/octet-stream":
-            mime = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
-        return OutputFile(ref, response.content, mime)
-
-    async def download_outputs(self, outputs: Mapping[str, Any]) -> tuple[OutputFile, ...]:
-        """Download every file listed in a history ``outputs`` mapping, concurrently."""
-        refs = output_refs(outputs)
-        return tuple(await asyncio.gather(*(self.download(ref) for ref in refs)))
-
-    async def upload_image(self, data: bytes, filename: str, *, subfolder: str = "", type: str = "input",
-                           overwrite: bool = False) -> UploadedImage:
-        """``POST /upload/image`` (multipart). The server may rename: use the returned reference."""
-        mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        form = {"type": type, "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
-        response = await self._request("POST", "/upload/image", files={"image": (filename, data, mime)},
-                                       data=form, timeout=self.timeouts.upload)
-        if response.status_code != 200:
-            raise ComfyProtocolError(f"{self.name}: upload of {filename!r} answered {response.status_code}: "
-                                     f"{response.text[:200]}", instance=self.name)
-        body = self._json(response, "POST /upload/image")
-        try:
-            return UploadedImage(str(body["name"]), str(body.get("subfolder") or ""), str(body.get("type") or type))
-        except (KeyError, TypeError) as exc:
-            raise ComfyProtocolError(f"{self.name}: upload reply has no 'name': {body!r}", instance=self.name) from exc
 
     # --- jobs ------------------------------------------------------------------------------
 
