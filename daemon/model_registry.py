@@ -40,6 +40,8 @@ CLIP_KIND = "clip"
 
 @dataclass(frozen=True)
 class FileIdentity:
+    """What makes a weights file "the same file": path, size and modification time."""
+
     path: str
     size: int
     mtime_ns: int

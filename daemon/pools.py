@@ -50,6 +50,8 @@ class PoolFull(Exception):
 
 
 class JobRunner(Protocol):
+    """Runs one job on a worker's own thread (on GPU: inside that worker's CUDA stream)."""
+
     def run(self, job: Callable[[], T]) -> T: ...
 
 

@@ -22,6 +22,8 @@ V = TypeVar("V")
 
 @dataclass(frozen=True)
 class CacheKey:
+    """One cached encoding: the model set, the clip skip and the exact prompt text."""
+
     model_set: str
     clip_skip: int | None
     text: str

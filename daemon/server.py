@@ -56,6 +56,8 @@ class DaemonStartupError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReadyInfo:
+    """The bound addresses announced on stdout by the ``LUNA_DAEMON_READY`` line."""
+
     host: str
     port: int
     ws_port: int
