@@ -35,6 +35,16 @@ Knobs (attributes you may set at any time, or constructor keywords):
   per sampler step — type 4 (with metadata) for sockets that sent the ``feature_flags``
   handshake, legacy type 1 otherwise.
 
+The input folder (``files`` entries of type ``input``) works like ComfyUI's: ``POST /upload/image``
+stores there (or in temp/output, with ``subfolder``; without ``overwrite`` a different file of the
+same name is renamed ``name (1).ext``, identical bytes reuse the file) and survives :meth:`crash`;
+the names an upload widget lists at start (``example.png``) exist in it; ``/object_info`` lists its
+top-level images in every ``image_upload`` combo (LoadImage), read fresh on each request; and such an
+input is checked like LoadImage's ``VALIDATE_INPUTS`` — the file must exist (``sub/name.png``,
+``name.png [output]``), the possibly stale list is not consulted, a missing file is a
+``custom_validation_failed`` 400 ("image - Invalid image file: NAME"). :meth:`input_files` shows
+what the widget would list.
+
 Scripted failures (all deterministic — tests wait on futures, never sleep):
 
 * identical prompts are served from the node cache (all nodes cached, no new file);
@@ -68,6 +78,8 @@ import heapq
 import io
 import itertools
 import json
+import mimetypes
+import posixpath
 import re
 import time
 import uuid
@@ -88,6 +100,11 @@ SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "lms", "dpmpp_2m", "dpm
             "heunpp2", "sa_solver"]
 SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
               "normal", "linear_quadratic", "kl_optimal"]
+
+
+def _is_upload_combo(kind: Any, options: Any) -> bool:
+    """A file-picker combo (``image_upload``): the fake validates it like LoadImage's VALIDATE_INPUTS."""
+    return (isinstance(kind, list) or kind == "COMBO") and isinstance(options, dict) and bool(options.get("image_upload"))
 
 
 def _node(required: dict, output: list[str], *, optional: dict | None = None,
@@ -279,6 +296,7 @@ class FakeComfyUI:
         self.interrupts: list[dict | None] = []
         self.crashes = 0
         self._reset_state()
+        self._seed_input_folder()
 
         self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task | None = None
@@ -299,7 +317,9 @@ class FakeComfyUI:
 
     def _reset_state(self) -> None:
         self.history: dict[str, dict] = {}
-        self.files: dict[tuple[str, str, str], bytes] = {}
+        # The input folder is on disk in a real ComfyUI: uploads survive a crash/restart.
+        kept = {key: data for key, data in getattr(self, "files", {}).items() if key[0] == "input"}
+        self.files: dict[tuple[str, str, str], bytes] = kept
         self._pending: list[tuple[float, int, _Job]] = []
         self._running: _Job | None = None
         self._running_node: str | None = None
@@ -406,6 +426,53 @@ class FakeComfyUI:
             await self._shutdown(abort=True)
         self._reset_state()
         await self.start()
+
+    # --- the input folder ----------------------------------------------------------------------
+
+    def input_files(self) -> list[str]:
+        """What an upload widget (LoadImage) lists: image files at the top of the input folder, sorted."""
+        return sorted(filename for kind, subfolder, filename in self.files
+                      if kind == "input" and not subfolder
+                      and (mimetypes.guess_type(filename)[0] or "").startswith("image/"))
+
+    def _upload_combos(self) -> list[tuple[Any, dict]]:
+        """(combo spec, its options) of every ``image_upload`` input in ``object_info``."""
+        found = []
+        for info in self.object_info.values():
+            for section in ("required", "optional"):
+                for spec in ((info.get("input") or {}).get(section) or {}).values():
+                    if isinstance(spec, list) and spec and _is_upload_combo(spec[0], spec[1] if len(spec) > 1 else {}):
+                        found.append((spec, spec[1]))
+        return found
+
+    def _seed_input_folder(self) -> None:
+        """The files an upload widget lists at start (e.g. ``example.png``) exist in the input folder."""
+        for spec, options in self._upload_combos():
+            names = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+            for name in names:
+                subfolder, _, filename = str(name).rpartition("/")
+                self.files.setdefault(("input", subfolder, filename), png_bytes())
+
+    def _refresh_upload_lists(self) -> None:
+        """Upload widgets list the input folder as it is now (ComfyUI lists it on every ``/object_info``)."""
+        current = self.input_files()
+        for spec, options in self._upload_combos():
+            if isinstance(spec[0], list):
+                spec[0] = list(current)
+            else:
+                options["options"] = list(current)
+
+    def _input_file_exists(self, value: Any) -> bool:
+        """``folder_paths.exists_annotated_filepath``: ``sub/name.png``, optionally `` [output]``/``[temp]``."""
+        if not isinstance(value, str):
+            return False
+        kind, name = "input", value
+        for annotation in ("output", "input", "temp"):
+            if name.endswith(f"[{annotation}]"):
+                kind, name = annotation, name[: -len(annotation) - 3]
+                break
+        subfolder, _, filename = posixpath.normpath(name.replace("\\", "/")).rpartition("/")
+        return (kind, subfolder, filename) in self.files
 
     # --- scripting -----------------------------------------------------------------------------
 
@@ -598,6 +665,7 @@ class FakeComfyUI:
         specs = dict(info["input"].get("required", {}))
         optional = info["input"].get("optional", {}) or {}
         errors: list = []
+        file_checked: list[tuple[str, Any]] = []
         valid = True
         for name in list(specs) + [n for n in optional if n in inputs]:
             spec = specs.get(name) or optional[name]
@@ -633,10 +701,19 @@ class FakeComfyUI:
                 if not self._validate_node(prompt, source_id, validated):
                     valid = False
                 continue
+            if _is_upload_combo(kind, options):
+                # Like LoadImage: VALIDATE_INPUTS(image) takes this input, so ComfyUI skips the
+                # list check (the list is stale right after an upload) and asks the node instead.
+                file_checked.append((name, value))
+                continue
             error = self._check_value(name, spec, kind, options, value)
             if error is not None:
                 errors.append(error)
                 valid = False
+        for name, value in file_checked:
+            if not self._input_file_exists(value):
+                errors.append(self._reason("custom_validation_failed", "Custom validation failed for node",
+                                           f"{name} - Invalid image file: {value}", {"input_name": name}))
         validated[node_id] = (valid and not errors, errors)
         return validated[node_id][0]
 
@@ -856,24 +933,36 @@ class FakeComfyUI:
         return web.Response(body=data, content_type=content_type)
 
     async def _upload_image(self, request: web.Request) -> web.Response:
+        """ComfyUI's ``image_upload``: into input/temp/output (+ subfolder), renamed on conflict."""
         form = await request.post()
         upload = form.get("image")
         if upload is None or not hasattr(upload, "file"):
             return web.Response(status=400)
-        data = upload.file.read()
-        kind = str(form.get("type", "input")) or "input"
-        subfolder = str(form.get("subfolder", ""))
-        overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
         name = upload.filename
-        if not overwrite:
-            stem, dot, ext = name.rpartition(".")
-            if not dot:
-                stem, ext = name, ""
+        if not name:
+            return web.Response(status=400)
+        kind = form.get("type")
+        kind = "input" if kind is None else str(kind)
+        if kind not in ("input", "temp", "output"):
+            # ComfyUI has no folder for it and fails with an unhandled error.
+            return web.Response(status=500, text="500 Internal Server Error\n\nServer got itself in trouble")
+        subfolder = str(form.get("subfolder", ""))
+        folder = posixpath.normpath(subfolder.replace("\\", "/"))
+        target = posixpath.normpath(posixpath.join(folder, name))
+        if target == ".." or target.startswith(("../", "/")) or folder.startswith(("../", "/")) or folder == "..":
+            return web.Response(status=400)  # outside the folder (ComfyUI's commonpath check)
+        folder = "" if folder == "." else folder
+        data = upload.file.read()
+        overwrite = form.get("overwrite")
+        if overwrite not in ("true", "1"):
+            stem, ext = posixpath.splitext(name)
             counter = 1
-            while (kind, subfolder, name) in self.files and self.files[(kind, subfolder, name)] != data:
-                name = f"{stem} ({counter}){dot}{ext}"
+            while (kind, folder, name) in self.files:
+                if self.files[(kind, folder, name)] == data:  # same bytes: reuse the file (ComfyUI #3465)
+                    break
+                name = f"{stem} ({counter}){ext}"
                 counter += 1
-        self.files[(kind, subfolder, name)] = data
+        self.files[(kind, folder, name)] = data
         return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
     async def _system_stats(self, request: web.Request) -> web.Response:
@@ -891,10 +980,12 @@ class FakeComfyUI:
         return web.json_response(self._feature_flags())
 
     async def _object_info_all(self, request: web.Request) -> web.Response:
+        self._refresh_upload_lists()
         return web.json_response(self.object_info)
 
     async def _object_info_one(self, request: web.Request) -> web.Response:
         name = request.match_info["node_class"]
+        self._refresh_upload_lists()
         return web.json_response({name: self.object_info[name]} if name in self.object_info else {})
 
     async def _embeddings(self, request: web.Request) -> web.Response:

@@ -117,3 +117,74 @@ async def test_interrupt_and_queue_post_answer_a_bare_200(http):
     for path, body in (("/interrupt", {"prompt_id": "x"}), ("/queue", {"delete": ["x"]}), ("/queue", {"clear": True})):
         response = await http.post(path, json=body)
         assert response.status_code == 200 and response.content == b""
+
+
+def img2img(image: str) -> dict:
+    prompt = txt2img_prompt()
+    prompt["10"] = {"class_type": "LoadImage", "inputs": {"image": image}, "_meta": {"title": "Init image"}}
+    prompt["11"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["10", 0], "vae": ["4", 2]}}
+    prompt["3"]["inputs"]["latent_image"] = ["11", 0]
+    return prompt
+
+
+async def upload(http, data: bytes, name: str, **form: str):
+    return await http.post("/api/upload/image", files={"image": (name, data, "image/png")}, data=form)
+
+
+async def test_a_missing_load_image_file_is_custom_validation_failed_as_comfyui_says(http):
+    response = await http.post("/api/prompt", json={"prompt": img2img("nowhere.png")})
+
+    # LoadImage.VALIDATE_INPUTS(image) answers "Invalid image file: NAME"; execution.validate_inputs
+    # wraps it as "<input> - <answer>" with only the input name in extra_info.
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                  "details": "", "extra_info": {}},
+        "node_errors": {"10": {"errors": [{"type": "custom_validation_failed",
+                                           "message": "Custom validation failed for node",
+                                           "details": "image - Invalid image file: nowhere.png",
+                                           "extra_info": {"input_name": "image"}}],
+                               "dependent_outputs": ["9"], "class_type": "LoadImage"}}}
+
+
+async def test_an_uploaded_image_is_accepted_by_file_although_the_listed_choices_are_stale(fake, http):
+    listed = (await http.get("/api/object_info/LoadImage")).json()["LoadImage"]["input"]["required"]["image"][0]
+    assert listed == ["example.png"]
+
+    top = (await upload(http, b"top", "scene.png")).json()
+    nested = (await upload(http, b"nested", "pose.png", subfolder="luna")).json()
+    assert top == {"name": "scene.png", "subfolder": "", "type": "input"}
+    assert nested == {"name": "pose.png", "subfolder": "luna", "type": "input"}
+
+    for image in ("scene.png", "luna/pose.png", "example.png"):  # not in `listed`, yet valid: the file exists
+        response = await http.post("/api/prompt", json={"prompt": img2img(image)})
+        assert response.status_code == 200, response.json()
+    output = (await upload(http, b"out", "prev.png", type="output")).json()
+    assert (await http.post("/api/prompt", json={"prompt": img2img(f"{output['name']} [output]")})).status_code == 200
+    assert (await http.post("/api/prompt", json={"prompt": img2img("prev.png")})).status_code == 400  # not in input/
+
+    fresh = (await http.get("/object_info")).json()["LoadImage"]["input"]["required"]["image"][0]
+    assert fresh == ["example.png", "scene.png"]  # top-level images only, as LoadImage lists them
+
+
+async def test_upload_renames_on_conflict_and_keeps_the_real_reply_shape(fake, http):
+    assert (await upload(http, b"one", "a.b.png")).json()["name"] == "a.b.png"
+    assert (await upload(http, b"one", "a.b.png")).json()["name"] == "a.b.png"        # same bytes: reused
+    assert (await upload(http, b"two", "a.b.png")).json()["name"] == "a.b (1).png"    # splitext, then " (n)"
+    assert (await upload(http, b"three", "a.b.png")).json()["name"] == "a.b (2).png"
+    assert (await upload(http, b"two", "a.b.png")).json()["name"] == "a.b (1).png"    # reuses the twin
+    # Only the exact strings "true" / "1" overwrite.
+    assert (await upload(http, b"four", "a.b.png", overwrite="True")).json()["name"] == "a.b (3).png"
+    reply = (await upload(http, b"five", "a.b.png", overwrite="1", subfolder="x/../y", type="temp")).json()
+    assert reply == {"name": "a.b.png", "subfolder": "x/../y", "type": "temp"}
+    assert fake.files[("temp", "y", "a.b.png")] == b"five" and fake.files[("input", "", "a.b.png")] == b"one"
+
+    assert (await upload(http, b"x", "evil.png", subfolder="../..")).status_code == 400
+    assert (await upload(http, b"x", "n.png", type="models")).status_code == 500  # ComfyUI has no such folder
+
+
+async def test_uploads_survive_a_crash_like_files_on_disk(fake, http):
+    await upload(http, b"kept", "kept.png")
+    await fake.restart()
+    async with httpx.AsyncClient(base_url=fake.url) as again:
+        assert (await again.post("/prompt", json={"prompt": img2img("kept.png")})).status_code == 200
