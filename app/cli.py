@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 import uuid
 from collections.abc import Sequence
@@ -544,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luna", description="Luna Narrates Operator: render ComfyUI workflow templates and watch instances.",
         epilog="Exit codes: 0 ok, 1 render failed, 2 bad input, 3 invalid for the instance, 4 unreachable.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the ComfyUI layer does (health checks, reconnects) on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def target_options(p: argparse.ArgumentParser) -> None:
@@ -651,6 +655,26 @@ def _report_error(error: CliError, console: Console) -> None:
     print(text, file=console.err, flush=True)
 
 
+@contextlib.contextmanager
+def _library_logging(err: TextIO, *, verbose: bool):
+    """Route the ComfyUI layer's logs to ``err`` for one command.
+
+    Without ``--verbose`` only errors show: the CLI already reports unhealthy instances and
+    failures itself, so the router's warnings would say everything twice.
+    """
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("luna: %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("app")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
@@ -661,7 +685,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         return EXIT_OK
     console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
     try:
-        result = asyncio.run(_dispatch(args, console))
+        with _library_logging(err, verbose=args.verbose):
+            result = asyncio.run(_dispatch(args, console))
     except KeyboardInterrupt:
         print("luna: cancelled", file=err, flush=True)
         return EXIT_CANCELLED
