@@ -963,6 +963,7 @@ class FakeComfyUI:
                 name = f"{stem} ({counter}){ext}"
                 counter += 1
         self.files[(kind, folder, name)] = data
+        self._refresh_upload_lists()  # keep ``object_info`` as the next GET /object_info will show it
         return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
     async def _system_stats(self, request: web.Request) -> web.Response:

@@ -164,7 +164,8 @@ async def test_an_uploaded_image_is_accepted_by_file_although_the_listed_choices
     assert (await http.post("/api/prompt", json={"prompt": img2img("prev.png")})).status_code == 400  # not in input/
 
     fresh = (await http.get("/object_info")).json()["LoadImage"]["input"]["required"]["image"][0]
-    assert fresh == ["example.png", "scene.png"]  # top-level images only, as LoadImage lists them
+    assert fresh == ["example.png", "scene.png"] == fake.input_files()  # top-level images only, as LoadImage
+    assert fake.object_info["LoadImage"]["input"]["required"]["image"][0] == fresh
 
 
 async def test_upload_renames_on_conflict_and_keeps_the_real_reply_shape(fake, http):
