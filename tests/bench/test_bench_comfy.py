@@ -2,9 +2,8 @@
 
 1. Client overhead per job: submit → outputs in hand against a fake ComfyUI with zero render
    time, median over many jobs; the fake runs in its own process (so its CPU does not queue
-   behind the client's) and, for reference, in-process. Raw GET round trips of httpx with its
-   default transport, httpx on the client's asyncio-stream transport (what plain-http instances
-   use, app.comfy.transport) and aiohttp are printed side by side to show what the HTTP stack costs.
+   behind the client's) and, for reference, in-process. Raw GET round trips of httpx (what the
+   client uses) and aiohttp are printed side by side to show what the HTTP library costs.
 2. Routing: 200 jobs over 4 fake instances (own processes) with uneven speeds; makespan of the
    StyleRouter (first-free dispatch, depth 1 and 2, and with no depth limit = plain least
    queue) against the ideal least-loaded schedule computed offline from the known speeds.
@@ -28,7 +27,6 @@ import pytest
 from app.comfy.client import ComfyClient, ComfyTimeouts
 from app.comfy.instances import InstanceConfig, InstancesConfig
 from app.comfy.router import RouterSettings, StyleRouter
-from app.comfy.transport import plain_http_transport
 from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,18 +73,14 @@ async def median_job_ms(url: str, jobs: int) -> tuple[float, float, float]:
     return statistics.median(samples), statistics.median(cached), cpu_ms
 
 
-async def raw_get_ms(url: str, count: int = 200) -> tuple[float, float, float]:
-    """Mean GET round trip: httpx default transport, httpx on the client's loop transport, aiohttp."""
-    timings = []
-    for transport in (None, plain_http_transport()):
-        async with httpx.AsyncClient(base_url=url, transport=transport) as client:
-            for _ in range(10):
-                await client.get("/api/prompt")
-            start = time.perf_counter()
-            for _ in range(count):
-                await client.get("/api/prompt")
-            timings.append((time.perf_counter() - start) / count * 1000)
-    httpx_ms, loop_ms = timings
+async def raw_get_ms(url: str, count: int = 200) -> tuple[float, float]:
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(10):
+            await client.get("/api/prompt")
+        start = time.perf_counter()
+        for _ in range(count):
+            await client.get("/api/prompt")
+        httpx_ms = (time.perf_counter() - start) / count * 1000
     async with aiohttp.ClientSession() as session:
         for _ in range(10):
             async with session.get(url + "/api/prompt") as response:
@@ -96,14 +90,14 @@ async def raw_get_ms(url: str, count: int = 200) -> tuple[float, float, float]:
             async with session.get(url + "/api/prompt") as response:
                 await response.read()
         aiohttp_ms = (time.perf_counter() - start) / count * 1000
-    return httpx_ms, loop_ms, aiohttp_ms
+    return httpx_ms, aiohttp_ms
 
 
 async def test_bench_client_overhead_per_job():
     jobs = 200
     async with fake_process() as url:
         out_median, out_cached, out_cpu = await median_job_ms(url, jobs)
-        out_httpx, out_loop, out_aiohttp = await raw_get_ms(url)
+        out_httpx, out_aiohttp = await raw_get_ms(url)
     async with FakeComfyUI() as fake:
         in_median, in_cached, _ = await median_job_ms(fake.url, jobs)
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -111,9 +105,8 @@ async def test_bench_client_overhead_per_job():
     print(f"  fake in its own process : {out_median:6.2f} ms   (fully cached prompt: {out_cached:.2f} ms)   goal < 5 ms")
     print(f"  fake in the same process: {in_median:6.2f} ms   (fully cached prompt: {in_cached:.2f} ms)")
     print(f"  client CPU per job (fake in its own process): {out_cpu:.2f} ms")
-    print(f"  raw GET round trip to the fake process: httpx {out_httpx:.2f} ms, httpx on the client's loop transport "
-          f"{out_loop:.2f} ms, aiohttp {out_aiohttp:.2f} ms (httpx/aiohttp {out_httpx / out_aiohttp:.1f}x, "
-          f"loop/aiohttp {out_loop / out_aiohttp:.1f}x); a job needs 3 requests, 2 on the critical path")
+    print(f"  raw GET round trip to the fake process: httpx {out_httpx:.2f} ms vs aiohttp {out_aiohttp:.2f} ms "
+          f"(ratio {out_httpx / out_aiohttp:.1f}x); a job needs 3 requests, 2 on the critical path")
 
 
 def ideal_makespan(delays: list[float], jobs: int) -> float:
