@@ -7,8 +7,7 @@ headers and every REST call the operator needs, each with a timeout and a typed 
 ``/api/...`` form (what the official frontend calls; every route has been registered under both
 ``/x`` and ``/api/x`` since 2023; ``InstanceConfig.api_prefix = ""`` for older builds). No
 ``Origin`` header is ever sent (ComfyUI answers 403 to cross-origin requests on loopback), and
-loopback URLs never go through an environment proxy. Plain ``http://`` requests use the lean
-transport of :mod:`app.comfy.transport` (httpx all the same).
+loopback URLs never go through an environment proxy.
 
 :class:`~app.comfy.client.ComfyClient` adds the WebSocket and job tracking on top. Runs on one
 asyncio event loop; not thread-safe.
@@ -27,7 +26,6 @@ import httpx
 
 from app.comfy.errors import ComfyProtocolError, ComfyUnavailable, OutputMissing
 from app.comfy.instances import InstanceConfig
-from app.comfy.transport import plain_http_transport
 from app.comfy.results import (
     HistoryEntry,
     OutputFile,
@@ -80,9 +78,6 @@ class ComfyRest:
             timeout=httpx.Timeout(self.timeouts.request, connect=self.timeouts.connect),
             follow_redirects=True,
             trust_env=not self.instance.is_loopback,  # env proxies for remote hosts only
-            # Plain HTTP goes through asyncio streams (app.comfy.transport): same httpx, less CPU
-            # per request. https:// and proxied routes keep httpx's own transports.
-            transport=plain_http_transport() if self.instance.base_url.startswith("http://") else None,
         )
 
     async def _close_http(self) -> None:
