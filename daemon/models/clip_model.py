@@ -5,7 +5,7 @@ causal mask, ``final_layer_norm``, optional ``text_projection``, and reading out
 hidden state the way ComfyUI does (layer index, with or without the final LayerNorm) plus the
 pooled vector at the first end-of-text token. q/k/v are stored as one fused projection (the
 OpenCLIP ``in_proj`` layout, loaded without a copy) but in fp32 applied as three matmuls on its
-row slices, which is faster on CPU; attention is PyTorch's fused scaled-dot-product kernel.
+row slices, which is faster on CPU (measured there only; GPUs keep the fused matmul); attention is PyTorch's fused scaled-dot-product kernel.
 
 Read-only after loading; ``forward`` allocates nothing shared, so pool threads call one
 instance concurrently (under ``torch.inference_mode()``, which the caller sets).
@@ -70,7 +70,7 @@ class ClipBlock(nn.Module):
         batch, length, width = x.shape
         normed = self.ln1(x)
         heads = (batch, length, self.num_heads, width // self.num_heads)
-        if self.qkv.weight.dtype == torch.float32:
+        if self.qkv.weight.dtype == torch.float32 and x.device.type == "cpu":
             # Three matmuls on row slices of the fused weight (contiguous views, no copy): in
             # fp32 on CPU three W-wide GEMMs beat one 3W-wide GEMM by ~3-9 % (measured, 2
             # threads), which was most of our gap to transformers' separate q/k/v
