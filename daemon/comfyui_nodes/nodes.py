@@ -147,6 +147,23 @@ class LunaSharedCLIPEncode(_DaemonNode):
         return (conditioning,)
 
 
+def _vae_node_inputs(io_name: str, io_type: str) -> dict:
+    """INPUT_TYPES shared by the two VAE nodes; only the main input (IMAGE or LATENT) differs."""
+    return {
+        "required": {
+            io_name: (io_type,),
+            "model_set": _MODEL_SET_INPUT,
+            "mode": _MODE_INPUT,
+            "tiling": _TILING_INPUT,
+        },
+        "optional": {
+            "vae": ("VAE", {"tooltip": "Local VAE for mode 'auto' when the daemon is down."}),
+            "host": _HOST_INPUT,
+            "port": _PORT_INPUT,
+        },
+    }
+
+
 class LunaSharedVAEEncode(_DaemonNode):
     """IMAGE → LATENT via the daemon, a drop-in for VAEEncode."""
 
@@ -156,19 +173,7 @@ class LunaSharedVAEEncode(_DaemonNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "pixels": ("IMAGE",),
-                "model_set": _MODEL_SET_INPUT,
-                "mode": _MODE_INPUT,
-                "tiling": _TILING_INPUT,
-            },
-            "optional": {
-                "vae": ("VAE", {"tooltip": "Local VAE for mode 'auto' when the daemon is down."}),
-                "host": _HOST_INPUT,
-                "port": _PORT_INPUT,
-            },
-        }
+        return _vae_node_inputs("pixels", "IMAGE")
 
     def encode(self, pixels: Any, model_set: str = "default", mode: str = "auto",
                tiling: str = "auto", vae: Any = None, host: str = "", port: int = 0
@@ -200,19 +205,7 @@ class LunaSharedVAEDecode(_DaemonNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {
-            "required": {
-                "samples": ("LATENT",),
-                "model_set": _MODEL_SET_INPUT,
-                "mode": _MODE_INPUT,
-                "tiling": _TILING_INPUT,
-            },
-            "optional": {
-                "vae": ("VAE", {"tooltip": "Local VAE for mode 'auto' when the daemon is down."}),
-                "host": _HOST_INPUT,
-                "port": _PORT_INPUT,
-            },
-        }
+        return _vae_node_inputs("samples", "LATENT")
 
     def decode(self, samples: dict, model_set: str = "default", mode: str = "auto",
                tiling: str = "auto", vae: Any = None, host: str = "", port: int = 0
