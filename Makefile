@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Pick a CUDA build with e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test bench slow clean
+.PHONY: run test lint bench slow clean
 
 $(VENV)/.torch-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ $(VENV)/.dev-stamp: $(VENV)/.torch-stamp pyproject.toml
 run: $(VENV)/.run-stamp
 	$(PY) -m daemon $(RUN_ARGS)
 
-test: $(VENV)/.dev-stamp
+lint: $(VENV)/.dev-stamp
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
 
 slow: $(VENV)/.dev-stamp

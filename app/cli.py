@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
-from app.comfy.router import InstanceSnapshot, RouterSettings, StyleRouter
 from app.comfy.detect import detect_map
 from app.comfy.errors import (
     ComfyError,
@@ -59,6 +58,7 @@ from app.comfy.inject import InjectedWorkflow, InjectionError, LoraSpec, inject,
 from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig, load_instances
 from app.comfy.rejections import explain_reasons, explain_rejection
 from app.comfy.results import JobResult
+from app.comfy.router import InstanceSnapshot, RouterSettings, StyleRouter
 from app.comfy.templates import (
     Template,
     TemplateError,
@@ -137,9 +137,15 @@ def _convert_ui(ref: str, object_info: dict[str, Any], instance: str, console: C
         conversion = convert_ui_workflow(data, object_info)
         injection_map, map_file = read_map(path)
         template = template_from_workflow(
-            path.stem, conversion.workflow, injection_map=injection_map, source=str(path), workflow_path=path,
-            map_path=map_file, ui_workflow=dict(data),
-            notes=(f"converted from the UI format with {instance}'s node definitions",) + conversion.notes)
+            path.stem,
+            conversion.workflow,
+            injection_map=injection_map,
+            source=str(path),
+            workflow_path=path,
+            map_path=map_file,
+            ui_workflow=dict(data),
+            notes=(f"converted from the UI format with {instance}'s node definitions",) + conversion.notes,
+        )
     except (TemplateError, WorkflowFormatError) as exc:
         raise CliError(EXIT_USAGE, str(exc), kind="template") from exc
     for note in template.notes:
@@ -156,8 +162,12 @@ def _parse_sets(template: Template, assignments: Sequence[str]) -> dict[str, Any
         if not sep or not name:
             raise CliError(EXIT_USAGE, f"--set expects name=value, got {assignment!r}", kind="usage")
         if name not in params:
-            raise CliError(EXIT_USAGE, f"template '{template.name}' has no parameter '{name}' "
-                           f"(it has: {', '.join(params) or 'none'})", kind="parameter")
+            raise CliError(
+                EXIT_USAGE,
+                f"template '{template.name}' has no parameter '{name}' "
+                f"(it has: {', '.join(params) or 'none'})",
+                kind="parameter",
+            )
         try:
             values[name] = parse_value(params[name], text)
         except InjectionError as exc:
@@ -194,8 +204,9 @@ def _router_for(args: argparse.Namespace, timeouts: ComfyTimeouts) -> tuple[Styl
         config, style = InstancesConfig((instance,), default_style=URL_STYLE), URL_STYLE
     else:
         config, style = _instances_config(), getattr(args, "style", None)
-    settings = RouterSettings(timeouts=timeouts, probe_timeout=timeouts.connect + 1.0,
-                              no_instance_timeout=timeouts.connect)
+    settings = RouterSettings(
+        timeouts=timeouts, probe_timeout=timeouts.connect + 1.0, no_instance_timeout=timeouts.connect
+    )
     return StyleRouter(config, settings=settings), style
 
 
@@ -207,19 +218,33 @@ async def _pick(router: StyleRouter, style: str | None, console: Console) -> str
     snapshot = await router.check_now()
     member = router.pick(resolved)
     if member is None:
-        reasons = "; ".join(f"{i.name} ({i.base_url}): {i.last_error or i.state}" for i in snapshot.instances
-                            if resolved in i.styles)
-        raise CliError(EXIT_UNAVAILABLE, f"no reachable ComfyUI instance for style '{resolved}': {reasons}",
-                       kind="unavailable")
+        reasons = "; ".join(
+            f"{i.name} ({i.base_url}): {i.last_error or i.state}"
+            for i in snapshot.instances
+            if resolved in i.styles
+        )
+        raise CliError(
+            EXIT_UNAVAILABLE,
+            f"no reachable ComfyUI instance for style '{resolved}': {reasons}",
+            kind="unavailable",
+        )
     return member.config.name
 
 
 def _instance_report(snapshot: InstanceSnapshot) -> dict[str, Any]:
-    return {"name": snapshot.name, "url": snapshot.base_url, "styles": list(snapshot.styles),
-            "healthy": snapshot.healthy, "error": snapshot.last_error, "queue_remaining": snapshot.queue_remaining,
-            "comfyui_version": snapshot.comfyui_version,
-            "devices": [{"name": d.name, "type": d.type, "vram_total": d.vram_total, "vram_free": d.vram_free}
-                        for d in snapshot.devices]}
+    return {
+        "name": snapshot.name,
+        "url": snapshot.base_url,
+        "styles": list(snapshot.styles),
+        "healthy": snapshot.healthy,
+        "error": snapshot.last_error,
+        "queue_remaining": snapshot.queue_remaining,
+        "comfyui_version": snapshot.comfyui_version,
+        "devices": [
+            {"name": d.name, "type": d.type, "vram_total": d.vram_total, "vram_free": d.vram_free}
+            for d in snapshot.devices
+        ],
+    }
 
 
 def _issue_lines(issues: Sequence[ValidationIssue]) -> str:
@@ -295,13 +320,22 @@ def _write_files(result: JobResult, out_dir: Path) -> list[dict[str, Any]]:
             target = out_dir / f"{Path(name).stem}-{counter}{Path(name).suffix}"
             counter += 1
         target.write_bytes(file.data)
-        written.append({"path": str(target), "node_id": file.node_id, "filename": file.filename,
-                        "subfolder": file.ref.subfolder, "mime_type": file.mime_type, "bytes": len(file.data)})
+        written.append(
+            {
+                "path": str(target),
+                "node_id": file.node_id,
+                "filename": file.filename,
+                "subfolder": file.ref.subfolder,
+                "mime_type": file.mime_type,
+                "bytes": len(file.data),
+            }
+        )
     return written
 
 
-async def _upload_local_images(client: ComfyClient, template: Template, values: dict[str, Any],
-                               console: Console) -> None:
+async def _upload_local_images(
+    client: ComfyClient, template: Template, values: dict[str, Any], console: Console
+) -> None:
     """``image`` parameters naming a local file are uploaded; the server's name replaces them."""
     for name, spec in template.injection_map.params.items():
         value = values.get(name)
@@ -342,27 +376,47 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         if not args.no_validate:
             report = validate_workflow(injected.workflow, await client.object_info(), template.injection_map)
             if report.errors:
-                raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {name}",
-                               list(report.issues), kind="invalid")
+                raise CliError(
+                    EXIT_INVALID,
+                    f"template '{template.name}' is not valid on {name}",
+                    list(report.issues),
+                    kind="invalid",
+                )
             warnings += [issue.describe() for issue in report.warnings]
         printer = _ProgressPrinter(console, injected.workflow)
         try:
             # Our own prompt id: known before the POST returns, so Ctrl-C can always cancel it.
             printer.prompt_id = str(uuid.uuid4())
-            result = await router.run(injected.workflow, style=style, timeout=args.timeout, on_event=printer,
-                                      ui_workflow=template.ui_workflow, prompt_id=printer.prompt_id)
+            result = await router.run(
+                injected.workflow,
+                style=style,
+                timeout=args.timeout,
+                on_event=printer,
+                ui_workflow=template.ui_workflow,
+                prompt_id=printer.prompt_id,
+            )
         except PromptRejected as exc:
-            raise CliError(EXIT_INVALID, f"{exc.instance or name} rejected the prompt ({exc.error_type})",
-                           explain_rejection(exc, injected.workflow, template.injection_map),
-                           kind="rejected") from exc
+            raise CliError(
+                EXIT_INVALID,
+                f"{exc.instance or name} rejected the prompt ({exc.error_type})",
+                explain_rejection(exc, injected.workflow, template.injection_map),
+                kind="rejected",
+            ) from exc
         except ExecutionFailed as exc:
-            where = describe_node(injected.workflow, exc.node_id) if exc.node_id in injected.workflow else (
-                f"{exc.node_type or 'node'} #{exc.node_id}")
+            where = (
+                describe_node(injected.workflow, exc.node_id)
+                if exc.node_id in injected.workflow
+                else (f"{exc.node_type or 'node'} #{exc.node_id}")
+            )
             params = template.injection_map.params_at(exc.node_id) if exc.node_id else []
-            raise CliError(EXIT_FAILED, f"{where} failed on {exc.instance or name}: {exc.exception_type}: "
-                           f"{exc.exception_message.strip()}"
-                           + (f" [parameters bound there: {', '.join(params)}]" if params else ""),
-                           kind="execution_error", prompt_id=exc.prompt_id) from exc
+            raise CliError(
+                EXIT_FAILED,
+                f"{where} failed on {exc.instance or name}: {exc.exception_type}: "
+                f"{exc.exception_message.strip()}"
+                + (f" [parameters bound there: {', '.join(params)}]" if params else ""),
+                kind="execution_error",
+                prompt_id=exc.prompt_id,
+            ) from exc
         except JobFailed as exc:
             raise CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__, prompt_id=exc.prompt_id) from exc
         except asyncio.CancelledError:
@@ -374,17 +428,31 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             printer.finish()
         instance = router.client(result.instance).instance
     # A 200 with node_errors: some outputs were dropped. Say which, by title and parameter.
-    warnings += [i.describe() for i in explain_reasons(result.warnings, injected.workflow,
-                                                       template.injection_map, severity="warning")]
+    warnings += [
+        i.describe()
+        for i in explain_reasons(
+            result.warnings, injected.workflow, template.injection_map, severity="warning"
+        )
+    ]
     out_dir = Path(args.out).expanduser() if args.out else user_dirs().data / "renders"
     files = _write_files(result, out_dir)
     timings = result.timings
     return {
-        "ok": True, "template": template.name, "prompt_id": result.prompt_id, "instance": result.instance,
-        "url": instance.base_url, "values": {k: _json_value(v) for k, v in injected.values.items()},
-        "timings": {"queued": round(timings.queued, 4), "running": round(timings.running, 4),
-                    "fetching": round(timings.fetching, 4), "total": round(timings.total, 4)},
-        "files": files, "cached_nodes": list(result.cached_nodes), "warnings": warnings,
+        "ok": True,
+        "template": template.name,
+        "prompt_id": result.prompt_id,
+        "instance": result.instance,
+        "url": instance.base_url,
+        "values": {k: _json_value(v) for k, v in injected.values.items()},
+        "timings": {
+            "queued": round(timings.queued, 4),
+            "running": round(timings.running, 4),
+            "fetching": round(timings.fetching, 4),
+            "total": round(timings.total, 4),
+        },
+        "files": files,
+        "cached_nodes": list(result.cached_nodes),
+        "warnings": warnings,
     }
 
 
@@ -393,7 +461,9 @@ def _print_render(result: dict[str, Any], console: Console) -> None:
         console.info(f"warning: {warning}")
     if "seed" in result["values"]:
         console.info(f"seed {result['values']['seed']}")
-    console.info(f"done in {result['timings']['total']:.2f} s on {result['instance']} ({result['prompt_id']})")
+    console.info(
+        f"done in {result['timings']['total']:.2f} s on {result['instance']} ({result['prompt_id']})"
+    )
     for file in result["files"]:
         print(file["path"], file=console.out)
 
@@ -433,12 +503,27 @@ def _templates_show(args: argparse.Namespace) -> dict[str, Any]:
         where = [f"{describe_node(template.workflow, b.node)}.{b.input}" for b in spec.bindings]
         if spec.lora is not None:
             where = [type(spec.lora).__name__]
-        params.append({"name": name, "kind": spec.kind, "description": spec.description,
-                       "value": "random" if spec.randomize and spec.default is None else _current_value(template, name),
-                       "bound_to": where})
-    return {"ok": True, "template": template.name, "description": template.description,
-            "path": str(template.workflow_path), "map": str(template.map_path) if template.map_path else None,
-            "detected": template.detected, "notes": list(template.notes), "params": params}
+        params.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "description": spec.description,
+                "value": "random"
+                if spec.randomize and spec.default is None
+                else _current_value(template, name),
+                "bound_to": where,
+            }
+        )
+    return {
+        "ok": True,
+        "template": template.name,
+        "description": template.description,
+        "path": str(template.workflow_path),
+        "map": str(template.map_path) if template.map_path else None,
+        "detected": template.detected,
+        "notes": list(template.notes),
+        "params": params,
+    }
 
 
 def _print_show(result: dict[str, Any], console: Console) -> None:
@@ -448,7 +533,9 @@ def _print_show(result: dict[str, Any], console: Console) -> None:
     for param in result["params"]:
         value = param["value"]
         shown = value if not isinstance(value, str) or len(value) < 40 else value[:37] + "..."
-        print(f"  {param['name']:<16} {param['kind']:<7} {shown!r:<42} {param['description']}", file=console.out)
+        print(
+            f"  {param['name']:<16} {param['kind']:<7} {shown!r:<42} {param['description']}", file=console.out
+        )
     for note in result["notes"]:
         print(f"  note: {note}", file=console.out)
 
@@ -457,12 +544,18 @@ async def _templates_detect(args: argparse.Namespace, console: Console) -> dict[
     template, _, _ = await _template_for_inspection(args, console)
     detection = detect_map(template.workflow)
     return {
-        "ok": True, "template": template.name, "toml": dump_map(detection.injection_map),
-        "ambiguities": [{"param": a.param, "message": a.message, "candidates": list(a.candidates)}
-                        for a in detection.ambiguities],
+        "ok": True,
+        "template": template.name,
+        "toml": dump_map(detection.injection_map),
+        "ambiguities": [
+            {"param": a.param, "message": a.message, "candidates": list(a.candidates)}
+            for a in detection.ambiguities
+        ],
         "notes": list(detection.notes),
-        "params": {name: {"kind": spec.kind, "bind": [[b.node, b.input] for b in spec.bindings]}
-                   for name, spec in detection.injection_map.params.items()},
+        "params": {
+            name: {"kind": spec.kind, "bind": [[b.node, b.input] for b in spec.bindings]}
+            for name, spec in detection.injection_map.params.items()
+        },
     }
 
 
@@ -473,12 +566,14 @@ async def _instance_object_info(args: argparse.Namespace, console: Console) -> t
         try:
             return name, await router.client(name).object_info()
         except ComfyError as exc:
-            raise CliError(EXIT_UNAVAILABLE, f"cannot read /object_info of {name}: {exc}",
-                           kind="unavailable") from exc
+            raise CliError(
+                EXIT_UNAVAILABLE, f"cannot read /object_info of {name}: {exc}", kind="unavailable"
+            ) from exc
 
 
-async def _template_for_inspection(args: argparse.Namespace, console: Console
-                                   ) -> tuple[Template, str | None, dict[str, Any] | None]:
+async def _template_for_inspection(
+    args: argparse.Namespace, console: Console
+) -> tuple[Template, str | None, dict[str, Any] | None]:
     """The template (a UI-format file converted with the instance's nodes) and, when an
     instance is given, its name and object_info."""
     template = _load(args.template, allow_ui=bool(args.url or args.style))
@@ -494,18 +589,29 @@ async def _templates_validate(args: argparse.Namespace, console: Console) -> dic
     template, name, info = await _template_for_inspection(args, console)
     values = _parse_sets(template, args.set)
     injected = _inject(template, values)
-    result: dict[str, Any] = {"ok": True, "template": template.name, "instance": None,
-                              "params": list(template.injection_map.params), "issues": [],
-                              "notes": list(template.notes) + list(injected.warnings)}
+    result: dict[str, Any] = {
+        "ok": True,
+        "template": template.name,
+        "instance": None,
+        "params": list(template.injection_map.params),
+        "issues": [],
+        "notes": list(template.notes) + list(injected.warnings),
+    }
     if info is None:
-        result["notes"].append("checked the template and its map only; give --url or --style to "
-                               "validate against an instance's nodes and models")
+        result["notes"].append(
+            "checked the template and its map only; give --url or --style to "
+            "validate against an instance's nodes and models"
+        )
         return result
     report = validate_workflow(injected.workflow, info, template.injection_map)
     result.update(ok=report.ok, instance=name, issues=[i.as_dict() for i in report.issues])
     if not report.ok:
-        raise CliError(EXIT_INVALID, f"template '{template.name}' is not valid on {name}",
-                       list(report.issues), kind="invalid")
+        raise CliError(
+            EXIT_INVALID,
+            f"template '{template.name}' is not valid on {name}",
+            list(report.issues),
+            kind="invalid",
+        )
     return result
 
 
@@ -522,17 +628,27 @@ async def _instances(args: argparse.Namespace) -> dict[str, Any]:
     settings = RouterSettings(timeouts=_timeouts(args), probe_timeout=args.connect_timeout + 1.0)
     async with StyleRouter(config, settings=settings) as router:
         snapshot = await router.check_now()
-    return {"ok": True, "default_style": config.default_style,
-            "instances": [_instance_report(instance) for instance in snapshot.instances]}
+    return {
+        "ok": True,
+        "default_style": config.default_style,
+        "instances": [_instance_report(instance) for instance in snapshot.instances],
+    }
 
 
 def _print_instances(result: dict[str, Any], console: Console) -> None:
     for report in result["instances"]:
         styles = ",".join(report["styles"]) or "-"
         if report["healthy"]:
-            vram = "; ".join(f"{d['name'] or d['type']}: {_gib(d['vram_free'])}/{_gib(d['vram_total'])} GiB free"
-                             for d in report["devices"]) or "no devices"
-            state = f"ok  queue {report['queue_remaining']}  {vram}  ComfyUI {report['comfyui_version'] or '?'}"
+            vram = (
+                "; ".join(
+                    f"{d['name'] or d['type']}: {_gib(d['vram_free'])}/{_gib(d['vram_total'])} GiB free"
+                    for d in report["devices"]
+                )
+                or "no devices"
+            )
+            state = (
+                f"ok  queue {report['queue_remaining']}  {vram}  ComfyUI {report['comfyui_version'] or '?'}"
+            )
         else:
             state = f"DOWN  {report['error']}"
         print(f"{report['name']:<24} {report['url']:<28} [{styles}]  {state}", file=console.out)
@@ -544,24 +660,37 @@ def _print_instances(result: dict[str, Any], console: Console) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="luna", description="Luna Narrates Operator: render ComfyUI workflow templates and watch instances.",
-        epilog="Exit codes: 0 ok, 1 render failed, 2 bad input, 3 invalid for the instance, 4 unreachable.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what the ComfyUI layer does (health checks, reconnects) on stderr")
+        prog="luna",
+        description="Luna Narrates Operator: render ComfyUI workflow templates and watch instances.",
+        epilog="Exit codes: 0 ok, 1 render failed, 2 bad input, 3 invalid for the instance, 4 unreachable.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the ComfyUI layer does (health checks, reconnects) on stderr",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def target_options(p: argparse.ArgumentParser) -> None:
         where = p.add_mutually_exclusive_group()
         where.add_argument("--url", help="ComfyUI base URL, e.g. http://127.0.0.1:8188")
         where.add_argument("--style", help="route by style to a configured instance (instances.toml)")
-        p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                       help="set a template parameter (repeatable), e.g. --set seed=42 --set "
-                            "loras=a.safetensors:0.8,b.safetensors")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="set a template parameter (repeatable), e.g. --set seed=42 --set "
+            "loras=a.safetensors:0.8,b.safetensors",
+        )
         p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach an instance (5)")
         p.add_argument("--json", action="store_true", help="print one JSON result on stdout")
 
     render = sub.add_parser("render", help="render a template (file path or name) on ComfyUI")
-    render.add_argument("template", help="template name (see 'luna templates list') or path to an API-format JSON")
+    render.add_argument(
+        "template", help="template name (see 'luna templates list') or path to an API-format JSON"
+    )
     target_options(render)
     render.add_argument("--out", help="directory for the images (default: <user data>/renders)")
     render.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
@@ -582,13 +711,17 @@ def build_parser() -> argparse.ArgumentParser:
     detect_where.add_argument("--style", help="as --url, the instance routed for this style")
     detect.add_argument("--connect-timeout", type=float, default=5.0)
     detect.add_argument("--json", action="store_true")
-    convert = tsub.add_parser("convert", help="convert a UI-format workflow to the API format (JSON on stdout)")
+    convert = tsub.add_parser(
+        "convert", help="convert a UI-format workflow to the API format (JSON on stdout)"
+    )
     convert.add_argument("template")
     convert_where = convert.add_mutually_exclusive_group(required=True)
     convert_where.add_argument("--url", help="instance whose /object_info defines the nodes")
     convert_where.add_argument("--style", help="as --url, the instance routed for this style")
     convert.add_argument("--connect-timeout", type=float, default=5.0)
-    validate = tsub.add_parser("validate", help="check a template (with --url/--style: against that instance)")
+    validate = tsub.add_parser(
+        "validate", help="check a template (with --url/--style: against that instance)"
+    )
     validate.add_argument("template")
     target_options(validate)
 
@@ -636,16 +769,27 @@ def _print_result(args: argparse.Namespace, result: dict[str, Any], console: Con
         for note in result["notes"]:
             console.info(f"note: {note}")
         for issue in result["issues"]:
-            console.info(f"warning: {ValidationIssue(**{**issue, 'params': tuple(issue['params'])}).describe()}")
+            console.info(
+                f"warning: {ValidationIssue(**{**issue, 'params': tuple(issue['params'])}).describe()}"
+            )
         where = f" on {result['instance']}" if result["instance"] else ""
-        print(f"{result['template']}: valid{where} (parameters: {', '.join(result['params'])})", file=console.out)
+        print(
+            f"{result['template']}: valid{where} (parameters: {', '.join(result['params'])})",
+            file=console.out,
+        )
 
 
 def _report_error(error: CliError, console: Console) -> None:
     if console.json:
-        body: dict[str, Any] = {"ok": False, "error": {"kind": error.kind, "message": error.message,
-                                                       "exit_code": error.code,
-                                                       "issues": [i.as_dict() for i in error.issues]}}
+        body: dict[str, Any] = {
+            "ok": False,
+            "error": {
+                "kind": error.kind,
+                "message": error.message,
+                "exit_code": error.code,
+                "issues": [i.as_dict() for i in error.issues],
+            },
+        }
         if error.prompt_id:
             body["prompt_id"] = error.prompt_id
         print(json.dumps(body, indent=2), file=console.out)
@@ -675,7 +819,9 @@ def _library_logging(err: TextIO, *, verbose: bool):
         logger.setLevel(previous)
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     parser = build_parser()

@@ -52,61 +52,88 @@ FLAG_KEYS: dict[str, str] = {
 
 def add_serve_command(commands: Any) -> argparse.ArgumentParser:
     """The ``serve`` sub-command (the default): run the daemon in the foreground."""
-    serve = commands.add_parser("serve", help="run the daemon in the foreground (default)",
-                                description="Run the Luna VAE/CLIP daemon. Flags override the "
-                                            "TOML file given with --config.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the daemon in the foreground (default)",
+        description="Run the Luna VAE/CLIP daemon. Flags override the TOML file given with --config.",
+    )
     add_serve_arguments(serve)
     serve.set_defaults(handler=run_serve)
     return serve
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML config file (see resources/daemon.example.toml)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML config file (see resources/daemon.example.toml)"
+    )
     net = parser.add_argument_group("network")
     net.add_argument("--host", help="address to listen on (default 127.0.0.1; others need a token)")
     net.add_argument("--port", type=int, help="protocol port (default 19283; 0 = any free port)")
     net.add_argument("--ws-port", type=int, help="status WebSocket port (default 19284; 0 = any free port)")
-    net.add_argument("--allowed-origin", action="append", metavar="ORIGIN",
-                     help="browser Origin allowed on the status WebSocket (repeatable)")
+    net.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="browser Origin allowed on the status WebSocket (repeatable)",
+    )
     net.add_argument("--token-file", metavar="FILE", help="token file (default: user config dir)")
-    net.add_argument("--require-token", action=argparse.BooleanOptionalAction, default=None,
-                     help="require the token from every client (default: only off loopback)")
+    net.add_argument(
+        "--require-token",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="require the token from every client (default: only off loopback)",
+    )
     dev = parser.add_argument_group("device")
     dev.add_argument("--device", help="auto (default: cuda:1 when present, else best), cpu, mps, cuda:N")
     dev.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="model dtype (default bf16)")
-    dev.add_argument("--load-models", choices=["lazy", "start"], help="load on first use (default) or at start")
+    dev.add_argument(
+        "--load-models", choices=["lazy", "start"], help="load on first use (default) or at start"
+    )
     pools = parser.add_argument_group("worker pools")
     mode = pools.add_mutually_exclusive_group()
-    mode.add_argument("--static", dest="mode", action="store_const", const="static",
-                      help="one worker per pool, no scaling")
-    mode.add_argument("--dynamic", dest="mode", action="store_const", const="dynamic",
-                      help="scale workers with demand (default)")
+    mode.add_argument(
+        "--static", dest="mode", action="store_const", const="static", help="one worker per pool, no scaling"
+    )
+    mode.add_argument(
+        "--dynamic",
+        dest="mode",
+        action="store_const",
+        const="dynamic",
+        help="scale workers with demand (default)",
+    )
     pools.add_argument("--min-vae-workers", type=int, help="default 1")
     pools.add_argument("--max-vae-workers", type=int, help="default 4")
     pools.add_argument("--min-clip-workers", type=int, help="default 1")
     pools.add_argument("--max-clip-workers", type=int, help="default 2")
     pools.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="default 60")
-    pools.add_argument("--scale-up-threshold", type=int, metavar="N",
-                       help="scale up when more than N requests wait (default 1)")
+    pools.add_argument(
+        "--scale-up-threshold",
+        type=int,
+        metavar="N",
+        help="scale up when more than N requests wait (default 1)",
+    )
     pools.add_argument("--scale-up-delay", type=float, metavar="SECONDS", help="default 0.5")
     pools.add_argument("--safety-margin-gb", type=float, help="free memory kept in reserve (default 1.0)")
     models = parser.add_argument_group("model set 'default'")
     models.add_argument("--vae", metavar="FILE", help="VAE .safetensors (LDM or diffusers layout)")
     models.add_argument("--clip-l", metavar="FILE", help="CLIP-L text encoder .safetensors")
     models.add_argument("--clip-g", metavar="FILE", help="CLIP-G text encoder .safetensors (SDXL)")
-    models.add_argument("--checkpoint", metavar="FILE",
-                        help="full SD1.5/SDXL checkpoint: VAE and CLIP are taken from it")
+    models.add_argument(
+        "--checkpoint", metavar="FILE", help="full SD1.5/SDXL checkpoint: VAE and CLIP are taken from it"
+    )
     models.add_argument("--embeddings-dir", metavar="DIR", help="textual-inversion embeddings folder")
     misc = parser.add_argument_group("misc")
-    misc.add_argument("--status-interval", type=float, metavar="SECONDS", help="status broadcast period (default 1)")
+    misc.add_argument(
+        "--status-interval", type=float, metavar="SECONDS", help="status broadcast period (default 1)"
+    )
     misc.add_argument("--prompt-cache-size", type=int, metavar="N", help="cached prompts (default 256)")
     misc.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="luna-daemon",
-        description="Luna shared VAE/CLIP daemon. Without a command, runs 'serve'.")
+        prog="luna-daemon", description="Luna shared VAE/CLIP daemon. Without a command, runs 'serve'."
+    )
     parser.add_argument("--version", action="version", version=f"luna-daemon {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_serve_command(commands)
@@ -142,8 +169,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    config = config_from_args(args)        # config errors are reported before torch loads
-    from daemon.server import run_daemon   # torch is imported only when serving
+    config = config_from_args(args)  # config errors are reported before torch loads
+    from daemon.server import run_daemon  # torch is imported only when serving
 
     return run_daemon(config)
 

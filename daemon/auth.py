@@ -34,8 +34,7 @@ def _check_private(path: Path) -> None:
         return
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
-        raise TokenFileError(f"{path} is readable by other users (mode {mode:o}); "
-                             f"run: chmod 600 {path}")
+        raise TokenFileError(f"{path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")
 
 
 def read_token(path: Path | None = None) -> str | None:
@@ -48,8 +47,9 @@ def read_token(path: Path | None = None) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenFileError(f"cannot read the daemon token {path}: {exc}") from None
     if len(text) < 16:
-        raise TokenFileError(f"the daemon token in {path} is empty or too short; delete the file "
-                             f"to make a new one")
+        raise TokenFileError(
+            f"the daemon token in {path} is empty or too short; delete the file to make a new one"
+        )
     _check_private(path)
     return text
 

@@ -51,8 +51,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19283
 DEFAULT_WS_PORT = 19284
 # Safe to send twice: a retry after a broken connection cannot change the daemon's state.
-IDEMPOTENT_OPS = frozenset({"hello", "ping", "status", "models", "clip_encode", "vae_encode",
-                            "vae_decode"})
+IDEMPOTENT_OPS = frozenset({"hello", "ping", "status", "models", "clip_encode", "vae_encode", "vae_decode"})
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -104,8 +103,9 @@ def _pixels_reply_bytes(latent: np.ndarray) -> int:
     return batch * (8 * height) * (8 * width) * 4 * 4  # up to 4 image channels
 
 
-def _hello_options(client_name: str, token: str | None, probe: tuple[Segment, str] | None,
-                   prefix: str) -> dict:
+def _hello_options(
+    client_name: str, token: str | None, probe: tuple[Segment, str] | None, prefix: str
+) -> dict:
     options: dict[str, Any] = {"versions": list(SUPPORTED_VERSIONS), "client": client_name}
     if token is not None:
         options["token"] = token
@@ -140,14 +140,24 @@ class _LeaseReader:
 class _Connection:
     """One blocking socket with its decoder and shm arena. Not thread-safe (the client locks)."""
 
-    def __init__(self, host: str, port: int, *, token: str | None, timeout: float,
-                 connect_timeout: float, shared_memory: bool | None, client_name: str):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        token: str | None,
+        timeout: float,
+        connect_timeout: float,
+        shared_memory: bool | None,
+        client_name: str,
+    ):
         self.host, self.port = host, port
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._reader = _LeaseReader()
-        self.decoder = FrameDecoder(Limits(max_payload_bytes=1 << 40, max_elements=1 << 40),
-                                    shm_reader=self._reader)
+        self.decoder = FrameDecoder(
+            Limits(max_payload_bytes=1 << 40, max_elements=1 << 40), shm_reader=self._reader
+        )
         self.arena: ShmArena | None = None
         self.server_limits: dict = {}
         self.broken = False
@@ -170,8 +180,9 @@ class _Connection:
         arena = ShmArena() if want_shm else None
         probe = probe_create(arena) if arena is not None else None
         try:
-            result, _ = self.request("hello", _hello_options(client_name, token, probe,
-                                                             arena.prefix if arena else ""), ())
+            result, _ = self.request(
+                "hello", _hello_options(client_name, token, probe, arena.prefix if arena else ""), ()
+            )
             if probe is not None and result.get("shm") and probe_confirmed(*probe):
                 self.arena, arena = arena, None
         finally:
@@ -183,15 +194,24 @@ class _Connection:
         self.server_limits = result.get("limits", {})
         return result
 
-    def request(self, op: str, options: dict, tensors: Sequence[np.ndarray], *,
-                reply_bytes: int | None = None, wire_dtype: str | None = None
-                ) -> tuple[dict, list[np.ndarray]]:
+    def request(
+        self,
+        op: str,
+        options: dict,
+        tensors: Sequence[np.ndarray],
+        *,
+        reply_bytes: int | None = None,
+        wire_dtype: str | None = None,
+    ) -> tuple[dict, list[np.ndarray]]:
         request_id = next(self._ids)
         deadline = time.monotonic() + self.timeout
         lease = None
         if self.arena is not None and (tensors or reply_bytes):
-            needed = wire_nbytes(tensors, wire_dtype) + 64 + (
-                reply_bytes if reply_bytes is not None else wire_nbytes(tensors))
+            needed = (
+                wire_nbytes(tensors, wire_dtype)
+                + 64
+                + (reply_bytes if reply_bytes is not None else wire_nbytes(tensors))
+            )
             lease = self.arena.lease(request_id, needed)
         try:
             if lease is not None:
@@ -200,8 +220,11 @@ class _Connection:
                 lease.used = 0
             if wire_dtype is not None:
                 options = {**options, "wire_dtype": wire_dtype}
-            buffers = encode_request(Request(request_id, op, options, tuple(tensors)),
-                                     wire_dtype=wire_dtype, place=lease.place if lease else None)
+            buffers = encode_request(
+                Request(request_id, op, options, tuple(tensors)),
+                wire_dtype=wire_dtype,
+                place=lease.place if lease else None,
+            )
             self._check_size(buffers)
             for buffer in buffers:
                 self.sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -220,15 +243,16 @@ class _Connection:
         limit = self.server_limits.get("max_payload_bytes")
         payload = sum(memoryview(b).nbytes for b in buffers)
         if isinstance(limit, int) and payload > limit + self.server_limits.get("max_header_bytes", 0):
-            raise DaemonError(ErrorCode.TOO_LARGE, f"request of {payload} bytes is over the "
-                              f"daemon's limit of {limit} bytes")
+            raise DaemonError(
+                ErrorCode.TOO_LARGE, f"request of {payload} bytes is over the daemon's limit of {limit} bytes"
+            )
 
     def _receive(self, request_id: int, deadline: float) -> Response | ErrorResponse:
         decoder = self.decoder
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise socket.timeout("timed out")
+                raise TimeoutError("timed out")
             self.sock.settimeout(remaining)
             buffer = decoder.get_buffer()
             received = self.sock.recv_into(buffer)
@@ -258,9 +282,17 @@ class _Connection:
 class DaemonClient:
     """Blocking, thread-safe client on one persistent connection (opened on first use)."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 token: str | None = None, timeout: float = 120.0, connect_timeout: float = 2.0,
-                 shared_memory: bool | None = None, client_name: str | None = None):
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 2.0,
+        shared_memory: bool | None = None,
+        client_name: str | None = None,
+    ):
         self.host, self.port = host, port
         self.token = token
         self.timeout = timeout
@@ -274,9 +306,14 @@ class DaemonClient:
     def _connect(self) -> _Connection:
         if self._connection is None:
             self._connection = _Connection(
-                self.host, self.port, token=self.token, timeout=self.timeout,
-                connect_timeout=self.connect_timeout, shared_memory=self.shared_memory,
-                client_name=self.client_name)
+                self.host,
+                self.port,
+                token=self.token,
+                timeout=self.timeout,
+                connect_timeout=self.connect_timeout,
+                shared_memory=self.shared_memory,
+                client_name=self.client_name,
+            )
         return self._connection
 
     def _drop(self) -> None:
@@ -295,9 +332,15 @@ class DaemonClient:
         with self._lock:
             return self._connect().arena is not None
 
-    def request(self, op: str, options: dict | None = None, tensors: Sequence[np.ndarray] = (),
-                *, reply_bytes: int | None = None, wire_dtype: str | None = None
-                ) -> tuple[dict, list[np.ndarray]]:
+    def request(
+        self,
+        op: str,
+        options: dict | None = None,
+        tensors: Sequence[np.ndarray] = (),
+        *,
+        reply_bytes: int | None = None,
+        wire_dtype: str | None = None,
+    ) -> tuple[dict, list[np.ndarray]]:
         """Send any op and wait for its answer: ``(result, tensors)``; raises DaemonError."""
         options = dict(options or {})
         with self._lock:
@@ -305,16 +348,18 @@ class DaemonClient:
                 fresh = self._connection is None
                 connection = self._connect()
                 try:
-                    return connection.request(op, options, tensors, reply_bytes=reply_bytes,
-                                              wire_dtype=wire_dtype)
+                    return connection.request(
+                        op, options, tensors, reply_bytes=reply_bytes, wire_dtype=wire_dtype
+                    )
                 except DaemonError:
                     if connection.broken:
                         self._drop()
                     raise
-                except socket.timeout:
+                except TimeoutError:
                     self._drop()  # the answer may still come: this connection is out of step
-                    raise DaemonTimeout(f"{op} got no answer from {self.host}:{self.port} within "
-                                        f"{self.timeout}s") from None
+                    raise DaemonTimeout(
+                        f"{op} got no answer from {self.host}:{self.port} within {self.timeout}s"
+                    ) from None
                 except (ProtocolError, OSError) as exc:
                     self._drop()
                     if attempt == 2 or fresh or op not in IDEMPOTENT_OPS:
@@ -334,26 +379,31 @@ class DaemonClient:
     def models(self) -> dict:
         return self.request("models")[0]
 
-    def clip_encode(self, text: str, *, model: str = "default", clip_skip: int | None = None
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    def clip_encode(
+        self, text: str, *, model: str = "default", clip_skip: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Conditioning for ``text``: (cond [1, 77k, D], pooled [1, P] or None)."""
         _, tensors = self.request("clip_encode", {"text": text, "model": model, "clip_skip": clip_skip})
         return _conditioning(tensors)
 
-    def vae_encode(self, pixels: np.ndarray, *, model: str = "default", tile: bool | None = None
-                   ) -> np.ndarray:
+    def vae_encode(
+        self, pixels: np.ndarray, *, model: str = "default", tile: bool | None = None
+    ) -> np.ndarray:
         """IMAGE B×H×W×C in [0, 1] → latent B×C×H/8×W/8 (unscaled)."""
         pixels = _float32(pixels, "pixels", 4)
-        _, tensors = self.request("vae_encode", {"model": model, "tile": tile}, (pixels,),
-                                  reply_bytes=_latent_reply_bytes(pixels))
+        _, tensors = self.request(
+            "vae_encode", {"model": model, "tile": tile}, (pixels,), reply_bytes=_latent_reply_bytes(pixels)
+        )
         return _single(tensors, "vae_encode")
 
-    def vae_decode(self, latent: np.ndarray, *, model: str = "default", tile: bool | None = None
-                   ) -> np.ndarray:
+    def vae_decode(
+        self, latent: np.ndarray, *, model: str = "default", tile: bool | None = None
+    ) -> np.ndarray:
         """Latent B×C×h×w (unscaled) → IMAGE B×8h×8w×3 in [0, 1]."""
         latent = _float32(latent, "latent", 4)
-        _, tensors = self.request("vae_decode", {"model": model, "tile": tile}, (latent,),
-                                  reply_bytes=_pixels_reply_bytes(latent))
+        _, tensors = self.request(
+            "vae_decode", {"model": model, "tile": tile}, (latent,), reply_bytes=_pixels_reply_bytes(latent)
+        )
         return _single(tensors, "vae_decode")
 
     def shutdown(self) -> None:
@@ -364,7 +414,7 @@ class DaemonClient:
         with self._lock:
             self._drop()
 
-    def __enter__(self) -> "DaemonClient":
+    def __enter__(self) -> DaemonClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -392,6 +442,7 @@ def _single(tensors: list[np.ndarray], op: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ asyncio
 
+
 class AsyncDaemonClient:
     """asyncio client: one connection, pipelined requests, answers matched by id.
 
@@ -400,9 +451,17 @@ class AsyncDaemonClient:
     request reconnects (and an idempotent op that hit the break is retried once).
     """
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-                 token: str | None = None, timeout: float = 120.0, connect_timeout: float = 2.0,
-                 shared_memory: bool | None = None, client_name: str | None = None):
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 2.0,
+        shared_memory: bool | None = None,
+        client_name: str | None = None,
+    ):
         self.host, self.port = host, port
         self.token = token
         self.timeout = timeout
@@ -438,17 +497,23 @@ class AsyncDaemonClient:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._reader, self._writer = reader, writer
-            decoder = FrameDecoder(Limits(max_payload_bytes=1 << 40, max_elements=1 << 40),
-                                   shm_reader=self._read_lease)
+            decoder = FrameDecoder(
+                Limits(max_payload_bytes=1 << 40, max_elements=1 << 40), shm_reader=self._read_lease
+            )
             self._reader_task = asyncio.get_running_loop().create_task(
-                self._read_loop(reader, decoder), name="luna-client-reader")
+                self._read_loop(reader, decoder), name="luna-client-reader"
+            )
             want_shm = _is_loopback_host(self.host) if self.shared_memory is None else self.shared_memory
             arena = ShmArena() if want_shm else None
             probe = probe_create(arena) if arena is not None else None
             try:
                 result, _ = await self._request_on_connection(
-                    "hello", _hello_options(self.client_name, self.token, probe,
-                                            arena.prefix if arena else ""), (), None, None)
+                    "hello",
+                    _hello_options(self.client_name, self.token, probe, arena.prefix if arena else ""),
+                    (),
+                    None,
+                    None,
+                )
                 if probe is not None and result.get("shm") and probe_confirmed(*probe):
                     self._arena, arena = arena, None
             except BaseException:
@@ -496,8 +561,7 @@ class AsyncDaemonClient:
         if isinstance(message, Rejected):
             future = self._pending.pop(message.id, None)
             if future is not None and not future.done():
-                future.set_exception(DaemonError(ErrorCode.INTERNAL,
-                                                 f"malformed answer: {message.message}"))
+                future.set_exception(DaemonError(ErrorCode.INTERNAL, f"malformed answer: {message.message}"))
             return
         if isinstance(message, Request):
             raise ProtocolError("the daemon sent a request")
@@ -513,17 +577,25 @@ class AsyncDaemonClient:
             lease = self._leases.get(message.id)
             future.set_result((message.result, _own_arrays(message.tensors, lease)))
 
-    async def _request_on_connection(self, op: str, options: dict, tensors: Sequence[np.ndarray],
-                                     reply_bytes: int | None, wire_dtype: str | None
-                                     ) -> tuple[dict, list[np.ndarray]]:
+    async def _request_on_connection(
+        self,
+        op: str,
+        options: dict,
+        tensors: Sequence[np.ndarray],
+        reply_bytes: int | None,
+        wire_dtype: str | None,
+    ) -> tuple[dict, list[np.ndarray]]:
         writer = self._writer
         if writer is None:
             raise DaemonUnavailable(self.host, self.port, "not connected")
         request_id = next(self._ids)
         lease = None
         if self._arena is not None and (tensors or reply_bytes):
-            needed = wire_nbytes(tensors, wire_dtype) + 64 + (
-                reply_bytes if reply_bytes is not None else wire_nbytes(tensors))
+            needed = (
+                wire_nbytes(tensors, wire_dtype)
+                + 64
+                + (reply_bytes if reply_bytes is not None else wire_nbytes(tensors))
+            )
             lease = self._arena.lease(request_id, needed)
         if lease is not None:
             self._leases[request_id] = lease
@@ -536,8 +608,11 @@ class AsyncDaemonClient:
         self._pending[request_id] = future
         answered = False
         try:
-            buffers = encode_request(Request(request_id, op, options, tuple(tensors)),
-                                     wire_dtype=wire_dtype, place=lease.place if lease else None)
+            buffers = encode_request(
+                Request(request_id, op, options, tuple(tensors)),
+                wire_dtype=wire_dtype,
+                place=lease.place if lease else None,
+            )
             for buffer in buffers:  # write() calls are not interleaved with other tasks' frames
                 writer.write(buffer)
             async with asyncio.timeout(self.timeout):
@@ -546,8 +621,9 @@ class AsyncDaemonClient:
             answered = True
             return result
         except TimeoutError:
-            raise DaemonTimeout(f"{op} got no answer from {self.host}:{self.port} within "
-                                f"{self.timeout}s") from None
+            raise DaemonTimeout(
+                f"{op} got no answer from {self.host}:{self.port} within {self.timeout}s"
+            ) from None
         except ConnectionError as exc:
             if isinstance(exc, DaemonUnavailable):
                 raise
@@ -561,9 +637,15 @@ class AsyncDaemonClient:
                 else:  # the daemon may still write into it: never reuse this segment
                     self._arena.discard(request_id)
 
-    async def request(self, op: str, options: dict | None = None,
-                      tensors: Sequence[np.ndarray] = (), *, reply_bytes: int | None = None,
-                      wire_dtype: str | None = None) -> tuple[dict, list[np.ndarray]]:
+    async def request(
+        self,
+        op: str,
+        options: dict | None = None,
+        tensors: Sequence[np.ndarray] = (),
+        *,
+        reply_bytes: int | None = None,
+        wire_dtype: str | None = None,
+    ) -> tuple[dict, list[np.ndarray]]:
         """Send any op and await its answer: ``(result, tensors)``; raises DaemonError."""
         options = dict(options or {})
         for attempt in (1, 2):
@@ -588,24 +670,28 @@ class AsyncDaemonClient:
     async def models(self) -> dict:
         return (await self.request("models"))[0]
 
-    async def clip_encode(self, text: str, *, model: str = "default", clip_skip: int | None = None
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
-        _, tensors = await self.request("clip_encode",
-                                        {"text": text, "model": model, "clip_skip": clip_skip})
+    async def clip_encode(
+        self, text: str, *, model: str = "default", clip_skip: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        _, tensors = await self.request("clip_encode", {"text": text, "model": model, "clip_skip": clip_skip})
         return _conditioning(tensors)
 
-    async def vae_encode(self, pixels: np.ndarray, *, model: str = "default",
-                         tile: bool | None = None) -> np.ndarray:
+    async def vae_encode(
+        self, pixels: np.ndarray, *, model: str = "default", tile: bool | None = None
+    ) -> np.ndarray:
         pixels = _float32(pixels, "pixels", 4)
-        _, tensors = await self.request("vae_encode", {"model": model, "tile": tile}, (pixels,),
-                                        reply_bytes=_latent_reply_bytes(pixels))
+        _, tensors = await self.request(
+            "vae_encode", {"model": model, "tile": tile}, (pixels,), reply_bytes=_latent_reply_bytes(pixels)
+        )
         return _single(tensors, "vae_encode")
 
-    async def vae_decode(self, latent: np.ndarray, *, model: str = "default",
-                         tile: bool | None = None) -> np.ndarray:
+    async def vae_decode(
+        self, latent: np.ndarray, *, model: str = "default", tile: bool | None = None
+    ) -> np.ndarray:
         latent = _float32(latent, "latent", 4)
-        _, tensors = await self.request("vae_decode", {"model": model, "tile": tile}, (latent,),
-                                        reply_bytes=_pixels_reply_bytes(latent))
+        _, tensors = await self.request(
+            "vae_decode", {"model": model, "tile": tile}, (latent,), reply_bytes=_pixels_reply_bytes(latent)
+        )
         return _single(tensors, "vae_decode")
 
     async def shutdown(self) -> None:
@@ -635,7 +721,7 @@ class AsyncDaemonClient:
         """Cancel the reader task, close the socket, unlink our shared memory."""
         await self._disconnect()
 
-    async def __aenter__(self) -> "AsyncDaemonClient":
+    async def __aenter__(self) -> AsyncDaemonClient:
         await self.connect()
         return self
 
@@ -645,8 +731,8 @@ class AsyncDaemonClient:
 
 # ------------------------------------------------------------------------------ health checks
 
-def check_daemon_health(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-                        timeout: float = 2.0) -> bool:
+
+def check_daemon_health(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 2.0) -> bool:
     """True when a daemon answers a ping on (host, port) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     try:
@@ -664,8 +750,9 @@ def check_daemon_health(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         return False
 
 
-async def check_daemon_health_ws(host: str = DEFAULT_HOST, port: int = DEFAULT_WS_PORT,
-                                 timeout: float = 2.0) -> dict:
+async def check_daemon_health_ws(
+    host: str = DEFAULT_HOST, port: int = DEFAULT_WS_PORT, timeout: float = 2.0
+) -> dict:
     """The daemon's status data from its WebSocket, or ``{"status": "offline"}``."""
     try:
         from websockets.asyncio.client import connect
@@ -673,8 +760,7 @@ async def check_daemon_health_ws(host: str = DEFAULT_HOST, port: int = DEFAULT_W
         return {"status": "offline", "error": "the websockets package is not installed"}
     try:
         async with asyncio.timeout(timeout):
-            async with connect(f"ws://{host}:{port}", open_timeout=timeout,
-                               max_size=4 << 20) as websocket:
+            async with connect(f"ws://{host}:{port}", open_timeout=timeout, max_size=4 << 20) as websocket:
                 while True:
                     message = json.loads(await websocket.recv())
                     if isinstance(message, dict) and message.get("type") == "status":
@@ -685,6 +771,13 @@ async def check_daemon_health_ws(host: str = DEFAULT_HOST, port: int = DEFAULT_W
 
 
 __all__ = [
-    "AsyncDaemonClient", "DaemonClient", "DaemonError", "DaemonTimeout", "DaemonUnavailable",
-    "ErrorCode", "PROTOCOL_VERSION", "check_daemon_health", "check_daemon_health_ws",
+    "PROTOCOL_VERSION",
+    "AsyncDaemonClient",
+    "DaemonClient",
+    "DaemonError",
+    "DaemonTimeout",
+    "DaemonUnavailable",
+    "ErrorCode",
+    "check_daemon_health",
+    "check_daemon_health_ws",
 ]

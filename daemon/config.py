@@ -165,12 +165,28 @@ def _jsonable(value: Any) -> Any:
 
 
 _SECTION_KEYS: dict[str, set[str]] = {
-    "daemon": {"device", "precision", "load_models", "status_interval", "prompt_cache_size",
-               "max_queue", "log_level"},
+    "daemon": {
+        "device",
+        "precision",
+        "load_models",
+        "status_interval",
+        "prompt_cache_size",
+        "max_queue",
+        "log_level",
+    },
     "network": {"host", "port", "ws_port", "allowed_origins", "token_file", "require_token"},
-    "scaling": {"mode", "min_vae_workers", "max_vae_workers", "min_clip_workers",
-                "max_clip_workers", "idle_timeout", "scale_up_queue_threshold", "scale_up_delay",
-                "safety_margin_gb", "check_interval"},
+    "scaling": {
+        "mode",
+        "min_vae_workers",
+        "max_vae_workers",
+        "min_clip_workers",
+        "max_clip_workers",
+        "idle_timeout",
+        "scale_up_queue_threshold",
+        "scale_up_delay",
+        "safety_margin_gb",
+        "check_interval",
+    },
 }
 _MODEL_KEYS = {"vae", "clip_l", "clip_g", "checkpoint", "embeddings_dir"}
 
@@ -201,16 +217,18 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                     raise ConfigError(f"models.{name}", "must be a table")
                 for key, value in entry.items():
                     if key not in _MODEL_KEYS:
-                        raise ConfigError(f"models.{name}.{key}",
-                                          f"unknown key (expected one of {sorted(_MODEL_KEYS)})")
+                        raise ConfigError(
+                            f"models.{name}.{key}", f"unknown key (expected one of {sorted(_MODEL_KEYS)})"
+                        )
                     if isinstance(value, str) and value:
-                        value = str((base / Path(value).expanduser()))
+                        value = str(base / Path(value).expanduser())
                     flat[f"models.{name}.{key}"] = value
                 flat.setdefault(f"models.{name}", True)
             continue
         if section not in _SECTION_KEYS:
-            raise ConfigError(section, f"unknown section (expected one of "
-                                       f"{sorted([*_SECTION_KEYS, 'models'])})")
+            raise ConfigError(
+                section, f"unknown section (expected one of {sorted([*_SECTION_KEYS, 'models'])})"
+            )
         if not isinstance(body, dict):
             raise ConfigError(section, "must be a table")
         for key, value in body.items():
@@ -226,8 +244,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # Building and validating
 
 
-def build_config(overrides: Mapping[str, Any] | None = None, *, source: str = "defaults"
-                 ) -> DaemonConfig:
+def build_config(overrides: Mapping[str, Any] | None = None, *, source: str = "defaults") -> DaemonConfig:
     """Defaults updated by flat ``overrides`` (file first, then CLI), validated.
 
     Keys are ``section.key`` as in the TOML file; ``models.NAME.key`` for model sets.
@@ -247,15 +264,20 @@ def build_config(overrides: Mapping[str, Any] | None = None, *, source: str = "d
         raise ConfigError("network.ws_port", f"must differ from network.port ({network.port})")
 
     mode = take.choice("scaling.mode", "dynamic", SCALING_MODES)
-    vae = PoolLimits(take.integer("scaling.min_vae_workers", 1, low=0, high=64),
-                     take.integer("scaling.max_vae_workers", 4, low=1, high=64))
-    clip = PoolLimits(take.integer("scaling.min_clip_workers", 1, low=0, high=64),
-                      take.integer("scaling.max_clip_workers", 2, low=1, high=64))
+    vae = PoolLimits(
+        take.integer("scaling.min_vae_workers", 1, low=0, high=64),
+        take.integer("scaling.max_vae_workers", 4, low=1, high=64),
+    )
+    clip = PoolLimits(
+        take.integer("scaling.min_clip_workers", 1, low=0, high=64),
+        take.integer("scaling.max_clip_workers", 2, low=1, high=64),
+    )
     for pool_name, limits in (("vae", vae), ("clip", clip)):
         if limits.min_workers > limits.max_workers:
-            raise ConfigError(f"scaling.min_{pool_name}_workers",
-                              f"{limits.min_workers} is above max_{pool_name}_workers "
-                              f"({limits.max_workers})")
+            raise ConfigError(
+                f"scaling.min_{pool_name}_workers",
+                f"{limits.min_workers} is above max_{pool_name}_workers ({limits.max_workers})",
+            )
     scaling = ScalingConfig(
         dynamic=(mode == "dynamic"),
         vae=vae,
@@ -320,8 +342,10 @@ def _take_models(values: dict[str, Any]) -> dict[str, ModelSetConfig]:
         if entry.clip_g is not None and entry.clip_l is None:
             raise ConfigError(f"models.{name}.clip_g", "an SDXL set needs clip_l as well")
         if entry.checkpoint is not None and (entry.clip_l or entry.clip_g) is not None:
-            raise ConfigError(f"models.{name}.checkpoint",
-                              "give either checkpoint or clip_l/clip_g for the text encoder, not both")
+            raise ConfigError(
+                f"models.{name}.checkpoint",
+                "give either checkpoint or clip_l/clip_g for the text encoder, not both",
+            )
         if not (entry.has_vae or entry.has_clip):
             raise ConfigError(f"models.{name}", "names no model file (vae, clip_l, clip_g, checkpoint)")
         models[name] = entry
@@ -345,8 +369,7 @@ class _Taker:
             raise ConfigError(key, "must not be empty")
         return value.strip()
 
-    def choice(self, key: str, default: str, options: tuple[str, ...], *, upper: bool = False
-               ) -> str:
+    def choice(self, key: str, default: str, options: tuple[str, ...], *, upper: bool = False) -> str:
         value = self.text(key, default)
         value = value.upper() if upper else value.lower()
         if value not in options:

@@ -35,9 +35,9 @@ class DeviceChoice:
     """The device the daemon runs on and why."""
 
     device: torch.device
-    label: str           # shown as status "device", e.g. "cuda:1" or "cpu (system RAM reported as VRAM)"
-    reason: str          # one line for the log: why this device
-    name: str            # hardware name, e.g. "NVIDIA GeForce RTX 3060" or "cpu"
+    label: str  # shown as status "device", e.g. "cuda:1" or "cpu (system RAM reported as VRAM)"
+    reason: str  # one line for the log: why this device
+    name: str  # hardware name, e.g. "NVIDIA GeForce RTX 3060" or "cpu"
 
     @property
     def is_cuda(self) -> bool:
@@ -68,7 +68,9 @@ def choose_device(requested: str = "auto") -> DeviceChoice:
     mps_ok = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     if requested == "auto":
         if cuda_count > PREFERRED_CUDA_INDEX:
-            return _cuda_choice(PREFERRED_CUDA_INDEX, f"auto: {cuda_count} CUDA devices, using the secondary one")
+            return _cuda_choice(
+                PREFERRED_CUDA_INDEX, f"auto: {cuda_count} CUDA devices, using the secondary one"
+            )
         if cuda_count == 1:
             return _cuda_choice(0, "auto: only one CUDA device (cuda:1 not present)")
         if mps_ok:
@@ -76,12 +78,15 @@ def choose_device(requested: str = "auto") -> DeviceChoice:
         return _ram_choice(torch.device("cpu"), "auto: no CUDA or MPS device")
     if requested.startswith("cuda"):
         if cuda_count == 0:
-            raise ConfigError("daemon.device", f"{requested} requested but CUDA is not available "
-                                               "(CPU-only torch build or no GPU)")
+            raise ConfigError(
+                "daemon.device",
+                f"{requested} requested but CUDA is not available (CPU-only torch build or no GPU)",
+            )
         index = int(requested.split(":")[1]) if ":" in requested else 0
         if index >= cuda_count:
-            raise ConfigError("daemon.device", f"{requested} requested but only {cuda_count} CUDA "
-                                               f"device(s) exist")
+            raise ConfigError(
+                "daemon.device", f"{requested} requested but only {cuda_count} CUDA device(s) exist"
+            )
         return _cuda_choice(index, "configured")
     if requested == "mps":
         if not mps_ok:
@@ -94,13 +99,15 @@ def choose_device(requested: str = "auto") -> DeviceChoice:
 
 def _cuda_choice(index: int, reason: str) -> DeviceChoice:
     device = torch.device("cuda", index)
-    return DeviceChoice(device=device, label=str(device), reason=reason,
-                        name=torch.cuda.get_device_name(index))
+    return DeviceChoice(
+        device=device, label=str(device), reason=reason, name=torch.cuda.get_device_name(index)
+    )
 
 
 def _ram_choice(device: torch.device, reason: str) -> DeviceChoice:
-    return DeviceChoice(device=device, label=f"{device.type} (system RAM reported as VRAM)",
-                        reason=reason, name=device.type)
+    return DeviceChoice(
+        device=device, label=f"{device.type} (system RAM reported as VRAM)", reason=reason, name=device.type
+    )
 
 
 def memory_info(device: torch.device) -> MemoryInfo:

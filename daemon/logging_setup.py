@@ -34,8 +34,9 @@ class LoggingHandle:
         self.handlers.clear()
 
 
-def configure_logging(level: str = "INFO", *, log_dir: Path | None = None,
-                      max_bytes: int = 5 * 1024 * 1024, backups: int = 3) -> LoggingHandle:
+def configure_logging(
+    level: str = "INFO", *, log_dir: Path | None = None, max_bytes: int = 5 * 1024 * 1024, backups: int = 3
+) -> LoggingHandle:
     """Send ``luna.*`` records to stderr and to ``<log dir>/daemon.log`` (rotating)."""
     logger = logging.getLogger("luna")
     logger.setLevel(level)
@@ -51,11 +52,19 @@ def configure_logging(level: str = "INFO", *, log_dir: Path | None = None,
     try:
         directory.mkdir(parents=True, exist_ok=True)
         file_handler = logging.handlers.RotatingFileHandler(
-            directory / LOG_FILE_NAME, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+            directory / LOG_FILE_NAME, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
     except OSError as exc:  # a read-only home must not stop the daemon
-        stderr.handle(logging.makeLogRecord({"msg": f"cannot write log file in {directory}: {exc}",
-                                             "levelno": logging.WARNING, "levelname": "WARNING",
-                                             "name": "luna.daemon"}))
+        stderr.handle(
+            logging.makeLogRecord(
+                {
+                    "msg": f"cannot write log file in {directory}: {exc}",
+                    "levelno": logging.WARNING,
+                    "levelname": "WARNING",
+                    "name": "luna.daemon",
+                }
+            )
+        )
     else:
         file_handler.setFormatter(formatter)
         handle.handlers.append(file_handler)

@@ -47,7 +47,7 @@ class FileIdentity:
     mtime_ns: int
 
     @classmethod
-    def of(cls, path: Path) -> "FileIdentity":
+    def of(cls, path: Path) -> FileIdentity:
         try:
             st = path.stat()
         except OSError as exc:
@@ -62,7 +62,7 @@ class LoadedModel:
     kind: str
     key: tuple
     files: dict[str, str]
-    state: str = "loading"            # loading | loaded | error
+    state: str = "loading"  # loading | loaded | error
     model: Any = None
     error: str | None = None
     load_seconds: float | None = None
@@ -75,12 +75,14 @@ class LoadedModel:
             out["error"] = self.error
         if self.model is not None:
             model = self.model
-            out.update({
-                "device": str(model.device),
-                "dtype": str(model.dtype).replace("torch.", ""),
-                "footprint_bytes": int(getattr(model, "footprint_bytes", 0)),
-                "load_seconds": round(self.load_seconds or 0.0, 3),
-            })
+            out.update(
+                {
+                    "device": str(model.device),
+                    "dtype": str(model.dtype).replace("torch.", ""),
+                    "footprint_bytes": int(getattr(model, "footprint_bytes", 0)),
+                    "load_seconds": round(self.load_seconds or 0.0, 3),
+                }
+            )
             for attr in ("kind", "layout", "latent_channels"):
                 if hasattr(model, attr):
                     out[attr] = getattr(model, attr)
@@ -95,14 +97,27 @@ def _default_vae_loader(path: Path, *, device: torch.device, dtype: str) -> Any:
     return load_vae(path, device=device, dtype=dtype)
 
 
-def _default_clip_loader(*, clip_l: Path | None, clip_g: Path | None, checkpoint: Path | None,
-                         device: torch.device, dtype: str, embeddings_dir: Path | None) -> Any:
+def _default_clip_loader(
+    *,
+    clip_l: Path | None,
+    clip_g: Path | None,
+    checkpoint: Path | None,
+    device: torch.device,
+    dtype: str,
+    embeddings_dir: Path | None,
+) -> Any:
     try:
         from daemon.models.clip import load_text_encoder
     except ImportError as exc:  # the text-encoder module is not part of this build
         raise RuntimeError(f"text encoders are unavailable in this build ({exc})") from None
-    return load_text_encoder(clip_l=clip_l, clip_g=clip_g, checkpoint=checkpoint, device=device,
-                             dtype=dtype, embeddings_dir=embeddings_dir)
+    return load_text_encoder(
+        clip_l=clip_l,
+        clip_g=clip_g,
+        checkpoint=checkpoint,
+        device=device,
+        dtype=dtype,
+        embeddings_dir=embeddings_dir,
+    )
 
 
 class ModelRegistry:
@@ -127,7 +142,7 @@ class ModelRegistry:
         self._on_loaded = on_loaded
         self._log = logger or logging.getLogger("luna.daemon.models")
         self._entries: dict[tuple, LoadedModel] = {}
-        self._set_keys: dict[tuple[str, str], tuple] = {}   # (set, kind) → entry key last used
+        self._set_keys: dict[tuple[str, str], tuple] = {}  # (set, kind) → entry key last used
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="luna-loader")
         self._tasks: set[asyncio.Task] = set()
 
@@ -150,25 +165,42 @@ class ModelRegistry:
         path = model_set.vae or model_set.checkpoint
         files = {"vae" if model_set.vae else "checkpoint": str(path)}
         key = self._key(set_name, VAE_KIND, {"vae": path})
-        return await self._get(set_name, VAE_KIND, key, files,
-                               lambda: self._vae_loader(path, device=self.device, dtype=self.precision))
+        return await self._get(
+            set_name,
+            VAE_KIND,
+            key,
+            files,
+            lambda: self._vae_loader(path, device=self.device, dtype=self.precision),
+        )
 
     async def text_encoder(self, set_name: str) -> Any:
         """The set's text encoder (CLIP-L, CLIP-L + CLIP-G, or from its checkpoint)."""
         model_set = self._model_set(set_name)
         if not model_set.has_clip:
-            raise OpError(ErrorCode.NOT_LOADED, f"model set {set_name!r} has no text encoder "
-                                                "(clip_l/clip_g or checkpoint) configured")
+            raise OpError(
+                ErrorCode.NOT_LOADED,
+                f"model set {set_name!r} has no text encoder (clip_l/clip_g or checkpoint) configured",
+            )
         parts = {"clip_l": model_set.clip_l, "clip_g": model_set.clip_g}
         if model_set.clip_l is None:
             parts = {"checkpoint": model_set.checkpoint}
         parts = {k: v for k, v in parts.items() if v is not None}
         files = {k: str(v) for k, v in parts.items()}
         key = self._key(set_name, CLIP_KIND, parts, extra=str(model_set.embeddings_dir))
-        return await self._get(set_name, CLIP_KIND, key, files, lambda: self._clip_loader(
-            clip_l=model_set.clip_l, clip_g=model_set.clip_g,
-            checkpoint=None if model_set.clip_l else model_set.checkpoint,
-            device=self.device, dtype=self.precision, embeddings_dir=model_set.embeddings_dir))
+        return await self._get(
+            set_name,
+            CLIP_KIND,
+            key,
+            files,
+            lambda: self._clip_loader(
+                clip_l=model_set.clip_l,
+                clip_g=model_set.clip_g,
+                checkpoint=None if model_set.clip_l else model_set.checkpoint,
+                device=self.device,
+                dtype=self.precision,
+                embeddings_dir=model_set.embeddings_dir,
+            ),
+        )
 
     def model_key(self, set_name: str, kind: str) -> tuple | None:
         """The identity of the model a set last resolved to (the prompt cache keys on it)."""
@@ -197,8 +229,11 @@ class ModelRegistry:
                 if not configured:
                     continue
                 loaded = self._entries.get(self._set_keys.get((name, kind), ()))
-                entry[kind] = loaded.describe() if loaded else {
-                    "state": "not_loaded", "files": _configured_files(model_set, kind)}
+                entry[kind] = (
+                    loaded.describe()
+                    if loaded
+                    else {"state": "not_loaded", "files": _configured_files(model_set, kind)}
+                )
             sets[name] = entry
         return {"sets": sets, "device": str(self.device), "precision": self.precision}
 
@@ -214,9 +249,11 @@ class ModelRegistry:
     def _model_set(self, set_name: str) -> ModelSetConfig:
         if not isinstance(set_name, str) or set_name not in self.model_sets:
             known = ", ".join(sorted(self.model_sets)) or "none"
-            raise OpError(ErrorCode.NOT_LOADED,
-                          f"model set {set_name!r} is not configured (configured sets: {known}); "
-                          "add [models.NAME] to the daemon config or pass --vae/--clip-l/--checkpoint")
+            raise OpError(
+                ErrorCode.NOT_LOADED,
+                f"model set {set_name!r} is not configured (configured sets: {known}); "
+                "add [models.NAME] to the daemon config or pass --vae/--clip-l/--checkpoint",
+            )
         return self.model_sets[set_name]
 
     def _key(self, set_name: str, kind: str, parts: Mapping[str, Path], extra: str = "") -> tuple:
@@ -226,8 +263,9 @@ class ModelRegistry:
             raise OpError(ErrorCode.NOT_LOADED, f"model set {set_name!r}: {exc}") from None
         return (kind, identities, str(self.device), self.precision, extra)
 
-    async def _get(self, set_name: str, kind: str, key: tuple, files: dict[str, str],
-                   load: Callable[[], Any]) -> Any:
+    async def _get(
+        self, set_name: str, kind: str, key: tuple, files: dict[str, str], load: Callable[[], Any]
+    ) -> Any:
         self._set_keys[(set_name, kind)] = key
         entry = self._entries.get(key)
         if entry is None:
@@ -241,14 +279,21 @@ class ModelRegistry:
             assert entry.waiters is not None
             await asyncio.shield(entry.waiters)
         if entry.state != "loaded":
-            raise OpError(ErrorCode.NOT_LOADED,
-                          f"model set {set_name!r}: {kind} failed to load: {entry.error}")
+            raise OpError(
+                ErrorCode.NOT_LOADED, f"model set {set_name!r}: {kind} failed to load: {entry.error}"
+            )
         return entry.model
 
     async def _load(self, entry: LoadedModel, set_name: str, load: Callable[[], Any]) -> None:
         loop = asyncio.get_running_loop()
-        self._log.info("loading %s of model set %r from %s on %s (%s)", entry.kind, set_name,
-                       ", ".join(entry.files.values()), self.device, self.precision)
+        self._log.info(
+            "loading %s of model set %r from %s on %s (%s)",
+            entry.kind,
+            set_name,
+            ", ".join(entry.files.values()),
+            self.device,
+            self.precision,
+        )
         started = time.perf_counter()
         before = memory_info(self.device).free_bytes if self.device.type == "cuda" else None
         try:

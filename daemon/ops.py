@@ -31,8 +31,8 @@ from daemon.protocol import ErrorCode, OpError
 from daemon.tcp_service import Peer
 
 MAX_PROMPT_CHARS = 100_000
-CLIP_SKIP_RANGE = range(-24, 0)       # ComfyUI CLIPSetLastLayer: -24 … -1
-MAX_SIDE = 16_384                     # pixels (or 8× latent) per side
+CLIP_SKIP_RANGE = range(-24, 0)  # ComfyUI CLIPSetLastLayer: -24 … -1
+MAX_SIDE = 16_384  # pixels (or 8× latent) per side
 WORK_OPS = ("clip_encode", "vae_encode", "vae_decode")
 
 
@@ -89,7 +89,7 @@ def _to_torch(array: np.ndarray) -> torch.Tensor:
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     array = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
-    array.flags.writeable = False   # shared by the prompt cache and the sender
+    array.flags.writeable = False  # shared by the prompt cache and the sender
     return array
 
 
@@ -124,8 +124,9 @@ class DaemonOps:
         """Work requests (encode/decode) handled, cache hits and failures included."""
         return sum(self.requests_by_op[op] for op in WORK_OPS)
 
-    async def handle(self, op: str, options: dict, tensors: list[np.ndarray], peer: Peer
-                     ) -> tuple[dict, list[np.ndarray]]:
+    async def handle(
+        self, op: str, options: dict, tensors: list[np.ndarray], peer: Peer
+    ) -> tuple[dict, list[np.ndarray]]:
         self.requests_by_op[op] += 1
         try:
             if op == "clip_encode":
@@ -154,10 +155,13 @@ class DaemonOps:
         if len(text) > MAX_PROMPT_CHARS:
             raise _bad(f"text is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}")
         clip_skip = options.get("clip_skip")
-        if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int)
-                                      or clip_skip not in CLIP_SKIP_RANGE):
-            raise _bad(f"clip_skip must be null or an integer from -24 to -1 "
-                       f"(ComfyUI's CLIPSetLastLayer), got {clip_skip!r}")
+        if clip_skip is not None and (
+            isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip not in CLIP_SKIP_RANGE
+        ):
+            raise _bad(
+                f"clip_skip must be null or an integer from -24 to -1 "
+                f"(ComfyUI's CLIPSetLastLayer), got {clip_skip!r}"
+            )
         if tensors:
             raise _bad(f"clip_encode takes no tensors, got {len(tensors)}")
         model = _model_option(options)
@@ -186,19 +190,23 @@ class DaemonOps:
             array = _one_float_tensor(op, tensors, "pixels B×H×W×C")
             _, height, width, channels = array.shape
             if channels < 3:
-                raise _bad(f"vae_encode: pixels need at least 3 channels (B×H×W×C), got shape "
-                           f"{list(array.shape)}")
+                raise _bad(
+                    f"vae_encode: pixels need at least 3 channels (B×H×W×C), got shape {list(array.shape)}"
+                )
             if min(height, width) < 8 or max(height, width) > MAX_SIDE:
                 raise _bad(f"vae_encode: image sides must be 8…{MAX_SIDE} pixels, got {height}×{width}")
         else:
             array = _one_float_tensor(op, tensors, "latent B×C×h×w")
             if max(array.shape[2:]) * 8 > MAX_SIDE:
-                raise _bad(f"vae_decode: latent {list(array.shape)} decodes to more than "
-                           f"{MAX_SIDE} pixels per side")
+                raise _bad(
+                    f"vae_decode: latent {list(array.shape)} decodes to more than {MAX_SIDE} pixels per side"
+                )
         vae = await self.registry.vae(model)
         if op == "vae_decode" and array.shape[1] != vae.latent_channels:
-            raise _bad(f"vae_decode: latent has {array.shape[1]} channels, model set {model!r} "
-                       f"expects {vae.latent_channels} (shape B×C×h×w)")
+            raise _bad(
+                f"vae_decode: latent has {array.shape[1]} channels, model set {model!r} "
+                f"expects {vae.latent_channels} (shape B×C×h×w)"
+            )
 
         def job() -> tuple[np.ndarray, float]:
             started = time.perf_counter()
@@ -215,12 +223,16 @@ class DaemonOps:
     def _shutdown(self, options: dict, peer: Peer) -> dict:
         token = options.get("token")
         allowed = peer.authenticated or (
-            self._shutdown_token is not None and isinstance(token, str)
-            and hmac.compare_digest(token.encode(), self._shutdown_token.encode()))
+            self._shutdown_token is not None
+            and isinstance(token, str)
+            and hmac.compare_digest(token.encode(), self._shutdown_token.encode())
+        )
         if not allowed:
-            raise OpError(ErrorCode.UNAUTHORIZED,
-                          "shutdown needs the daemon token (hello token, or options.token; "
-                          "the token is in the daemon's token file)")
+            raise OpError(
+                ErrorCode.UNAUTHORIZED,
+                "shutdown needs the daemon token (hello token, or options.token; "
+                "the token is in the daemon's token file)",
+            )
         self._log.info("shutdown requested by %s", peer.address)
         # Answer first, then stop: the reply must leave before the port closes.
         asyncio.get_running_loop().call_soon(self._request_shutdown, f"shutdown op from {peer.address}")
@@ -237,11 +249,12 @@ class DaemonOps:
             raise OpError(ErrorCode.BUSY, str(exc), retryable=True) from None
         except PoolClosed as exc:
             raise OpError(ErrorCode.SHUTTING_DOWN, str(exc), retryable=True) from None
-        except ValueError as exc:   # the model layer's input errors (VAEInputError …)
+        except ValueError as exc:  # the model layer's input errors (VAEInputError …)
             raise _bad(str(exc)) from None
         except Exception as exc:
             if _is_out_of_memory(exc):
                 self._log.warning("%s pool: out of memory: %s", pool.name, exc)
-                raise OpError(ErrorCode.OOM, f"out of memory on the daemon's device: {exc}",
-                              retryable=True) from None
+                raise OpError(
+                    ErrorCode.OOM, f"out of memory on the daemon's device: {exc}", retryable=True
+                ) from None
             raise

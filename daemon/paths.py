@@ -36,7 +36,7 @@ class UserDirs:
     logs: Path
     cache: Path
 
-    def ensure(self) -> "UserDirs":
+    def ensure(self) -> UserDirs:
         for path in (self.config, self.data, self.logs, self.cache):
             path.mkdir(parents=True, exist_ok=True)
         return self

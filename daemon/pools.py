@@ -66,8 +66,8 @@ class _DirectRunner:
 class ScalingEvent:
     """One ``{"type":"scaling","data":{…}}`` message (fields exactly as the seed shows)."""
 
-    event: str             # "scale_up" | "scale_down"
-    pool: str              # "vae" | "clip"
+    event: str  # "scale_up" | "scale_down"
+    pool: str  # "vae" | "clip"
     worker_id: int
     active_workers: int
     vram_available_gb: float
@@ -91,7 +91,7 @@ class PoolSettings:
     max_queue: int = 256
 
     @classmethod
-    def from_config(cls, name: str, config: DaemonConfig) -> "PoolSettings":
+    def from_config(cls, name: str, config: DaemonConfig) -> PoolSettings:
         scaling = config.scaling
         limits = scaling.vae if name == "vae" else scaling.clip
         if not scaling.dynamic:
@@ -200,8 +200,12 @@ class WorkerPool:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout=grace)
             except TimeoutError:
-                self._log.warning("%s pool: %d job(s) still running after %.1fs; cancelling",
-                                  self.name, self.busy_workers, grace)
+                self._log.warning(
+                    "%s pool: %d job(s) still running after %.1fs; cancelling",
+                    self.name,
+                    self.busy_workers,
+                    grace,
+                )
         workers = list(self._workers.values())
         self._workers.clear()
         for worker in workers:
@@ -265,9 +269,11 @@ class WorkerPool:
         need = self.worker_footprint_bytes + self.settings.safety_margin_bytes
         free = self._free_memory()
         if free < need:
-            reason = (f"free memory {free / GIB:.2f} GiB < per-worker footprint "
-                      f"{self.worker_footprint_bytes / GIB:.2f} GiB + safety margin "
-                      f"{self.settings.safety_margin_bytes / GIB:.2f} GiB")
+            reason = (
+                f"free memory {free / GIB:.2f} GiB < per-worker footprint "
+                f"{self.worker_footprint_bytes / GIB:.2f} GiB + safety margin "
+                f"{self.settings.safety_margin_bytes / GIB:.2f} GiB"
+            )
             if reason != self._blocked_reason:
                 self._log.warning("%s pool: not scaling up: %s", self.name, reason)
                 self._blocked_reason = reason
@@ -279,13 +285,23 @@ class WorkerPool:
 
     def _emit(self, kind: str, worker_id: int, free: int | None = None) -> ScalingEvent:
         free = self._free_memory() if free is None else free
-        event = ScalingEvent(event=kind, pool=self.name, worker_id=worker_id,
-                             active_workers=len(self._workers),
-                             vram_available_gb=round(free / GIB, 3))
+        event = ScalingEvent(
+            event=kind,
+            pool=self.name,
+            worker_id=worker_id,
+            active_workers=len(self._workers),
+            vram_available_gb=round(free / GIB, 3),
+        )
         self.scaling_events.append(event)
         del self.scaling_events[:-100]
-        self._log.info("%s pool %s: worker %d, %d active, %.2f GiB free", self.name, kind,
-                       worker_id, event.active_workers, event.vram_available_gb)
+        self._log.info(
+            "%s pool %s: worker %d, %d active, %.2f GiB free",
+            self.name,
+            kind,
+            worker_id,
+            event.active_workers,
+            event.vram_available_gb,
+        )
         if self._on_scaling is not None:
             try:
                 self._on_scaling(event)

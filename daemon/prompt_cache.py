@@ -65,8 +65,7 @@ class PromptCache(Generic[V]):
             self._entries.popitem(last=False)
             self.evictions += 1
 
-    async def get_or_compute(self, key: Hashable, compute: Callable[[], Awaitable[V]]
-                             ) -> tuple[V, bool]:
+    async def get_or_compute(self, key: Hashable, compute: Callable[[], Awaitable[V]]) -> tuple[V, bool]:
         """(value, hit). A miss runs ``compute`` once even if many callers miss together.
 
         A failed computation is not cached; every waiting caller gets the same exception.

@@ -25,7 +25,7 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -117,8 +117,15 @@ class Limits:
     request_timeout: float | None = 600.0  # handler time per request; None = unlimited
 
     def __post_init__(self) -> None:
-        for name in ("max_header_bytes", "max_payload_bytes", "max_tensors", "max_dims",
-                     "max_elements", "max_in_flight", "max_connections"):
+        for name in (
+            "max_header_bytes",
+            "max_payload_bytes",
+            "max_tensors",
+            "max_dims",
+            "max_elements",
+            "max_in_flight",
+            "max_connections",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
         if self.read_timeout <= 0 or self.write_timeout <= 0:
@@ -195,8 +202,8 @@ class Rejected:
     message: str
 
 
-Message = Union[Request, Response, ErrorResponse]
-Decoded = Union[Request, Response, ErrorResponse, Rejected]
+Message = Request | Response | ErrorResponse
+Decoded = Request | Response | ErrorResponse | Rejected
 # Maps a shared-memory reference + byte length to a readable buffer (raises on any failure).
 ShmReader = Callable[[ShmRef, int], "memoryview"]
 # Decides where one wire-ready array goes: an ShmRef after copying it into shared memory, or None.
@@ -204,6 +211,7 @@ ShmPlacer = Callable[[np.ndarray], "ShmRef | None"]
 
 
 # --------------------------------------------------------------------------- tensors
+
 
 def float32_to_bfloat16_bits(array: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 (nearest-even), returned as little-endian uint16 words."""
@@ -231,8 +239,9 @@ def to_wire_array(array: np.ndarray, wire_dtype: str | None = None) -> tuple[np.
     native = array.dtype.newbyteorder("=")
     name = _NATIVE_TO_WIRE.get(native)
     if name is None:
-        raise TypeError(f"dtype {array.dtype} is not allowed on the wire; use one of "
-                        f"{', '.join(WIRE_DTYPES)}")
+        raise TypeError(
+            f"dtype {array.dtype} is not allowed on the wire; use one of {', '.join(WIRE_DTYPES)}"
+        )
     if wire_dtype is not None and wire_dtype not in ("float32", "float16", "bfloat16"):
         raise ValueError(f"wire_dtype must be float32, float16 or bfloat16, not {wire_dtype!r}")
     if name == "float32" and wire_dtype == "bfloat16":
@@ -256,7 +265,7 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     views for every tensor; numpy alone only promises 16 bytes)."""
     raw = np.empty(nbytes + TENSOR_ALIGNMENT, dtype=np.uint8)
     skip = -raw.ctypes.data % TENSOR_ALIGNMENT
-    return raw[skip:skip + nbytes]
+    return raw[skip : skip + nbytes]
 
 
 def parse_descriptor(raw: Any, limits: Limits) -> TensorDescriptor:
@@ -281,9 +290,14 @@ def parse_descriptor(raw: Any, limits: Limits) -> TensorDescriptor:
     shm = None
     if "shm" in raw:
         place = raw["shm"]
-        if (not isinstance(place, dict) or not isinstance(place.get("segment"), str)
-                or not place["segment"] or len(place["segment"]) > 128
-                or type(place.get("offset")) is not int or place["offset"] < 0):
+        if (
+            not isinstance(place, dict)
+            or not isinstance(place.get("segment"), str)
+            or not place["segment"]
+            or len(place["segment"]) > 128
+            or type(place.get("offset")) is not int
+            or place["offset"] < 0
+        ):
             raise ValueError("shm must be {segment: non-empty name, offset: int >= 0}")
         shm = ShmRef(place["segment"], place["offset"])
     return TensorDescriptor(dtype, tuple(shape), nbytes, shm)
@@ -303,6 +317,7 @@ def array_from_buffer(buffer: Any, descriptor: TensorDescriptor, offset: int = 0
 
 # --------------------------------------------------------------------------- encoding
 
+
 def _json_bytes(header: dict) -> bytes:
     return json.dumps(header, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
@@ -312,8 +327,9 @@ def _check_id(request_id: int) -> None:
         raise ValueError(f"request id must be an int in [0, 2**53), not {request_id!r}")
 
 
-def _encode_frame(header: dict, tensors: Sequence[np.ndarray], wire_dtype: str | None,
-                  place: ShmPlacer | None) -> list[Any]:
+def _encode_frame(
+    header: dict, tensors: Sequence[np.ndarray], wire_dtype: str | None, place: ShmPlacer | None
+) -> list[Any]:
     descriptors: list[dict] = []
     body: list[Any] = []
     payload_len = 0
@@ -339,19 +355,20 @@ def _encode_frame(header: dict, tensors: Sequence[np.ndarray], wire_dtype: str |
     return [head, *body]
 
 
-def encode_request(request: Request, *, wire_dtype: str | None = None,
-                   place: ShmPlacer | None = None) -> list[Any]:
+def encode_request(
+    request: Request, *, wire_dtype: str | None = None, place: ShmPlacer | None = None
+) -> list[Any]:
     """Encode a request as buffers to send in order (tensor memory is referenced, not copied)."""
     _check_id(request.id)
     if not isinstance(request.op, str) or not 0 < len(request.op) <= MAX_OP_LENGTH:
         raise ValueError(f"op must be a non-empty string of at most {MAX_OP_LENGTH} characters")
-    header = {"v": PROTOCOL_VERSION, "id": request.id, "op": request.op,
-              "options": dict(request.options)}
+    header = {"v": PROTOCOL_VERSION, "id": request.id, "op": request.op, "options": dict(request.options)}
     return _encode_frame(header, request.tensors, wire_dtype, place)
 
 
-def encode_response(response: Response, *, wire_dtype: str | None = None,
-                    place: ShmPlacer | None = None) -> list[Any]:
+def encode_response(
+    response: Response, *, wire_dtype: str | None = None, place: ShmPlacer | None = None
+) -> list[Any]:
     """Encode a successful response; ``wire_dtype`` may narrow float32 tensors to 16 bits."""
     _check_id(response.id)
     header = {"v": PROTOCOL_VERSION, "id": response.id, "ok": True, "result": dict(response.result)}
@@ -361,9 +378,16 @@ def encode_response(response: Response, *, wire_dtype: str | None = None,
 def encode_error(error: ErrorResponse) -> list[Any]:
     """Encode an error response (never carries tensors)."""
     _check_id(error.id)
-    header = {"v": PROTOCOL_VERSION, "id": error.id, "ok": False,
-              "error": {"code": ErrorCode(error.code).value, "message": str(error.message),
-                        "retryable": bool(error.retryable)}}
+    header = {
+        "v": PROTOCOL_VERSION,
+        "id": error.id,
+        "ok": False,
+        "error": {
+            "code": ErrorCode(error.code).value,
+            "message": str(error.message),
+            "retryable": bool(error.retryable),
+        },
+    }
     return _encode_frame(header, (), None, None)
 
 
@@ -382,6 +406,7 @@ def frame_bytes(buffers: Sequence[Any]) -> bytes:
 
 
 # --------------------------------------------------------------------------- decoding
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -454,7 +479,7 @@ class FrameDecoder:
         if pending is not None and pending.payload is not None and pending.remaining >= self._DIRECT_MIN:
             self._direct = True
             view = memoryview(pending.payload)
-            return view[pending.filled:pending.filled + pending.remaining].cast("B")
+            return view[pending.filled : pending.filled + pending.remaining].cast("B")
         self._direct = False
         return memoryview(self._scratch)
 
@@ -523,11 +548,15 @@ class FrameDecoder:
         if magic != MAGIC:
             raise ProtocolError(f"bad frame magic {magic!r} (not a Luna protocol stream)")
         if not 2 <= header_len <= self.limits.max_header_bytes:
-            raise ProtocolError(f"header length {header_len} outside 2..{self.limits.max_header_bytes}",
-                                ErrorCode.TOO_LARGE if header_len > 2 else ErrorCode.BAD_REQUEST)
+            raise ProtocolError(
+                f"header length {header_len} outside 2..{self.limits.max_header_bytes}",
+                ErrorCode.TOO_LARGE if header_len > 2 else ErrorCode.BAD_REQUEST,
+            )
         if payload_len > self.limits.max_payload_bytes:
-            raise ProtocolError(f"payload of {payload_len} bytes is over the limit of "
-                                f"{self.limits.max_payload_bytes}", ErrorCode.TOO_LARGE)
+            raise ProtocolError(
+                f"payload of {payload_len} bytes is over the limit of {self.limits.max_payload_bytes}",
+                ErrorCode.TOO_LARGE,
+            )
         self._need_header = header_len
         self._payload_len = payload_len
 
@@ -544,8 +573,7 @@ class FrameDecoder:
         except _HeaderError as rejection:
             self._pending = _Pending("rejected", header, (), None, payload_len, rejection=rejection)
             return
-        self._pending = _Pending(kind, header, descriptors, self._payload_buffer(payload_len),
-                                 payload_len)
+        self._pending = _Pending(kind, header, descriptors, self._payload_buffer(payload_len), payload_len)
 
     def _payload_buffer(self, payload_len: int) -> np.ndarray | None:
         if not payload_len:
@@ -554,10 +582,13 @@ class FrameDecoder:
         # numpy views and np.frombuffer arrays all reference the owning array, so a refcount
         # of 3 (our attribute + the local ``owner`` + the call's argument) means no array,
         # memoryview or tensor still uses the previous frame's memory: writing over it is safe.
-        if (owner is not None and payload_len + TENSOR_ALIGNMENT <= owner.size
-                <= 2 * payload_len + TENSOR_ALIGNMENT and sys.getrefcount(owner) == 3):
+        if (
+            owner is not None
+            and payload_len + TENSOR_ALIGNMENT <= owner.size <= 2 * payload_len + TENSOR_ALIGNMENT
+            and sys.getrefcount(owner) == 3
+        ):
             skip = -owner.ctypes.data % TENSOR_ALIGNMENT
-            return owner[skip:skip + payload_len]
+            return owner[skip : skip + payload_len]
         return _aligned_empty(payload_len)
 
     def _check_header(self, header: dict, payload_len: int) -> tuple[str, tuple[TensorDescriptor, ...]]:
@@ -566,9 +597,11 @@ class FrameDecoder:
             raise _HeaderError(0, ErrorCode.BAD_REQUEST, "header id must be an int in [0, 2**53)")
         version = header.get("v")
         if version not in SUPPORTED_VERSIONS or type(version) is not int:
-            raise _HeaderError(request_id, ErrorCode.UNSUPPORTED_VERSION,
-                               f"protocol version {version!r} is not supported; supported: "
-                               f"{list(SUPPORTED_VERSIONS)}")
+            raise _HeaderError(
+                request_id,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"protocol version {version!r} is not supported; supported: {list(SUPPORTED_VERSIONS)}",
+            )
         if "op" in header:
             op = header["op"]
             if not isinstance(op, str) or not 0 < len(op) <= MAX_OP_LENGTH:
@@ -583,15 +616,19 @@ class FrameDecoder:
         elif header.get("ok") is False:
             error = header.get("error")
             if not isinstance(error, dict) or not isinstance(error.get("code"), str):
-                raise _HeaderError(request_id, ErrorCode.BAD_REQUEST, "error must be {code, message, retryable}")
+                raise _HeaderError(
+                    request_id, ErrorCode.BAD_REQUEST, "error must be {code, message, retryable}"
+                )
             kind = "error"
         else:
             raise _HeaderError(request_id, ErrorCode.BAD_REQUEST, "header needs either op or ok")
         raw_tensors = header.get("tensors", [])
         if not isinstance(raw_tensors, list) or len(raw_tensors) > self.limits.max_tensors:
-            raise _HeaderError(request_id, ErrorCode.TOO_LARGE if isinstance(raw_tensors, list)
-                               else ErrorCode.BAD_REQUEST,
-                               f"tensors must be a list of at most {self.limits.max_tensors}")
+            raise _HeaderError(
+                request_id,
+                ErrorCode.TOO_LARGE if isinstance(raw_tensors, list) else ErrorCode.BAD_REQUEST,
+                f"tensors must be a list of at most {self.limits.max_tensors}",
+            )
         if kind == "error" and raw_tensors:
             raise _HeaderError(request_id, ErrorCode.BAD_REQUEST, "error responses carry no tensors")
         descriptors = []
@@ -605,8 +642,11 @@ class FrameDecoder:
                 inline_end = _aligned(inline_end) + descriptor.nbytes
             descriptors.append(descriptor)
         if inline_end != payload_len:
-            raise _HeaderError(request_id, ErrorCode.BAD_REQUEST,
-                               f"payload is {payload_len} bytes but the tensor descriptors need {inline_end}")
+            raise _HeaderError(
+                request_id,
+                ErrorCode.BAD_REQUEST,
+                f"payload is {payload_len} bytes but the tensor descriptors need {inline_end}",
+            )
         return kind, tuple(descriptors)
 
     def _feed_payload(self, view: memoryview, out: list[Decoded]) -> memoryview:
@@ -614,7 +654,7 @@ class FrameDecoder:
         assert pending is not None
         take = min(pending.remaining, len(view))
         if pending.payload is not None:
-            pending.payload[pending.filled:pending.filled + take] = np.frombuffer(view[:take], np.uint8)
+            pending.payload[pending.filled : pending.filled + take] = np.frombuffer(view[:take], np.uint8)
         pending.filled += take
         pending.remaining -= take
         if pending.remaining == 0:
@@ -656,20 +696,31 @@ class FrameDecoder:
         for index, descriptor in enumerate(pending.descriptors):
             if descriptor.shm is not None:
                 if self.shm_reader is None:
-                    raise _HeaderError(pending.header["id"], ErrorCode.BAD_REQUEST,
-                                       f"tensor {index} is in shared memory, which was not negotiated")
+                    raise _HeaderError(
+                        pending.header["id"],
+                        ErrorCode.BAD_REQUEST,
+                        f"tensor {index} is in shared memory, which was not negotiated",
+                    )
                 try:
                     buffer = self.shm_reader(descriptor.shm, descriptor.nbytes)
                     arrays.append(array_from_buffer(buffer, descriptor))
                     self._shm_bytes += descriptor.nbytes
                 except (OSError, ValueError, KeyError, BufferError) as exc:
-                    raise _HeaderError(pending.header["id"], ErrorCode.BAD_REQUEST,
-                                       f"tensor {index}: shared memory {descriptor.shm.segment!r} "
-                                       f"unreadable: {exc}") from None
+                    raise _HeaderError(
+                        pending.header["id"],
+                        ErrorCode.BAD_REQUEST,
+                        f"tensor {index}: shared memory {descriptor.shm.segment!r} unreadable: {exc}",
+                    ) from None
                 continue
             if descriptor.nbytes == 0:
-                arrays.append(np.zeros(descriptor.shape, dtype=np.float32 if descriptor.dtype
-                                       in HALF_WIRE_DTYPES else WIRE_DTYPES[descriptor.dtype]))
+                arrays.append(
+                    np.zeros(
+                        descriptor.shape,
+                        dtype=np.float32
+                        if descriptor.dtype in HALF_WIRE_DTYPES
+                        else WIRE_DTYPES[descriptor.dtype],
+                    )
+                )
                 continue
             offset = _aligned(offset)
             arrays.append(array_from_buffer(pending.payload, descriptor, offset))

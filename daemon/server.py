@@ -35,8 +35,15 @@ from daemon import __version__
 from daemon.auth import load_or_create_token
 from daemon.auth import token_path as default_token_path
 from daemon.config import ConfigError, DaemonConfig
-from daemon.devices import GIB, DeviceChoice, WorkerRunner, choose_device, memory_info, peak_memory_meter
-from daemon.devices import supports_precision
+from daemon.devices import (
+    GIB,
+    DeviceChoice,
+    WorkerRunner,
+    choose_device,
+    memory_info,
+    peak_memory_meter,
+    supports_precision,
+)
 from daemon.model_registry import CLIP_KIND, ModelRegistry
 from daemon.ops import DaemonOps
 from daemon.pools import PoolSettings, ScalingEvent, WorkerPool
@@ -72,7 +79,7 @@ def parse_ready_line(line: str) -> ReadyInfo | None:
     """Inverse of :meth:`ReadyInfo.line` (for supervisors); None for any other line."""
     if not line.startswith(READY_PREFIX + " "):
         return None
-    data = json.loads(line[len(READY_PREFIX) + 1:])
+    data = json.loads(line[len(READY_PREFIX) + 1 :])
     return ReadyInfo(data["host"], int(data["port"]), int(data["ws_port"]), int(data["pid"]))
 
 
@@ -84,8 +91,14 @@ def token_path(config: DaemonConfig) -> Path:
 class DaemonServer:
     """One daemon instance (see module docstring). All methods run on one event loop."""
 
-    def __init__(self, config: DaemonConfig, *, stdout: IO[str] | None = None,
-                 limits: Limits | None = None, logger: logging.Logger | None = None):
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        stdout: IO[str] | None = None,
+        limits: Limits | None = None,
+        logger: logging.Logger | None = None,
+    ):
         self.config = config
         self._stdout = stdout if stdout is not None else sys.stdout
         self._limits = limits or Limits()
@@ -120,8 +133,13 @@ class DaemonServer:
         if not ok:
             raise ConfigError("daemon.precision", f"{config.precision} is not supported: {why}")
         self.log.info("luna daemon %s (protocol v%d), pid %d", __version__, PROTOCOL_VERSION, os.getpid())
-        self.log.info("device %s (%s; %s), precision %s", self.device.label, self.device.name,
-                      self.device.reason, config.precision)
+        self.log.info(
+            "device %s (%s; %s), precision %s",
+            self.device.label,
+            self.device.name,
+            self.device.reason,
+            config.precision,
+        )
         self.log.info("effective config (from %s): %s", config.source, json.dumps(config.to_dict()))
 
         path = token_path(config)
@@ -131,23 +149,41 @@ class DaemonServer:
             if config.network.token_required:
                 raise DaemonStartupError(f"cannot create the token file {path}: {exc}") from None
             self.log.warning("no token file (%s); the shutdown op is disabled", exc)
-        self.log.info("token file: %s (%s)", path, "required for every client"
-                      if config.network.token_required else "required for shutdown only")
+        self.log.info(
+            "token file: %s (%s)",
+            path,
+            "required for every client" if config.network.token_required else "required for shutdown only",
+        )
 
-        self.registry = ModelRegistry(config.models, device=device, precision=config.precision,
-                                      on_loaded=self._model_loaded)
-        self.ws = StatusWebSocket(self.status, host=config.network.host, port=config.network.ws_port,
-                                  interval=config.status_interval,
-                                  allowed_origins=config.network.allowed_origins)
+        self.registry = ModelRegistry(
+            config.models, device=device, precision=config.precision, on_loaded=self._model_loaded
+        )
+        self.ws = StatusWebSocket(
+            self.status,
+            host=config.network.host,
+            port=config.network.ws_port,
+            interval=config.status_interval,
+            allowed_origins=config.network.allowed_origins,
+        )
         self.vae_pool = self._make_pool("vae")
         self.clip_pool = self._make_pool("clip")
         self.prompt_cache = PromptCache(config.prompt_cache_size)
-        self.ops = DaemonOps(registry=self.registry, vae_pool=self.vae_pool, clip_pool=self.clip_pool,
-                             prompt_cache=self.prompt_cache, status=self.status,
-                             request_shutdown=self.request_shutdown, shutdown_token=self.token)
-        self.tcp = TcpService(self.ops, host=config.network.host, port=config.network.port,
-                              token=self.token if config.network.token_required else None,
-                              limits=self._limits)
+        self.ops = DaemonOps(
+            registry=self.registry,
+            vae_pool=self.vae_pool,
+            clip_pool=self.clip_pool,
+            prompt_cache=self.prompt_cache,
+            status=self.status,
+            request_shutdown=self.request_shutdown,
+            shutdown_token=self.token,
+        )
+        self.tcp = TcpService(
+            self.ops,
+            host=config.network.host,
+            port=config.network.port,
+            token=self.token if config.network.token_required else None,
+            limits=self._limits,
+        )
         try:
             host, port = await self.tcp.start()
         except PortInUseError as exc:
@@ -155,14 +191,16 @@ class DaemonServer:
             raise DaemonStartupError(f"cannot listen for the protocol: {exc.strerror or exc}") from None
         except (OSError, ValueError) as exc:
             await self._abort_start()
-            raise DaemonStartupError(f"cannot listen on {config.network.host}:{config.network.port}: {exc}"
-                                     ) from None
+            raise DaemonStartupError(
+                f"cannot listen on {config.network.host}:{config.network.port}: {exc}"
+            ) from None
         try:
             _, ws_port = await self.ws.start()
         except OSError as exc:
             await self._abort_start()
-            raise DaemonStartupError(f"cannot listen for the status WebSocket: {exc.strerror or exc}"
-                                     ) from None
+            raise DaemonStartupError(
+                f"cannot listen for the status WebSocket: {exc.strerror or exc}"
+            ) from None
         await self.vae_pool.start()
         await self.clip_pool.start()
         if config.load_models == "start":
@@ -283,8 +321,10 @@ class DaemonServer:
             "device_name": self.device.name,
             "protocol_version": PROTOCOL_VERSION,
             "pid": os.getpid(),
-            "ports": {"protocol": self.ready.port if self.ready else None,
-                      "ws": self.ready.ws_port if self.ready else None},
+            "ports": {
+                "protocol": self.ready.port if self.ready else None,
+                "ws": self.ready.ws_port if self.ready else None,
+            },
             "models": self.registry.summary() if self.registry else {},
             "prompt_cache": self.prompt_cache.stats() if self.prompt_cache else {},
             "requests_by_op": dict(self.ops.requests_by_op) if self.ops else {},
@@ -317,7 +357,7 @@ def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
         log.error("%s", exc)
         print(f"luna-daemon: {exc}", file=sys.stderr)
         return EXIT_START_FAILED
-    except KeyboardInterrupt:   # Ctrl+C before the handlers were installed
+    except KeyboardInterrupt:  # Ctrl+C before the handlers were installed
         return EXIT_OK
     finally:
         logging_handle.close()
@@ -343,7 +383,8 @@ async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int
         except (NotImplementedError, RuntimeError):
             # Windows: no loop signal handlers; a plain handler hops onto the loop thread.
             previous[signum] = signal.signal(
-                signum, lambda _s, _f, n=name: loop.call_soon_threadsafe(stop_from, n))
+                signum, lambda _s, _f, n=name: loop.call_soon_threadsafe(stop_from, n)
+            )
     try:
         await server.start()
         await server.serve_forever()

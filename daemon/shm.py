@@ -80,14 +80,19 @@ class Segment:
         return memoryview(self._mmap)
 
     @classmethod
-    def create(cls, name: str, size: int) -> "Segment":
+    def create(cls, name: str, size: int) -> Segment:
         """Create a new segment of at least ``size`` bytes; raises OSError if it cannot."""
         if size <= 0:
             raise ValueError("segment size must be > 0")
         if _WINDOWS:  # pragma: no cover
-            handle = _winapi.CreateFileMapping(_winapi.INVALID_HANDLE_VALUE, _winapi.NULL,
-                                               _winapi.PAGE_READWRITE, (size >> 32) & 0xFFFFFFFF,
-                                               size & 0xFFFFFFFF, name)
+            handle = _winapi.CreateFileMapping(
+                _winapi.INVALID_HANDLE_VALUE,
+                _winapi.NULL,
+                _winapi.PAGE_READWRITE,
+                (size >> 32) & 0xFFFFFFFF,
+                size & 0xFFFFFFFF,
+                name,
+            )
             try:
                 if _winapi.GetLastError() == _winapi.ERROR_ALREADY_EXISTS:
                     raise FileExistsError(f"shared memory {name!r} already exists")
@@ -113,7 +118,7 @@ class Segment:
         return cls(name, size, mapping, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> "Segment":
+    def attach(cls, name: str) -> Segment:
         """Map an existing segment read-write without taking ownership (never unlinks it)."""
         if _WINDOWS:  # pragma: no cover
             handle = _winapi.OpenFileMapping(_winapi.FILE_MAP_READ, False, name)
@@ -168,9 +173,8 @@ class Segment:
     def view(self, offset: int, nbytes: int) -> memoryview:
         """A zero-copy view of ``nbytes`` at ``offset``; raises ValueError when out of bounds."""
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
-            raise ValueError(f"range {offset}+{nbytes} is outside segment {self.name!r} "
-                             f"of {self.size} bytes")
-        return self.buf[offset:offset + nbytes]
+            raise ValueError(f"range {offset}+{nbytes} is outside segment {self.name!r} of {self.size} bytes")
+        return self.buf[offset : offset + nbytes]
 
 
 class Lease:
@@ -194,8 +198,7 @@ class Lease:
     def reply_area(self) -> dict:
         """The ``shm_reply`` option: where the server may write response tensors."""
         start = _aligned(self.used)
-        return {"segment": self.segment.name, "offset": start,
-                "capacity": max(0, self.segment.size - start)}
+        return {"segment": self.segment.name, "offset": start, "capacity": max(0, self.segment.size - start)}
 
 
 class ShmArena:
@@ -206,8 +209,14 @@ class ShmArena:
     next requests, the rest are unlinked at once. :meth:`close` unlinks all.
     """
 
-    def __init__(self, prefix: str | None = None, *, max_idle: int = 4,
-                 max_idle_bytes: int = 256 << 20, max_segment_bytes: int = 4 << 30):
+    def __init__(
+        self,
+        prefix: str | None = None,
+        *,
+        max_idle: int = 4,
+        max_idle_bytes: int = 256 << 20,
+        max_segment_bytes: int = 4 << 30,
+    ):
         self.prefix = prefix or new_prefix()
         self.max_idle = max_idle
         self.max_idle_bytes = max_idle_bytes
@@ -255,8 +264,9 @@ class ShmArena:
         self._idle.sort(key=lambda s: s.size)
         # Keep few idle segments and bounded idle memory, but always the largest one, so a
         # stream of same-size big requests never re-creates its segment.
-        while len(self._idle) > 1 and (len(self._idle) > self.max_idle
-                                       or sum(s.size for s in self._idle) > self.max_idle_bytes):
+        while len(self._idle) > 1 and (
+            len(self._idle) > self.max_idle or sum(s.size for s in self._idle) > self.max_idle_bytes
+        ):
             self._destroy(self._idle.pop(0))
 
     def discard(self, request_id: int) -> None:

@@ -180,8 +180,9 @@ class StatusWebSocket:
             client.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await client.sender
-            self._log.debug("status client %s left (%d stale messages dropped)",
-                            connection.remote_address, client.dropped)
+            self._log.debug(
+                "status client %s left (%d stale messages dropped)", connection.remote_address, client.dropped
+            )
 
     def _on_message(self, client: _Client, raw: str | bytes) -> None:
         try:
@@ -192,8 +193,9 @@ class StatusWebSocket:
         if kind == "get_status":
             client.enqueue(STATUS, self.status_message())
         else:
-            text = json.dumps({"type": "error", "data": {
-                "message": "unknown message; send {\"type\": \"get_status\"}"}})
+            text = json.dumps(
+                {"type": "error", "data": {"message": 'unknown message; send {"type": "get_status"}'}}
+            )
             client.enqueue("error", text)
 
     async def _send_loop(self, client: _Client) -> None:

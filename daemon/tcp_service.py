@@ -73,8 +73,9 @@ class Peer:
 class OpHandler(typing.Protocol):
     """Runs the daemon's ops (``status``, ``models``, ``clip_encode``, ``vae_encode`` …)."""
 
-    async def handle(self, op: str, options: dict, tensors: list[np.ndarray], peer: Peer
-                     ) -> tuple[dict, list[np.ndarray]]:
+    async def handle(
+        self, op: str, options: dict, tensors: list[np.ndarray], peer: Peer
+    ) -> tuple[dict, list[np.ndarray]]:
         """Raise OpError for expected failures; anything else becomes INTERNAL."""
         ...
 
@@ -138,8 +139,9 @@ def bind_listener(host: str, port: int) -> socket.socket:
             sock.bind(address)
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1), 10048, 10013):
-                raise PortInUseError(exc.errno, f"port {port} on {host} is already in use "
-                                     f"(is another Luna daemon running?)") from None
+                raise PortInUseError(
+                    exc.errno, f"port {port} on {host} is already in use (is another Luna daemon running?)"
+                ) from None
             raise
         sock.listen(128)
         sock.setblocking(False)
@@ -152,11 +154,19 @@ def bind_listener(host: str, port: int) -> socket.socket:
 class TcpService:
     """The protocol server. Runs entirely on the event loop that calls :meth:`start`."""
 
-    def __init__(self, handler: OpHandler, *, host: str = "127.0.0.1", port: int = 19283,
-                 token: str | None = None, limits: Limits | None = None,
-                 logger: logging.Logger | None = None, ops: typing.Iterable[str] = HANDLER_OPS,
-                 on_request_done: RequestDoneHook | None = None,
-                 server_name: str = f"luna-daemon/{__version__}"):
+    def __init__(
+        self,
+        handler: OpHandler,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 19283,
+        token: str | None = None,
+        limits: Limits | None = None,
+        logger: logging.Logger | None = None,
+        ops: typing.Iterable[str] = HANDLER_OPS,
+        on_request_done: RequestDoneHook | None = None,
+        server_name: str = f"luna-daemon/{__version__}",
+    ):
         self.handler = handler
         self.host = host
         self.port = port
@@ -175,18 +185,25 @@ class TcpService:
 
     async def start(self) -> tuple[str, int]:
         """Bind and start accepting; returns the bound (host, port) (port 0 → a free port)."""
-        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         if not _is_loopback(infos[0][4][0]) and not self.token:
-            raise ValueError(f"refusing to listen on non-loopback address {self.host!r} without "
-                             f"a token (anyone on the network could use the daemon)")
+            raise ValueError(
+                f"refusing to listen on non-loopback address {self.host!r} without "
+                f"a token (anyone on the network could use the daemon)"
+            )
         self._listener = bind_listener(self.host, self.port)
         bound = self._listener.getsockname()
         self.address = (bound[0], bound[1])
         self._accept_task = asyncio.get_running_loop().create_task(
-            self._accept_loop(), name="luna-tcp-accept")
-        self.log.info("protocol v%d listening on %s:%d (token %s)", PROTOCOL_VERSION,
-                      self.address[0], self.address[1], "required" if self.token else "off")
+            self._accept_loop(), name="luna-tcp-accept"
+        )
+        self.log.info(
+            "protocol v%d listening on %s:%d (token %s)",
+            PROTOCOL_VERSION,
+            self.address[0],
+            self.address[1],
+            "required" if self.token else "off",
+        )
         return self.address
 
     async def _accept_loop(self) -> None:
@@ -205,9 +222,14 @@ class TcpService:
             if len(self._connections) >= self.limits.max_connections or self.closing:
                 self.stats.connections_refused += 1
                 code = ErrorCode.SHUTTING_DOWN if self.closing else ErrorCode.BUSY
-                refusal = encode_error(ErrorResponse(0, code, "too many connections"
-                                                     if code is ErrorCode.BUSY else "daemon is stopping",
-                                                     True))[0]
+                refusal = encode_error(
+                    ErrorResponse(
+                        0,
+                        code,
+                        "too many connections" if code is ErrorCode.BUSY else "daemon is stopping",
+                        True,
+                    )
+                )[0]
                 try:
                     sock.send(refusal)  # best effort, never waits
                 except OSError:
@@ -220,7 +242,7 @@ class TcpService:
             self.stats.connections_total += 1
             connection.task = loop.create_task(connection.run(), name=f"luna-conn-{peer}")
 
-    def _forget(self, connection: "_Connection") -> None:
+    def _forget(self, connection: _Connection) -> None:
         if connection in self._connections:
             self._connections.discard(connection)
             self.stats.connections_open -= 1
@@ -245,8 +267,7 @@ class TcpService:
         connections = list(self._connections)
         for connection in connections:
             connection.stop()
-        await asyncio.gather(*(c.task for c in connections if c.task is not None),
-                             return_exceptions=True)
+        await asyncio.gather(*(c.task for c in connections if c.task is not None), return_exceptions=True)
 
 
 class _FrameTimeout(Exception):
@@ -310,10 +331,14 @@ class _Connection:
             self.log.info("closing %s: %s", self.address, exc)
             await self._send_error_and_close(ErrorResponse(0, exc.code, exc.message, False))
         except _FrameTimeout:
-            self.log.info("closing %s: frame not completed within %.1fs", self.address,
-                          self.limits.read_timeout)
-            await self._send_error_and_close(ErrorResponse(
-                0, ErrorCode.TIMEOUT, f"frame not completed within {self.limits.read_timeout}s", False))
+            self.log.info(
+                "closing %s: frame not completed within %.1fs", self.address, self.limits.read_timeout
+            )
+            await self._send_error_and_close(
+                ErrorResponse(
+                    0, ErrorCode.TIMEOUT, f"frame not completed within {self.limits.read_timeout}s", False
+                )
+            )
         except (ConnectionError, OSError) as exc:  # TimeoutError here: an answer not drained
             self.log.debug("connection %s lost: %s", self.address, exc)
         except Exception:  # a bug here must cost one connection, never the service
@@ -357,8 +382,9 @@ class _Connection:
                     self.task.cancel()
                 raise
 
-    async def _send_error(self, request_id: int, code: ErrorCode, message: str,
-                          retryable: bool = False, op: str = "?") -> None:
+    async def _send_error(
+        self, request_id: int, code: ErrorCode, message: str, retryable: bool = False, op: str = "?"
+    ) -> None:
         self.service.stats.errors_by_code[code.value] += 1
         self._done(op, 0.0, code)
         await self._send(encode_error(ErrorResponse(request_id, code, message, retryable)))
@@ -376,8 +402,9 @@ class _Connection:
             await self._send_error(message.id, message.code, message.message)
             return
         if not isinstance(message, Request):
-            await self._send_error(getattr(message, "id", 0), ErrorCode.BAD_REQUEST,
-                                   "only requests may be sent to the daemon")
+            await self._send_error(
+                getattr(message, "id", 0), ErrorCode.BAD_REQUEST, "only requests may be sent to the daemon"
+            )
             return
         op = message.op
         known = op in self.service.ops or op in (OP_HELLO, OP_PING)
@@ -392,46 +419,59 @@ class _Connection:
             self._done(op, 0.0, None)
             return
         if op not in self.service.ops:
-            await self._send_error(message.id, ErrorCode.BAD_REQUEST,
-                                   f"unknown op {op!r}; ops: {', '.join(self.service.ops)}",
-                                   op="(unknown)")
+            await self._send_error(
+                message.id,
+                ErrorCode.BAD_REQUEST,
+                f"unknown op {op!r}; ops: {', '.join(self.service.ops)}",
+                op="(unknown)",
+            )
             return
         if self.service.token and not self.authenticated:
-            await self._send_error(message.id, ErrorCode.UNAUTHORIZED,
-                                   "this daemon requires a token: send it in hello", op=op)
+            await self._send_error(
+                message.id, ErrorCode.UNAUTHORIZED, "this daemon requires a token: send it in hello", op=op
+            )
             return
         if self.service.closing:
             await self._send_error(message.id, ErrorCode.SHUTTING_DOWN, "daemon is stopping", True, op)
             return
         if message.id in self.in_flight:
-            await self._send_error(message.id, ErrorCode.BAD_REQUEST,
-                                   f"request id {message.id} is already in flight", op=op)
+            await self._send_error(
+                message.id, ErrorCode.BAD_REQUEST, f"request id {message.id} is already in flight", op=op
+            )
             return
         if len(self.in_flight) >= self.limits.max_in_flight:
-            await self._send_error(message.id, ErrorCode.BUSY,
-                                   f"more than {self.limits.max_in_flight} requests in flight on "
-                                   f"this connection", True, op)
+            await self._send_error(
+                message.id,
+                ErrorCode.BUSY,
+                f"more than {self.limits.max_in_flight} requests in flight on this connection",
+                True,
+                op,
+            )
             return
         self.in_flight[message.id] = asyncio.get_running_loop().create_task(
-            self._serve(message), name=f"luna-req-{op}-{message.id}")
+            self._serve(message), name=f"luna-req-{op}-{message.id}"
+        )
 
     async def _hello(self, request: Request) -> None:
         options = request.options
         versions = options.get("versions", [PROTOCOL_VERSION])
         if not isinstance(versions, list) or not all(type(v) is int for v in versions):
-            await self._send_error(request.id, ErrorCode.BAD_REQUEST, "versions must be a list of ints",
-                                   op=OP_HELLO)
+            await self._send_error(
+                request.id, ErrorCode.BAD_REQUEST, "versions must be a list of ints", op=OP_HELLO
+            )
             return
         common = sorted(set(versions) & set(SUPPORTED_VERSIONS))
         if not common:
-            await self._send_error(request.id, ErrorCode.UNSUPPORTED_VERSION,
-                                   f"no common protocol version: client {versions}, daemon "
-                                   f"{list(SUPPORTED_VERSIONS)}", op=OP_HELLO)
+            await self._send_error(
+                request.id,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"no common protocol version: client {versions}, daemon {list(SUPPORTED_VERSIONS)}",
+                op=OP_HELLO,
+            )
             return
         token = options.get("token")
         if token is not None and not isinstance(token, str):
-            await self._send_error(request.id, ErrorCode.BAD_REQUEST, "token must be a string",
-                                   op=OP_HELLO)
+            await self._send_error(request.id, ErrorCode.BAD_REQUEST, "token must be a string", op=OP_HELLO)
             return
         if self.service.token and token is not None:
             if not hmac.compare_digest(token.encode(), self.service.token.encode()):
@@ -495,14 +535,25 @@ class _Connection:
             buffers = encode_error(ErrorResponse(request.id, exc.code, exc.message, exc.retryable))
         except TimeoutError:
             code = ErrorCode.TIMEOUT
-            buffers = encode_error(ErrorResponse(request.id, code, f"{request.op} took longer than "
-                                                 f"{self.limits.request_timeout}s", True))
+            buffers = encode_error(
+                ErrorResponse(
+                    request.id, code, f"{request.op} took longer than {self.limits.request_timeout}s", True
+                )
+            )
         except asyncio.CancelledError:
             if self.service.closing and not self._broken:
                 try:
                     async with asyncio.timeout(1.0):
-                        await self._send(encode_error(ErrorResponse(
-                            request.id, ErrorCode.SHUTTING_DOWN, "daemon stopped before finishing", True)))
+                        await self._send(
+                            encode_error(
+                                ErrorResponse(
+                                    request.id,
+                                    ErrorCode.SHUTTING_DOWN,
+                                    "daemon stopped before finishing",
+                                    True,
+                                )
+                            )
+                        )
                 except (TimeoutError, OSError, asyncio.CancelledError):
                     pass
             raise
@@ -527,7 +578,8 @@ class _Connection:
         placer = self._reply_writer(reply)
         async with asyncio.timeout(self.limits.request_timeout):
             result, tensors = await self.service.handler.handle(
-                request.op, options, list(request.tensors), self.peer())
+                request.op, options, list(request.tensors), self.peer()
+            )
         if not isinstance(result, dict):
             raise TypeError(f"handler returned {type(result).__name__} instead of a dict")
         response = Response(request.id, result, tuple(tensors))
@@ -539,8 +591,12 @@ class _Connection:
     def _reply_writer(self, reply: object) -> ReplyWriter | None:
         if reply is None:
             return None
-        if (not isinstance(reply, dict) or not isinstance(reply.get("segment"), str)
-                or type(reply.get("offset")) is not int or type(reply.get("capacity")) is not int):
+        if (
+            not isinstance(reply, dict)
+            or not isinstance(reply.get("segment"), str)
+            or type(reply.get("offset")) is not int
+            or type(reply.get("capacity")) is not int
+        ):
             raise OpError(ErrorCode.BAD_REQUEST, "shm_reply must be {segment, offset, capacity}")
         if self.shm is None:
             raise OpError(ErrorCode.BAD_REQUEST, "shm_reply needs shared memory negotiated in hello")

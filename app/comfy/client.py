@@ -41,8 +41,8 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -112,7 +112,7 @@ class ComfyClient(ComfyRest):
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "ComfyClient":
+    async def __aenter__(self) -> ComfyClient:
         await self.start()
         return self
 
@@ -146,8 +146,11 @@ class ComfyClient(ComfyRest):
             await self._ws.close()
             self._ws = None
         for job in self.tracker.active:
-            job.fail(JobLost("the client was closed", prompt_id=job.prompt_id, started=job.started,
-                             instance=self.name))
+            job.fail(
+                JobLost(
+                    "the client was closed", prompt_id=job.prompt_id, started=job.started, instance=self.name
+                )
+            )
         await self._close_http()
 
     @property
@@ -172,9 +175,11 @@ class ComfyClient(ComfyRest):
             async with asyncio.timeout(timeout or self.timeouts.ws_open):
                 await self._connected.wait()
         except TimeoutError:
-            raise ComfyUnavailable(f"{self.name}: WebSocket did not open within "
-                                   f"{timeout or self.timeouts.ws_open:g} s", instance=self.name,
-                                   cause="websocket timeout") from None
+            raise ComfyUnavailable(
+                f"{self.name}: WebSocket did not open within {timeout or self.timeouts.ws_open:g} s",
+                instance=self.name,
+                cause="websocket timeout",
+            ) from None
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -214,12 +219,15 @@ class ComfyClient(ComfyRest):
             body["extra_data"] = extra
         if front:
             body["front"] = True
-        job = Job(job_id, self.name, prompt,
-                  wants_previews=preview_method not in (None, "none"))
+        job = Job(job_id, self.name, prompt, wants_previews=preview_method not in (None, "none"))
         self.tracker.register(job)  # before the POST: events can beat the reply
         try:
-            response = await self._request("POST", "/prompt", content=json.dumps(body).encode("utf-8"),
-                                           headers={"Content-Type": "application/json"})
+            response = await self._request(
+                "POST",
+                "/prompt",
+                content=json.dumps(body).encode("utf-8"),
+                headers={"Content-Type": "application/json"},
+            )
         except asyncio.CancelledError:
             self.tracker.forget(job_id)
             # The server may have queued it before we stopped listening: our own id finds it.
@@ -241,7 +249,9 @@ class ComfyClient(ComfyRest):
             self.tracker.rekey(job, server_id)
         job.number = reply.get("number") if isinstance(reply, Mapping) else None
         job.warnings = parse_node_errors(reply.get("node_errors") if isinstance(reply, Mapping) else None)
-        job.accepted(JobQueued(job.prompt_id, job.number, self.name, tuple(r.describe() for r in job.warnings)))
+        job.accepted(
+            JobQueued(job.prompt_id, job.number, self.name, tuple(r.describe() for r in job.warnings))
+        )
         return job
 
     async def wait(self, job: Job, *, timeout: float | None = None, download: bool = True) -> JobResult:
@@ -253,14 +263,20 @@ class ComfyClient(ComfyRest):
             async with asyncio.timeout(timeout):
                 await job.wait_finished()
         except TimeoutError:
-            raise JobTimeout(f"job {job.prompt_id} not finished after {timeout:g} s", prompt_id=job.prompt_id,
-                             instance=self.name) from None
+            raise JobTimeout(
+                f"job {job.prompt_id} not finished after {timeout:g} s",
+                prompt_id=job.prompt_id,
+                instance=self.name,
+            ) from None
         if job.error is not None:
             raise job.error
         # Files announced by `executed` events are fetched while the history is read: the
         # history stays the authority on what the job produced, but we save a round trip.
-        prefetch = {_ref_key(ref): asyncio.create_task(self.download(ref))
-                    for ref in output_refs(job.outputs)} if download else {}
+        prefetch = (
+            {_ref_key(ref): asyncio.create_task(self.download(ref)) for ref in output_refs(job.outputs)}
+            if download
+            else {}
+        )
         try:
             entry = await self._finished_history(job)
         except BaseException:
@@ -280,10 +296,15 @@ class ComfyClient(ComfyRest):
         done = time.monotonic()
         started = job.started_at or job.submitted_at
         finished = job.finished_at or done
-        timings = JobTimings(queued=started - job.submitted_at, running=finished - started,
-                             fetching=done - finished, total=done - job.submitted_at)
-        return JobResult(job.prompt_id, self.name, files, outputs, timings, job.warnings,
-                         tuple(sorted(job.cached_nodes)))
+        timings = JobTimings(
+            queued=started - job.submitted_at,
+            running=finished - started,
+            fetching=done - finished,
+            total=done - job.submitted_at,
+        )
+        return JobResult(
+            job.prompt_id, self.name, files, outputs, timings, job.warnings, tuple(sorted(job.cached_nodes))
+        )
 
     async def run(
         self,
@@ -301,12 +322,14 @@ class ComfyClient(ComfyRest):
         job = await self.submit(prompt, **submit_kwargs)
         follower = None
         if on_event is not None:
+
             async def follow() -> None:
                 async for event in job.events():
                     try:
                         on_event(event)
                     except Exception:  # a broken progress display must not lose the render
                         log.exception("%s: on_event callback failed", self.name)
+
             follower = asyncio.create_task(follow(), name=f"comfy-follow-{job.prompt_id}")
         try:
             return await self.wait(job, timeout=timeout)
@@ -354,13 +377,21 @@ class ComfyClient(ComfyRest):
                 self._cancelled.popitem(last=False)
         return outcome
 
-    async def _collect_files(self, outputs: Mapping[str, Any], prefetch: dict[tuple, asyncio.Task]) -> tuple[OutputFile, ...]:
+    async def _collect_files(
+        self, outputs: Mapping[str, Any], prefetch: dict[tuple, asyncio.Task]
+    ) -> tuple[OutputFile, ...]:
         refs = output_refs(outputs)
         wanted = {_ref_key(ref) for ref in refs}
         await _cancel_all(task for key, task in prefetch.items() if key not in wanted)
         try:
-            return tuple(await asyncio.gather(*(
-                prefetch[_ref_key(ref)] if _ref_key(ref) in prefetch else self.download(ref) for ref in refs)))
+            return tuple(
+                await asyncio.gather(
+                    *(
+                        prefetch[_ref_key(ref)] if _ref_key(ref) in prefetch else self.download(ref)
+                        for ref in refs
+                    )
+                )
+            )
         finally:
             await _cancel_all(prefetch.values())
 
@@ -388,8 +419,12 @@ class ComfyClient(ComfyRest):
                 return entry
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise JobLost(f"finished but no history entry appeared within {self.timeouts.history:g} s",
-                              prompt_id=job.prompt_id, started=True, instance=self.name)
+                raise JobLost(
+                    f"finished but no history entry appeared within {self.timeouts.history:g} s",
+                    prompt_id=job.prompt_id,
+                    started=True,
+                    instance=self.name,
+                )
             try:
                 async with asyncio.timeout(min(delay, remaining)):
                     await job.history_written.wait()
@@ -431,9 +466,16 @@ class ComfyClient(ComfyRest):
         while not self._closing:
             try:
                 ws = await connect(
-                    url, additional_headers=dict(self.instance.headers) or None, open_timeout=self.timeouts.ws_open,
-                    max_size=None, proxy=None if self.instance.is_loopback else True, compression=None, user_agent_header="LunaNarrates-Operator",
-                    ping_interval=20, ping_timeout=20, close_timeout=2,
+                    url,
+                    additional_headers=dict(self.instance.headers) or None,
+                    open_timeout=self.timeouts.ws_open,
+                    max_size=None,
+                    proxy=None if self.instance.is_loopback else True,
+                    compression=None,
+                    user_agent_header="LunaNarrates-Operator",
+                    ping_interval=20,
+                    ping_timeout=20,
+                    close_timeout=2,
                 )
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 attempt += 1
@@ -443,7 +485,9 @@ class ComfyClient(ComfyRest):
             self._ws = ws
             try:
                 if self.previews:
-                    await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+                    await ws.send(
+                        json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}})
+                    )
                 self._connected.set()
                 self._disconnected_since = None
                 if ever_connected:
@@ -487,8 +531,14 @@ class ComfyClient(ComfyRest):
         last_contact = max(self._disconnected_since, self._last_http_ok or 0.0)
         if now - last_contact >= self.timeouts.reconnect_give_up:
             for job in self.tracker.active:
-                job.fail(JobLost(f"instance unreachable for {self.timeouts.reconnect_give_up:g} s ({exc})",
-                                 prompt_id=job.prompt_id, started=job.started, instance=self.name))
+                job.fail(
+                    JobLost(
+                        f"instance unreachable for {self.timeouts.reconnect_give_up:g} s ({exc})",
+                        prompt_id=job.prompt_id,
+                        started=job.started,
+                        instance=self.name,
+                    )
+                )
 
     async def _reconcile(self, jobs: list[Job] | None = None) -> None:
         """Settle unfinished jobs over HTTP: ``/queue`` first, then ``/history/{id}`` (§5.3)."""
@@ -518,8 +568,14 @@ class ComfyClient(ComfyRest):
                 if entry is not None:
                     job.finish_from_history(entry)
                 elif not job.done:
-                    job.fail(JobLost("in neither the queue nor the history (server restarted?)",
-                                     prompt_id=job.prompt_id, started=job.started, instance=self.name))
+                    job.fail(
+                        JobLost(
+                            "in neither the queue nor the history (server restarted?)",
+                            prompt_id=job.prompt_id,
+                            started=job.started,
+                            instance=self.name,
+                        )
+                    )
 
     async def _watchdog_loop(self) -> None:
         """Poll unfinished jobs while the socket is down; reconcile silent ones while it is up."""

@@ -18,7 +18,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from app.comfy.graph import Workflow, consumers, describe_node, is_link, links_into, node_title, sorted_node_ids
+from app.comfy.graph import (
+    Workflow,
+    consumers,
+    describe_node,
+    is_link,
+    links_into,
+    node_title,
+    sorted_node_ids,
+)
 from app.comfy.templates import Binding, InjectionMap, LoraChainTarget, LoraStackerTarget, ParamSpec
 
 KNOWN_SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
@@ -111,7 +119,9 @@ def _is_sampler(workflow: Workflow, node_id: str) -> bool:
     if _class(workflow, node_id) in KNOWN_SAMPLERS:
         return True
     linked = {name for name, _, _ in links_into(workflow[node_id])}
-    return {"positive", "negative"} <= linked and ("latent_image" in linked or "seed" in inputs or "noise_seed" in inputs)
+    return {"positive", "negative"} <= linked and (
+        "latent_image" in linked or "seed" in inputs or "noise_seed" in inputs
+    )
 
 
 def _sampler_cluster(workflow: Workflow, sampler: str) -> list[str]:
@@ -137,23 +147,35 @@ def _upstream(workflow: Workflow, start: str, via: tuple[str, ...]) -> list[str]
 
 def _latent_root(workflow: Workflow, sampler: str) -> str | None:
     nodes = _upstream(workflow, sampler, ("latent_image", "samples", "latent", "pixels", "image"))
-    return next((n for n in nodes[1:] if {"width", "height"} <= set(_inputs(workflow, n))
-                 or _class(workflow, n) in ("VAEEncode", "LoadImage")), None)
+    return next(
+        (
+            n
+            for n in nodes[1:]
+            if {"width", "height"} <= set(_inputs(workflow, n))
+            or _class(workflow, n) in ("VAEEncode", "LoadImage")
+        ),
+        None,
+    )
 
 
 def _choose_primary_sampler(state: _State) -> str | None:
     workflow = state.workflow
     samplers = [n for n in sorted_node_ids(workflow) if _is_sampler(workflow, n)]
     if not samplers:
-        state.notes.append("no sampler found (no KSampler-like node with positive/negative inputs): "
-                           "seed, steps, cfg, sampler, scheduler and denoise are not bound")
+        state.notes.append(
+            "no sampler found (no KSampler-like node with positive/negative inputs): "
+            "seed, steps, cfg, sampler, scheduler and denoise are not bound"
+        )
         return None
     if len(samplers) == 1:
         return samplers[0]
     # The first pass denoises an empty or encoded latent; later passes (hires fix, refiner)
     # denoise another sampler's output. Prefer the first pass.
-    fed_by_sampler = {s for s in samplers
-                      if any(n in samplers for n in _upstream(workflow, s, ("latent_image", "samples"))[1:])}
+    fed_by_sampler = {
+        s
+        for s in samplers
+        if any(n in samplers for n in _upstream(workflow, s, ("latent_image", "samples"))[1:])
+    }
     first_pass = [s for s in samplers if s not in fed_by_sampler] or samplers
     chosen = first_pass[0]
     others = [s for s in samplers if s != chosen]
@@ -215,16 +237,23 @@ def _detect_prompts(state: _State, sampler: str | None) -> list[str]:
             positive += [e for e in _encoders_from(workflow, node, "conditioning") if e not in positive]
             negative += [e for e in _encoders_from(workflow, node, "negative") if e not in negative]
     if not positive and not negative:
-        encoders = [n for n in sorted_node_ids(workflow) if any(t in _inputs(workflow, n) for t in TEXT_INPUTS)
-                    and "encode" in _class(workflow, n).lower()]
+        encoders = [
+            n
+            for n in sorted_node_ids(workflow)
+            if any(t in _inputs(workflow, n) for t in TEXT_INPUTS) and "encode" in _class(workflow, n).lower()
+        ]
         positive = [n for n in encoders if "negative" not in node_title(workflow, n).lower()]
         negative = [n for n in encoders if "negative" in node_title(workflow, n).lower()]
         if encoders:
             state.notes.append("prompts found by node title only (no sampler links to follow)")
     both = [n for n in positive if n in negative]
     if both:
-        state.ambiguous("positive", "the same encoder feeds positive and negative: "
-                        + ", ".join(describe_node(workflow, n) for n in both), both)
+        state.ambiguous(
+            "positive",
+            "the same encoder feeds positive and negative: "
+            + ", ".join(describe_node(workflow, n) for n in both),
+            both,
+        )
         positive = [n for n in positive if n not in both] or positive
         negative = [n for n in negative if n not in both]
     for param, encoders, other in (("positive", positive, "negative"), ("negative", negative, "positive")):
@@ -234,13 +263,20 @@ def _detect_prompts(state: _State, sampler: str | None) -> list[str]:
         if len(encoders) > 1:
             by_title = [n for n in encoders if param[:3] in node_title(workflow, n).lower()]
             chosen = by_title[0] if by_title else encoders[0]
-            state.ambiguous(param, f"{len(encoders)} text encoders feed the sampler's {param} input; bound "
-                            f"{describe_node(workflow, chosen)}, not "
-                            + ", ".join(describe_node(workflow, n) for n in encoders if n != chosen),
-                            encoders)
+            state.ambiguous(
+                param,
+                f"{len(encoders)} text encoders feed the sampler's {param} input; bound "
+                f"{describe_node(workflow, chosen)}, not "
+                + ", ".join(describe_node(workflow, n) for n in encoders if n != chosen),
+                encoders,
+            )
         if other in node_title(workflow, chosen).lower():
-            state.ambiguous(param, f"{describe_node(workflow, chosen)} is titled '{other}' but feeds the "
-                            f"sampler's {param} input; bound by the graph", [chosen])
+            state.ambiguous(
+                param,
+                f"{describe_node(workflow, chosen)} is titled '{other}' but feeds the "
+                f"sampler's {param} input; bound by the graph",
+                [chosen],
+            )
         bindings = _text_bindings(workflow, chosen)
         if bindings:
             state.add(param, "text", bindings)
@@ -252,8 +288,16 @@ def _detect_sampler_params(state: _State, sampler: str) -> None:
     cluster = _sampler_cluster(workflow, sampler)
     for param, kind, names in SCALAR_PARAMS:
         for node in cluster:
-            binding = next((b for name in names if name in _inputs(workflow, node)
-                            for b in [_literal_binding(workflow, node, name)] if b), None)
+            binding = next(
+                (
+                    b
+                    for name in names
+                    if name in _inputs(workflow, node)
+                    for b in [_literal_binding(workflow, node, name)]
+                    if b
+                ),
+                None,
+            )
             if binding is not None:
                 state.add(param, kind, [binding], randomize=(kind == "seed"))
                 break
@@ -263,14 +307,21 @@ def _detect_size(state: _State, sampler: str | None, encoders: list[str]) -> Non
     workflow = state.workflow
     root = _latent_root(workflow, sampler) if sampler else None
     if root is None:
-        empties = [n for n in sorted_node_ids(workflow)
-                   if re.match(r"^Empty.*Latent", _class(workflow, n)) and "width" in _inputs(workflow, n)]
+        empties = [
+            n
+            for n in sorted_node_ids(workflow)
+            if re.match(r"^Empty.*Latent", _class(workflow, n)) and "width" in _inputs(workflow, n)
+        ]
         root = empties[0] if empties else None
         if len(empties) > 1:
-            state.ambiguous("width", "several empty-latent nodes; bound " + describe_node(workflow, root), empties)
+            state.ambiguous(
+                "width", "several empty-latent nodes; bound " + describe_node(workflow, root), empties
+            )
     if root is not None and _class(workflow, root) in ("VAEEncode", "LoadImage"):
-        state.notes.append("the sampler denoises an encoded image: the size follows the input image "
-                           "(width/height are only bound to size-conditioning inputs)")
+        state.notes.append(
+            "the sampler denoises an encoded image: the size follows the input image "
+            "(width/height are only bound to size-conditioning inputs)"
+        )
         root = None
     for param in ("width", "height"):
         bindings = []
@@ -304,14 +355,19 @@ def _detect_models(state: _State, sampler: str | None) -> None:
     workflow = state.workflow
     model_chain = _upstream(workflow, sampler, ("model", "guider")) if sampler else []
     for param, input_name in (("checkpoint", "ckpt_name"), ("unet", "unet_name"), ("vae", "vae_name")):
-        nodes = [n for n in sorted_node_ids(workflow) if isinstance(_inputs(workflow, n).get(input_name), str)]
+        nodes = [
+            n for n in sorted_node_ids(workflow) if isinstance(_inputs(workflow, n).get(input_name), str)
+        ]
         if not nodes:
             continue
         preferred = [n for n in nodes if n in model_chain] or nodes
         chosen = preferred[0]
         if len(nodes) > 1:
-            state.ambiguous(param, f"{len(nodes)} nodes have '{input_name}'; bound {describe_node(workflow, chosen)}",
-                            nodes)
+            state.ambiguous(
+                param,
+                f"{len(nodes)} nodes have '{input_name}'; bound {describe_node(workflow, chosen)}",
+                nodes,
+            )
         state.add(param, "choice", [Binding(chosen, input_name)])
 
 
@@ -322,31 +378,48 @@ def _stacker_target(workflow: Workflow, node: str) -> LoraStackerTarget | None:
         for role, regex in _STACKER_PATTERNS.items():
             match = regex.match(name)
             if match:
-                patterns.setdefault(role, name[: match.start(2)] + "{i}" + name[match.end(2):])
+                patterns.setdefault(role, name[: match.start(2)] + "{i}" + name[match.end(2) :])
                 slots = max(slots, int(match.group(2)))
     if "name" not in patterns or "model_strength" not in patterns:
         return None
-    return LoraStackerTarget(node=node, name=patterns["name"], model_strength=patterns["model_strength"],
-                             clip_strength=patterns.get("clip_strength"), enabled=patterns.get("enabled"),
-                             slots=slots)
+    return LoraStackerTarget(
+        node=node,
+        name=patterns["name"],
+        model_strength=patterns["model_strength"],
+        clip_strength=patterns.get("clip_strength"),
+        enabled=patterns.get("enabled"),
+        slots=slots,
+    )
 
 
 def _detect_loras(state: _State, sampler: str | None, encoders: list[str]) -> None:
     workflow = state.workflow
-    stackers = [n for n in sorted_node_ids(workflow)
-                if re.search(r"lora_?stack", _class(workflow, n), re.I) or "lora stacker" in node_title(workflow, n).lower()]
+    stackers = [
+        n
+        for n in sorted_node_ids(workflow)
+        if re.search(r"lora_?stack", _class(workflow, n), re.I)
+        or "lora stacker" in node_title(workflow, n).lower()
+    ]
     targets = [t for t in (_stacker_target(workflow, n) for n in stackers) if t]
     loaders = [n for n in sorted_node_ids(workflow) if _class(workflow, n) in LORA_LOADERS]
     if targets:
         if len(targets) > 1 or loaders:
-            state.ambiguous("loras", f"bound the LoRA stacker {describe_node(workflow, targets[0].node)}; also found "
-                            + ", ".join(describe_node(workflow, n) for n in [t.node for t in targets[1:]] + loaders),
-                            [t.node for t in targets] + loaders)
+            state.ambiguous(
+                "loras",
+                f"bound the LoRA stacker {describe_node(workflow, targets[0].node)}; also found "
+                + ", ".join(describe_node(workflow, n) for n in [t.node for t in targets[1:]] + loaders),
+                [t.node for t in targets] + loaders,
+            )
         state.add("loras", "loras", (), lora=targets[0])
         return
     if loaders:
-        starts = [n for n in loaders if not (is_link(_inputs(workflow, n).get("model"))
-                                             and _inputs(workflow, n)["model"][0] in loaders)]
+        starts = [
+            n
+            for n in loaders
+            if not (
+                is_link(_inputs(workflow, n).get("model")) and _inputs(workflow, n)["model"][0] in loaders
+            )
+        ]
         chains = []
         for start in starts:
             chain = [start]
@@ -359,8 +432,12 @@ def _detect_loras(state: _State, sampler: str | None, encoders: list[str]) -> No
         model_chain = _upstream(workflow, sampler, ("model", "guider")) if sampler else []
         chosen = next((c for c in chains if c[-1] in model_chain), chains[0])
         if len(chains) > 1:
-            state.ambiguous("loras", f"{len(chains)} LoraLoader chains; bound the one ending at "
-                            f"{describe_node(workflow, chosen[-1])}", [c[0] for c in chains])
+            state.ambiguous(
+                "loras",
+                f"{len(chains)} LoraLoader chains; bound the one ending at "
+                f"{describe_node(workflow, chosen[-1])}",
+                [c[0] for c in chains],
+            )
         state.add("loras", "loras", (), lora=LoraChainTarget(nodes=tuple(chosen)))
         return
     model_source = _loader_root(workflow, sampler, "model") if sampler else None
@@ -374,31 +451,47 @@ def _detect_loras(state: _State, sampler: str | None, encoders: list[str]) -> No
     local_encoders = [e for e in encoders if not _class(workflow, e).startswith("LunaShared")]
     clip_sources = {s for s in (_loader_root(workflow, e, "clip") for e in local_encoders) if s}
     if len(clip_sources) > 1:
-        state.ambiguous("loras", "the prompts use different CLIP models; LoRAs will patch the model only",
-                        [s[0] for s in clip_sources])
+        state.ambiguous(
+            "loras",
+            "the prompts use different CLIP models; LoRAs will patch the model only",
+            [s[0] for s in clip_sources],
+        )
     clip_source = next(iter(clip_sources)) if len(clip_sources) == 1 else None
     state.add("loras", "loras", (), lora=LoraChainTarget(model_source=model_source, clip_source=clip_source))
     if clip_source is None:
-        state.notes.append("no CLIP loader feeds the prompts (e.g. daemon text encoding): LoRAs patch the model only")
+        state.notes.append(
+            "no CLIP loader feeds the prompts (e.g. daemon text encoding): LoRAs patch the model only"
+        )
 
 
 def _detect_init_image(state: _State, sampler: str | None) -> None:
     workflow = state.workflow
-    loads = [n for n in sorted_node_ids(workflow)
-             if "loadimage" in _class(workflow, n).lower() and isinstance(_inputs(workflow, n).get("image"), str)]
+    loads = [
+        n
+        for n in sorted_node_ids(workflow)
+        if "loadimage" in _class(workflow, n).lower() and isinstance(_inputs(workflow, n).get("image"), str)
+    ]
     if not loads:
         return
-    latent_side = set(_upstream(workflow, sampler, ("latent_image", "samples", "pixels", "image"))) if sampler else set()
+    latent_side = (
+        set(_upstream(workflow, sampler, ("latent_image", "samples", "pixels", "image")))
+        if sampler
+        else set()
+    )
     preferred = [n for n in loads if n in latent_side] or loads
     chosen = preferred[0]
     if len(loads) > 1:
-        state.ambiguous("init_image", f"{len(loads)} image loaders; bound {describe_node(workflow, chosen)}", loads)
+        state.ambiguous(
+            "init_image", f"{len(loads)} image loaders; bound {describe_node(workflow, chosen)}", loads
+        )
     state.add("init_image", "image", [Binding(chosen, "image")])
 
 
 def _detect_outputs(state: _State) -> None:
     workflow = state.workflow
-    saves = [n for n in sorted_node_ids(workflow) if isinstance(_inputs(workflow, n).get("filename_prefix"), str)]
+    saves = [
+        n for n in sorted_node_ids(workflow) if isinstance(_inputs(workflow, n).get("filename_prefix"), str)
+    ]
     if saves:
         state.add("filename_prefix", "text", [Binding(n, "filename_prefix") for n in saves])
 
@@ -418,5 +511,8 @@ def detect_map(workflow: Workflow) -> Detection:
     for required in ("positive", "seed"):
         if required not in state.params:
             state.notes.append(f"no '{required}' parameter could be detected")
-    return Detection(InjectionMap(params=state.params, description="detected"),
-                     tuple(state.ambiguities), tuple(state.notes))
+    return Detection(
+        InjectionMap(params=state.params, description="detected"),
+        tuple(state.ambiguities),
+        tuple(state.notes),
+    )

@@ -177,9 +177,7 @@ class JobLost(JobFailed):
     before it started can be resubmitted elsewhere with the same seed.
     """
 
-    def __init__(
-        self, reason: str, *, prompt_id: str, started: bool, instance: str | None = None
-    ) -> None:
+    def __init__(self, reason: str, *, prompt_id: str, started: bool, instance: str | None = None) -> None:
         super().__init__(f"job {prompt_id} lost: {reason}", prompt_id=prompt_id, instance=instance)
         self.reason = reason
         self.started = started
@@ -266,7 +264,9 @@ def parse_node_errors(node_errors: Any) -> tuple[NodeReason, ...]:
                 reasons.append(_reason_from_string(node_id, class_type, _text(item), dependents))
         if not items:
             reasons.append(
-                NodeReason(node_id, class_type, "unknown", "node failed validation", dependent_outputs=dependents)
+                NodeReason(
+                    node_id, class_type, "unknown", "node failed validation", dependent_outputs=dependents
+                )
             )
     return tuple(reasons)
 
@@ -277,7 +277,11 @@ def parse_prompt_rejection(status: int, body: Any, *, instance: str | None = Non
         text = _text(body).strip() or f"HTTP {status}"
         return PromptRejected(
             f"ComfyUI rejected the prompt: {text.splitlines()[0]}",
-            status=status, error_type="unparsed", details=text, body=body, instance=instance,
+            status=status,
+            error_type="unparsed",
+            details=text,
+            body=body,
+            instance=instance,
         )
     error = body.get("error")
     reasons = list(parse_node_errors(body.get("node_errors")))
@@ -306,6 +310,10 @@ def parse_prompt_rejection(status: int, body: Any, *, instance: str | None = Non
         details = ""
     return PromptRejected(
         f"ComfyUI rejected the prompt ({error_type}): {message}",
-        status=status, error_type=error_type, details=details, reasons=tuple(reasons),
-        body=dict(body), instance=instance,
+        status=status,
+        error_type=error_type,
+        details=details,
+        reasons=tuple(reasons),
+        body=dict(body),
+        instance=instance,
     )

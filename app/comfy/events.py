@@ -19,7 +19,7 @@ import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from app.comfy.errors import ComfyProtocolError
 
@@ -251,12 +251,27 @@ class Reconnected:
     prompt_id: None = None
 
 
-ComfyEvent = Union[
-    StatusEvent, ExecutionStart, ExecutionCached, Executing, Progress, ProgressState, Executed,
-    ExecutionSuccess, ExecutionError, ExecutionInterrupted, FeatureFlags, LogsEvent,
-    UnknownMessage, PreviewImage, ProgressText, UnknownBinary, JobQueued, ConnectionLost,
-    Reconnected,
-]
+ComfyEvent = (
+    StatusEvent
+    | ExecutionStart
+    | ExecutionCached
+    | Executing
+    | Progress
+    | ProgressState
+    | Executed
+    | ExecutionSuccess
+    | ExecutionError
+    | ExecutionInterrupted
+    | FeatureFlags
+    | LogsEvent
+    | UnknownMessage
+    | PreviewImage
+    | ProgressText
+    | UnknownBinary
+    | JobQueued
+    | ConnectionLost
+    | Reconnected
+)
 
 TERMINAL_EVENTS = (ExecutionSuccess, ExecutionError, ExecutionInterrupted)
 
@@ -325,7 +340,9 @@ def _event_from(kind: str, data: Mapping[str, Any]) -> Any:
     if kind == "executed" and pid and data.get("node") is not None:
         output = data.get("output")
         return Executed(
-            pid, str(data["node"]), _opt_str(data.get("display_node")),
+            pid,
+            str(data["node"]),
+            _opt_str(data.get("display_node")),
             dict(output) if isinstance(output, Mapping) else None,
         )
     if kind == "execution_success" and pid:
@@ -345,8 +362,11 @@ def _event_from(kind: str, data: Mapping[str, Any]) -> Any:
         )
     if kind == "execution_interrupted" and pid:
         return ExecutionInterrupted(
-            pid, _opt_str(data.get("node_id")), _opt_str(data.get("node_type")),
-            _ids(data.get("executed")), _opt_int(data.get("timestamp")),
+            pid,
+            _opt_str(data.get("node_id")),
+            _opt_str(data.get("node_type")),
+            _ids(data.get("executed")),
+            _opt_int(data.get("timestamp")),
         )
     if kind == "feature_flags":
         return FeatureFlags(dict(data))
@@ -399,8 +419,12 @@ def parse_binary(frame: bytes) -> Any:
             metadata = {}
         mime = str(metadata.get("image_type") or metadata.get("mime_type") or "application/octet-stream")
         return PreviewImage(
-            _opt_str(metadata.get("prompt_id")), _opt_str(metadata.get("node_id")), mime,
-            bytes(frame[end:]), dict(metadata), BINARY_PREVIEW_WITH_METADATA,
+            _opt_str(metadata.get("prompt_id")),
+            _opt_str(metadata.get("node_id")),
+            mime,
+            bytes(frame[end:]),
+            dict(metadata),
+            BINARY_PREVIEW_WITH_METADATA,
         )
     if event_type == BINARY_TEXT:
         if len(frame) < 8:
@@ -414,7 +438,9 @@ def parse_binary(frame: bytes) -> Any:
     return UnknownBinary(event_type, bytes(frame[4:]))
 
 
-def encode_preview(image: bytes, *, mime_type: str = "image/jpeg", metadata: Mapping[str, Any] | None = None) -> bytes:
+def encode_preview(
+    image: bytes, *, mime_type: str = "image/jpeg", metadata: Mapping[str, Any] | None = None
+) -> bytes:
     """Build a binary preview frame (type 4 when ``metadata`` is given, else type 1).
 
     The inverse of :func:`parse_binary`, used by the fake server and tests.

@@ -59,7 +59,9 @@ def ensure_api_format(data: Any, source: str = "workflow") -> Workflow:
     if isinstance(data, Mapping) and isinstance(data.get("prompt"), Mapping) and "class_type" not in data:
         data = data["prompt"]
     if not isinstance(data, Mapping) or not data:
-        raise WorkflowFormatError(f"{source} is not an API-format workflow: expected a non-empty JSON object of nodes")
+        raise WorkflowFormatError(
+            f"{source} is not an API-format workflow: expected a non-empty JSON object of nodes"
+        )
     for node_id, node in data.items():
         if not isinstance(node, Mapping):
             raise WorkflowFormatError(f"{source}: node {node_id!r} is not an object")
@@ -98,8 +100,9 @@ def links_into(node: Mapping[str, Any]) -> Iterator[tuple[str, str, int]]:
             yield name, value[0], value[1]
 
 
-def consumers(workflow: Mapping[str, Mapping[str, Any]], source_id: str, output_index: int | None = None
-              ) -> list[tuple[str, str]]:
+def consumers(
+    workflow: Mapping[str, Mapping[str, Any]], source_id: str, output_index: int | None = None
+) -> list[tuple[str, str]]:
     """``(node_id, input_name)`` of every input linked to ``source_id`` (optionally one output)."""
     found = []
     for node_id, node in workflow.items():
@@ -111,9 +114,11 @@ def consumers(workflow: Mapping[str, Mapping[str, Any]], source_id: str, output_
 
 def sorted_node_ids(workflow: Mapping[str, Any]) -> list[str]:
     """Node ids in a stable human order: numeric ids numerically, then the others."""
+
     def key(node_id: str) -> tuple[int, int, str]:
         head = node_id.split(":", 1)[0]
         return (0, int(head), node_id) if head.isdigit() else (1, 0, node_id)
+
     return sorted(workflow, key=key)
 
 

@@ -74,9 +74,13 @@ class InjectedWorkflow:
 
 def _number_in_range(spec: ParamSpec, value: float) -> None:
     if spec.minimum is not None and value < spec.minimum:
-        raise ParameterTypeError(spec.name, f"parameter '{spec.name}': {value} is below the minimum {spec.minimum}")
+        raise ParameterTypeError(
+            spec.name, f"parameter '{spec.name}': {value} is below the minimum {spec.minimum}"
+        )
     if spec.maximum is not None and value > spec.maximum:
-        raise ParameterTypeError(spec.name, f"parameter '{spec.name}': {value} is above the maximum {spec.maximum}")
+        raise ParameterTypeError(
+            spec.name, f"parameter '{spec.name}': {value} is above the maximum {spec.maximum}"
+        )
 
 
 def _lora_from(spec: ParamSpec, item: Any) -> LoraSpec:
@@ -89,11 +93,16 @@ def _lora_from(spec: ParamSpec, item: Any) -> LoraSpec:
         clip = item.get("strength_clip", item.get("clip"))
         for label, number in (("model strength", model), ("clip strength", clip)):
             if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
-                raise ParameterTypeError(spec.name, f"parameter '{spec.name}': LoRA {item['name']!r} {label} "
-                                         f"must be a number, got {number!r}")
+                raise ParameterTypeError(
+                    spec.name,
+                    f"parameter '{spec.name}': LoRA {item['name']!r} {label} "
+                    f"must be a number, got {number!r}",
+                )
         return LoraSpec(item["name"], float(model), None if clip is None else float(clip))
-    raise ParameterTypeError(spec.name, f"parameter '{spec.name}': each LoRA needs a name (and optional "
-                             f"model/clip strengths), got {item!r}")
+    raise ParameterTypeError(
+        spec.name,
+        f"parameter '{spec.name}': each LoRA needs a name (and optional model/clip strengths), got {item!r}",
+    )
 
 
 def check_value(spec: ParamSpec, value: Any, rng: random.Random | None = None) -> Any:
@@ -103,8 +112,9 @@ def check_value(spec: ParamSpec, value: Any, rng: random.Random | None = None) -
         if value == "random" or value == -1:
             return (rng or random.SystemRandom()).randrange(RANDOM_SEED_LIMIT)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
-            raise ParameterTypeError(name, f"parameter '{name}' (seed) must be an integer 0..2^64-1 or "
-                                     f"'random', got {value!r}")
+            raise ParameterTypeError(
+                name, f"parameter '{name}' (seed) must be an integer 0..2^64-1 or 'random', got {value!r}"
+            )
         return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -122,8 +132,11 @@ def check_value(spec: ParamSpec, value: Any, rng: random.Random | None = None) -
         return value
     if kind in ("text", "choice", "image"):
         if not isinstance(value, str) or (kind != "text" and not value):
-            raise ParameterTypeError(name, f"parameter '{name}' must be {'a' if kind == 'text' else 'a non-empty'} "
-                                     f"string, got {value!r}")
+            raise ParameterTypeError(
+                name,
+                f"parameter '{name}' must be {'a' if kind == 'text' else 'a non-empty'} "
+                f"string, got {value!r}",
+            )
         return value
     if kind == "loras":
         if isinstance(value, (str, Mapping, LoraSpec)):
@@ -177,7 +190,9 @@ def parse_value(spec: ParamSpec, text: str) -> Any:
 
 def _set_input(workflow: Workflow, spec: ParamSpec, node: str, input_name: str, value: Any) -> None:
     if node not in workflow:
-        raise BindingError(spec.name, f"parameter '{spec.name}' is bound to node #{node}, which the workflow lacks")
+        raise BindingError(
+            spec.name, f"parameter '{spec.name}' is bound to node #{node}, which the workflow lacks"
+        )
     workflow[node].setdefault("inputs", {})[input_name] = value
 
 
@@ -190,12 +205,15 @@ def _splice_out(workflow: Workflow, node: str) -> None:
     del workflow[node]
 
 
-def _apply_chain(workflow: Workflow, spec: ParamSpec, target: LoraChainTarget, loras: list[LoraSpec],
-                 warnings: list[str]) -> None:
+def _apply_chain(
+    workflow: Workflow, spec: ParamSpec, target: LoraChainTarget, loras: list[LoraSpec], warnings: list[str]
+) -> None:
     chain = list(target.nodes)
     for node in chain:
         if node not in workflow:
-            raise BindingError(spec.name, f"parameter '{spec.name}' lists LoRA loader #{node}, which the workflow lacks")
+            raise BindingError(
+                spec.name, f"parameter '{spec.name}' lists LoRA loader #{node}, which the workflow lacks"
+            )
     for node, lora in zip(chain, loras):
         inputs = workflow[node]["inputs"]
         inputs["lora_name"] = lora.name
@@ -203,10 +221,12 @@ def _apply_chain(workflow: Workflow, spec: ParamSpec, target: LoraChainTarget, l
         if "clip" in inputs or workflow[node]["class_type"] == "LoraLoader":
             inputs["strength_clip"] = lora.clip
         elif lora.strength_clip not in (None, 0.0):
-            warnings.append(f"LoRA {lora.name!r}: loader #{node} patches the model only; clip strength ignored")
-    for node in chain[len(loras):]:
+            warnings.append(
+                f"LoRA {lora.name!r}: loader #{node} patches the model only; clip strength ignored"
+            )
+    for node in chain[len(loras) :]:
         _splice_out(workflow, node)
-    extra = loras[len(chain):]
+    extra = loras[len(chain) :]
     if not extra:
         return
     if chain:
@@ -216,23 +236,41 @@ def _apply_chain(workflow: Workflow, spec: ParamSpec, target: LoraChainTarget, l
     else:
         model_source, clip_source = target.model_source, target.clip_source
     if model_source is None or model_source[0] not in workflow:
-        raise BindingError(spec.name, f"parameter '{spec.name}': no place to insert {len(extra)} more LoRA loader(s)")
+        raise BindingError(
+            spec.name, f"parameter '{spec.name}': no place to insert {len(extra)} more LoRA loader(s)"
+        )
     model_consumers = consumers(workflow, *model_source)
     clip_consumers = consumers(workflow, *clip_source) if clip_source else []
     current_model, current_clip = list(model_source), list(clip_source) if clip_source else None
     for position, lora in enumerate(extra, start=len(chain) + 1):
         node = new_node_id(workflow)
         if current_clip is not None:
-            workflow[node] = {"class_type": "LoraLoader", "_meta": {"title": f"LoRA {position} (Luna)"},
-                              "inputs": {"model": current_model, "clip": current_clip, "lora_name": lora.name,
-                                         "strength_model": lora.strength_model, "strength_clip": lora.clip}}
+            workflow[node] = {
+                "class_type": "LoraLoader",
+                "_meta": {"title": f"LoRA {position} (Luna)"},
+                "inputs": {
+                    "model": current_model,
+                    "clip": current_clip,
+                    "lora_name": lora.name,
+                    "strength_model": lora.strength_model,
+                    "strength_clip": lora.clip,
+                },
+            }
             current_model, current_clip = [node, 0], [node, 1]
         else:
             if lora.strength_clip not in (None, 0.0):
-                warnings.append(f"LoRA {lora.name!r}: this template encodes text outside ComfyUI; clip strength ignored")
-            workflow[node] = {"class_type": "LoraLoaderModelOnly", "_meta": {"title": f"LoRA {position} (Luna)"},
-                              "inputs": {"model": current_model, "lora_name": lora.name,
-                                         "strength_model": lora.strength_model}}
+                warnings.append(
+                    f"LoRA {lora.name!r}: this template encodes text outside ComfyUI; clip strength ignored"
+                )
+            workflow[node] = {
+                "class_type": "LoraLoaderModelOnly",
+                "_meta": {"title": f"LoRA {position} (Luna)"},
+                "inputs": {
+                    "model": current_model,
+                    "lora_name": lora.name,
+                    "strength_model": lora.strength_model,
+                },
+            }
             current_model = [node, 0]
     for consumer, input_name in model_consumers:
         workflow[consumer]["inputs"][input_name] = list(current_model)
@@ -240,13 +278,19 @@ def _apply_chain(workflow: Workflow, spec: ParamSpec, target: LoraChainTarget, l
         workflow[consumer]["inputs"][input_name] = list(current_clip)
 
 
-def _apply_stacker(workflow: Workflow, spec: ParamSpec, target: LoraStackerTarget, loras: list[LoraSpec],
-                   warnings: list[str]) -> None:
+def _apply_stacker(
+    workflow: Workflow, spec: ParamSpec, target: LoraStackerTarget, loras: list[LoraSpec], warnings: list[str]
+) -> None:
     if target.node not in workflow:
-        raise BindingError(spec.name, f"parameter '{spec.name}' is bound to stacker #{target.node}, which the workflow lacks")
+        raise BindingError(
+            spec.name, f"parameter '{spec.name}' is bound to stacker #{target.node}, which the workflow lacks"
+        )
     if len(loras) > target.slots:
-        raise ParameterTypeError(spec.name, f"parameter '{spec.name}': {len(loras)} LoRAs but the stacker "
-                                 f"#{target.node} has {target.slots} slots")
+        raise ParameterTypeError(
+            spec.name,
+            f"parameter '{spec.name}': {len(loras)} LoRAs but the stacker "
+            f"#{target.node} has {target.slots} slots",
+        )
     inputs = workflow[target.node]["inputs"]
     for slot in range(1, target.slots + 1):
         if slot <= len(loras):
@@ -256,7 +300,9 @@ def _apply_stacker(workflow: Workflow, spec: ParamSpec, target: LoraStackerTarge
             if target.clip_strength:
                 inputs[target.clip_strength.format(i=slot)] = lora.clip
             elif lora.strength_clip is not None and lora.strength_clip != lora.strength_model:
-                warnings.append(f"LoRA {lora.name!r}: the stacker has one strength per slot; used the model strength")
+                warnings.append(
+                    f"LoRA {lora.name!r}: the stacker has one strength per slot; used the model strength"
+                )
             if target.enabled:
                 inputs[target.enabled.format(i=slot)] = True
         elif target.enabled:
@@ -267,8 +313,9 @@ def _apply_stacker(workflow: Workflow, spec: ParamSpec, target: LoraStackerTarge
                 inputs[target.clip_strength.format(i=slot)] = 0.0
 
 
-def inject(template: Template, values: Mapping[str, Any] | None = None, *,
-           rng: random.Random | None = None) -> InjectedWorkflow:
+def inject(
+    template: Template, values: Mapping[str, Any] | None = None, *, rng: random.Random | None = None
+) -> InjectedWorkflow:
     """Apply ``values`` (parameter name → value) to a deep copy of the template's workflow.
 
     Parameters not given use their ``default`` (or, for ``randomize`` seeds, a random value);
@@ -279,8 +326,10 @@ def inject(template: Template, values: Mapping[str, Any] | None = None, *,
     unknown = [name for name in values if name not in params]
     if unknown:
         raise UnknownParameterError(
-            unknown[0], f"template '{template.name}' has no parameter '{unknown[0]}' "
-            f"(it has: {', '.join(params) or 'none'}); add a binding to its map to use it")
+            unknown[0],
+            f"template '{template.name}' has no parameter '{unknown[0]}' "
+            f"(it has: {', '.join(params) or 'none'}); add a binding to its map to use it",
+        )
     workflow = copy.deepcopy(template.workflow)
     applied: dict[str, Any] = {}
     warnings: list[str] = []
@@ -302,7 +351,9 @@ def inject(template: Template, values: Mapping[str, Any] | None = None, *,
                 _apply_chain(workflow, spec, spec.lora, value, warnings)
             continue
         if not spec.bindings:
-            raise BindingError(name, f"parameter '{name}' of template '{template.name}' is not bound to any input")
+            raise BindingError(
+                name, f"parameter '{name}' of template '{template.name}' is not bound to any input"
+            )
         for binding in spec.bindings:
             _set_input(workflow, spec, binding.node, binding.input, value)
     return InjectedWorkflow(workflow=workflow, values=applied, warnings=tuple(warnings))

@@ -49,14 +49,18 @@ class InstanceConfig:
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise InstanceConfigError(f"instance {self.name!r}: url {self.base_url!r} must be http(s)://host[:port][/path]")
+            raise InstanceConfigError(
+                f"instance {self.name!r}: url {self.base_url!r} must be http(s)://host[:port][/path]"
+            )
         if self.api_prefix and not self.api_prefix.startswith("/"):
             raise InstanceConfigError(f"instance {self.name!r}: api_prefix must start with '/' or be empty")
         for key, value in self.headers.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise InstanceConfigError(f"instance {self.name!r}: header {key!r} must be a string")
             if key.lower() == "origin":
-                raise InstanceConfigError(f"instance {self.name!r}: an Origin header makes ComfyUI answer 403; remove it")
+                raise InstanceConfigError(
+                    f"instance {self.name!r}: an Origin header makes ComfyUI answer 403; remove it"
+                )
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         object.__setattr__(self, "styles", tuple(self.styles))
         object.__setattr__(self, "headers", dict(self.headers))
@@ -110,8 +114,10 @@ class InstancesConfig:
 def default_instances(host: str = "127.0.0.1") -> InstancesConfig:
     """The seed's table: one local instance per style, unknown styles → anime (port 8188)."""
     return InstancesConfig(
-        tuple(InstanceConfig(f"comfyui-{style.replace('_', '-')}", f"http://{host}:{port}", (style,))
-              for style, port in DEFAULT_STYLE_PORTS.items()),
+        tuple(
+            InstanceConfig(f"comfyui-{style.replace('_', '-')}", f"http://{host}:{port}", (style,))
+            for style, port in DEFAULT_STYLE_PORTS.items()
+        ),
         default_style="anime",
     )
 

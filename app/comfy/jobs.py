@@ -23,19 +23,19 @@ import dataclasses
 import enum
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 from app.comfy.errors import ExecutionFailed, JobFailed, JobInterrupted, JobLost, NodeReason
 from app.comfy.events import (
+    Executed,
+    Executing,
     ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
-    Executed,
-    Executing,
     PreviewImage,
     Progress,
     ProgressState,
@@ -93,7 +93,9 @@ class Job:
     the end. ``error`` holds the :class:`JobFailed` of a job that did not succeed.
     """
 
-    def __init__(self, prompt_id: str, instance: str, prompt: Mapping[str, Any], *, wants_previews: bool = False) -> None:
+    def __init__(
+        self, prompt_id: str, instance: str, prompt: Mapping[str, Any], *, wants_previews: bool = False
+    ) -> None:
         self.prompt_id = prompt_id
         self.instance = instance
         self.prompt = prompt
@@ -143,8 +145,16 @@ class Job:
     @property
     def progress(self) -> JobProgress:
         done = len(self.executed_nodes | self.cached_nodes)
-        return JobProgress(self.prompt_id, self.state, self.node, self.node_value, self.node_max,
-                           done, len(self.prompt), len(self.cached_nodes))
+        return JobProgress(
+            self.prompt_id,
+            self.state,
+            self.node,
+            self.node_value,
+            self.node_max,
+            done,
+            len(self.prompt),
+            len(self.cached_nodes),
+        )
 
     # --- feeding ---------------------------------------------------------------------------
 
@@ -222,24 +232,44 @@ class Job:
             return
         elif isinstance(event, ExecutionError):
             self._append(event)
-            self._finish(JobState.FAILED, ExecutionFailed(
-                prompt_id=self.prompt_id, node_id=event.node_id, node_type=event.node_type,
-                exception_type=event.exception_type, exception_message=event.exception_message,
-                traceback=event.traceback, executed=event.executed, current_inputs=event.current_inputs,
-                instance=self.instance))
+            self._finish(
+                JobState.FAILED,
+                ExecutionFailed(
+                    prompt_id=self.prompt_id,
+                    node_id=event.node_id,
+                    node_type=event.node_type,
+                    exception_type=event.exception_type,
+                    exception_message=event.exception_message,
+                    traceback=event.traceback,
+                    executed=event.executed,
+                    current_inputs=event.current_inputs,
+                    instance=self.instance,
+                ),
+            )
             return
         elif isinstance(event, ExecutionInterrupted):
             self._append(event)
-            self._finish(JobState.INTERRUPTED, JobInterrupted(
-                prompt_id=self.prompt_id, node_id=event.node_id, node_type=event.node_type,
-                executed=event.executed, instance=self.instance))
+            self._finish(
+                JobState.INTERRUPTED,
+                JobInterrupted(
+                    prompt_id=self.prompt_id,
+                    node_id=event.node_id,
+                    node_type=event.node_type,
+                    executed=event.executed,
+                    instance=self.instance,
+                ),
+            )
             return
         self._append(event)
 
     def _finish(self, state: JobState, error: JobFailed | None) -> None:
         if self.done:
             return
-        if not self._accepted and error is not None and not isinstance(error, (ExecutionFailed, JobInterrupted)):
+        if (
+            not self._accepted
+            and error is not None
+            and not isinstance(error, (ExecutionFailed, JobInterrupted))
+        ):
             self._accepted = True  # failed before the reply (lost): nothing will open the stream
             self._log.extend(self._early)
             self._early = []
@@ -254,11 +284,16 @@ class Job:
 
     def fail(self, error: JobFailed) -> None:
         """End the job from outside the event stream (lost, cancelled while pending)."""
-        state = JobState.LOST if isinstance(error, JobLost) else JobState.INTERRUPTED \
-            if isinstance(error, JobInterrupted) else JobState.FAILED
+        state = (
+            JobState.LOST
+            if isinstance(error, JobLost)
+            else JobState.INTERRUPTED
+            if isinstance(error, JobInterrupted)
+            else JobState.FAILED
+        )
         self._finish(state, error)
 
-    def finish_from_history(self, entry: "Any") -> None:
+    def finish_from_history(self, entry: Any) -> None:
         """End the job from its history entry (after a reconnect missed the terminal event)."""
         self.history_written.set()
         if self.done:
@@ -271,7 +306,9 @@ class Job:
         if error is None:
             self._finish(JobState.SUCCEEDED, None)
         else:
-            self._finish(JobState.INTERRUPTED if isinstance(error, JobInterrupted) else JobState.FAILED, error)
+            self._finish(
+                JobState.INTERRUPTED if isinstance(error, JobInterrupted) else JobState.FAILED, error
+            )
 
 
 class JobTracker:

@@ -18,8 +18,12 @@ from app.comfy.templates import InjectionMap
 from app.comfy.validate import ValidationIssue
 
 
-def explain_reasons(reasons: Iterable[NodeReason], workflow: Workflow,
-                    injection_map: InjectionMap | None = None, severity: str = "error") -> list[ValidationIssue]:
+def explain_reasons(
+    reasons: Iterable[NodeReason],
+    workflow: Workflow,
+    injection_map: InjectionMap | None = None,
+    severity: str = "error",
+) -> list[ValidationIssue]:
     """One issue per reason, located by node title and injection parameter."""
     issues = []
     for reason in reasons:
@@ -37,25 +41,39 @@ def explain_reasons(reasons: Iterable[NodeReason], workflow: Workflow,
             message += " — a model file missing on this instance?"
         if reason.reason_type == "missing_node_type":
             message += " — install the custom node on this instance"
-        issues.append(ValidationIssue(
-            code=reason.reason_type, message=message, node_id=node_id,
-            node_title=title or (f"#{node_id}" if node_id is not None else None),
-            class_type=class_type, input_name=reason.input_name, params=params, severity=severity))
+        issues.append(
+            ValidationIssue(
+                code=reason.reason_type,
+                message=message,
+                node_id=node_id,
+                node_title=title or (f"#{node_id}" if node_id is not None else None),
+                class_type=class_type,
+                input_name=reason.input_name,
+                params=params,
+                severity=severity,
+            )
+        )
     return issues
 
 
-def explain_rejection(error: PromptRejected, workflow: Workflow,
-                      injection_map: InjectionMap | None = None) -> list[ValidationIssue]:
+def explain_rejection(
+    error: PromptRejected, workflow: Workflow, injection_map: InjectionMap | None = None
+) -> list[ValidationIssue]:
     """Issues for a rejected prompt; a top-level-only error becomes one issue without a node."""
     issues = explain_reasons(error.reasons, workflow, injection_map)
     if not issues:
-        issues.append(ValidationIssue(code=error.error_type, message=error.summary
-                                      + (f" ({error.details})" if error.details else "")))
+        issues.append(
+            ValidationIssue(
+                code=error.error_type,
+                message=error.summary + (f" ({error.details})" if error.details else ""),
+            )
+        )
     return issues
 
 
-def explain_node_errors(node_errors: Any, workflow: Workflow,
-                        injection_map: InjectionMap | None = None) -> list[ValidationIssue]:
+def explain_node_errors(
+    node_errors: Any, workflow: Workflow, injection_map: InjectionMap | None = None
+) -> list[ValidationIssue]:
     """Warnings for ``node_errors`` that came with a 200 (some outputs were dropped)."""
     return explain_reasons(parse_node_errors(node_errors), workflow, injection_map, severity="warning")
 

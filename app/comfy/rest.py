@@ -58,7 +58,9 @@ class ComfyRest:
     """REST calls to one instance (see the module docstring); the session opens on first use."""
 
     def __init__(self, instance: InstanceConfig | str, *, timeouts: ComfyTimeouts | None = None) -> None:
-        self.instance = instance if isinstance(instance, InstanceConfig) else InstanceConfig(instance, instance)
+        self.instance = (
+            instance if isinstance(instance, InstanceConfig) else InstanceConfig(instance, instance)
+        )
         self.name = self.instance.name
         self.timeouts = timeouts or ComfyTimeouts()
         self.queue_remaining_seen: int | None = None
@@ -94,7 +96,9 @@ class ComfyRest:
     def _path(self, path: str) -> str:
         return (self.instance.api_prefix + path).lstrip("/")
 
-    async def _request(self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
         if self._http is None:
             await self._ensure_started()
         assert self._http is not None
@@ -103,29 +107,38 @@ class ComfyRest:
         try:
             response = await self._http.request(method, self._path(path), **kwargs)
         except httpx.TimeoutException as exc:
-            raise ComfyUnavailable(f"{self.name}: {method} {path} timed out", instance=self.name,
-                                   cause=f"timeout: {exc!r}") from exc
+            raise ComfyUnavailable(
+                f"{self.name}: {method} {path} timed out", instance=self.name, cause=f"timeout: {exc!r}"
+            ) from exc
         except httpx.HTTPError as exc:
-            raise ComfyUnavailable(f"{self.name}: {method} {path} failed: {exc}", instance=self.name,
-                                   cause=repr(exc)) from exc
+            raise ComfyUnavailable(
+                f"{self.name}: {method} {path} failed: {exc}", instance=self.name, cause=repr(exc)
+            ) from exc
         if response.status_code < 500:
             self._last_http_ok = time.monotonic()
         if response.status_code >= 500:
-            raise ComfyUnavailable(f"{self.name}: {method} {path} answered {response.status_code}: "
-                                   f"{response.text[:200]}", instance=self.name, cause=f"HTTP {response.status_code}")
+            raise ComfyUnavailable(
+                f"{self.name}: {method} {path} answered {response.status_code}: {response.text[:200]}",
+                instance=self.name,
+                cause=f"HTTP {response.status_code}",
+            )
         return response
 
     def _json(self, response: httpx.Response, what: str) -> Any:
         try:
             return response.json()
         except ValueError as exc:
-            raise ComfyProtocolError(f"{self.name}: {what} answered non-JSON ({response.status_code}): "
-                                     f"{response.text[:200]}", instance=self.name) from exc
+            raise ComfyProtocolError(
+                f"{self.name}: {what} answered non-JSON ({response.status_code}): {response.text[:200]}",
+                instance=self.name,
+            ) from exc
 
     async def _get_json(self, path: str, **kwargs: Any) -> Any:
         response = await self._request("GET", path, **kwargs)
         if response.status_code != 200:
-            raise ComfyProtocolError(f"{self.name}: GET {path} answered {response.status_code}", instance=self.name)
+            raise ComfyProtocolError(
+                f"{self.name}: GET {path} answered {response.status_code}", instance=self.name
+            )
         return self._json(response, f"GET {path}")
 
     # --- health / load ---------------------------------------------------------------------
@@ -143,8 +156,9 @@ class ComfyRest:
         try:
             value = int(body["exec_info"]["queue_remaining"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ComfyProtocolError(f"{self.name}: GET /prompt has no exec_info.queue_remaining",
-                                     instance=self.name) from exc
+            raise ComfyProtocolError(
+                f"{self.name}: GET /prompt has no exec_info.queue_remaining", instance=self.name
+            ) from exc
         self.queue_remaining_seen = value
         return value
 
@@ -160,7 +174,9 @@ class ComfyRest:
             if self._object_info is None or refresh:
                 body = await self._get_json("/object_info", timeout=max(self.timeouts.request, 60.0))
                 if not isinstance(body, dict):
-                    raise ComfyProtocolError(f"{self.name}: /object_info is not an object", instance=self.name)
+                    raise ComfyProtocolError(
+                        f"{self.name}: /object_info is not an object", instance=self.name
+                    )
                 self._object_info = body
             return self._object_info
 
@@ -174,7 +190,9 @@ class ComfyRest:
 
     async def free(self, *, unload_models: bool = True, free_memory: bool = False) -> None:
         """``POST /free``: unload models (and caches); applied once the current job ends."""
-        await self._request("POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory})
+        await self._request(
+            "POST", "/free", json={"unload_models": unload_models, "free_memory": free_memory}
+        )
 
     # --- files -----------------------------------------------------------------------------
 
@@ -182,7 +200,9 @@ class ComfyRest:
         """``/history/{id}``; None while the entry does not exist (pending, running, lost…)."""
         body = await self._get_json(f"/history/{prompt_id}")
         if not isinstance(body, Mapping):
-            raise ComfyProtocolError(f"{self.name}: /history/{prompt_id} is not an object", instance=self.name)
+            raise ComfyProtocolError(
+                f"{self.name}: /history/{prompt_id} is not an object", instance=self.name
+            )
         entry = body.get(prompt_id)
         return HistoryEntry.parse(prompt_id, entry) if isinstance(entry, Mapping) else None
 
@@ -191,8 +211,11 @@ class ComfyRest:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
         response = await self._request("GET", "/view", params=params, timeout=self.timeouts.upload)
         if response.status_code != 200:
-            raise OutputMissing(f"{self.name}: /view {ref.type}/{ref.subfolder}/{ref.filename} answered "
-                                f"{response.status_code}", instance=self.name)
+            raise OutputMissing(
+                f"{self.name}: /view {ref.type}/{ref.subfolder}/{ref.filename} answered "
+                f"{response.status_code}",
+                instance=self.name,
+            )
         mime = response.headers.get("content-type", "").split(";")[0].strip()
         if not mime or mime == "application/octet-stream":
             mime = mimetypes.guess_type(ref.filename)[0] or "application/octet-stream"
@@ -203,18 +226,30 @@ class ComfyRest:
         refs = output_refs(outputs)
         return tuple(await asyncio.gather(*(self.download(ref) for ref in refs)))
 
-    async def upload_image(self, data: bytes, filename: str, *, subfolder: str = "", type: str = "input",
-                           overwrite: bool = False) -> UploadedImage:
+    async def upload_image(
+        self, data: bytes, filename: str, *, subfolder: str = "", type: str = "input", overwrite: bool = False
+    ) -> UploadedImage:
         """``POST /upload/image`` (multipart). The server may rename: use the returned reference."""
         mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         form = {"type": type, "subfolder": subfolder, "overwrite": "true" if overwrite else "false"}
-        response = await self._request("POST", "/upload/image", files={"image": (filename, data, mime)},
-                                       data=form, timeout=self.timeouts.upload)
+        response = await self._request(
+            "POST",
+            "/upload/image",
+            files={"image": (filename, data, mime)},
+            data=form,
+            timeout=self.timeouts.upload,
+        )
         if response.status_code != 200:
-            raise ComfyProtocolError(f"{self.name}: upload of {filename!r} answered {response.status_code}: "
-                                     f"{response.text[:200]}", instance=self.name)
+            raise ComfyProtocolError(
+                f"{self.name}: upload of {filename!r} answered {response.status_code}: {response.text[:200]}",
+                instance=self.name,
+            )
         body = self._json(response, "POST /upload/image")
         try:
-            return UploadedImage(str(body["name"]), str(body.get("subfolder") or ""), str(body.get("type") or type))
+            return UploadedImage(
+                str(body["name"]), str(body.get("subfolder") or ""), str(body.get("type") or type)
+            )
         except (KeyError, TypeError) as exc:
-            raise ComfyProtocolError(f"{self.name}: upload reply has no 'name': {body!r}", instance=self.name) from exc
+            raise ComfyProtocolError(
+                f"{self.name}: upload reply has no 'name': {body!r}", instance=self.name
+            ) from exc

@@ -55,10 +55,21 @@ def output_refs(outputs: Mapping[str, Any]) -> list[OutputRef]:
                 continue
             for item in items:
                 if isinstance(item, Mapping) and isinstance(item.get("filename"), str):
-                    extra = {k: v for k, v in item.items()
-                             if k not in ("filename", "subfolder", "type", "fullpath")}
-                    refs.append(OutputRef(str(node_id), item["filename"], str(item.get("subfolder") or ""),
-                                          str(item.get("type") or "output"), str(key), extra))
+                    extra = {
+                        k: v
+                        for k, v in item.items()
+                        if k not in ("filename", "subfolder", "type", "fullpath")
+                    }
+                    refs.append(
+                        OutputRef(
+                            str(node_id),
+                            item["filename"],
+                            str(item.get("subfolder") or ""),
+                            str(item.get("type") or "output"),
+                            str(key),
+                            extra,
+                        )
+                    )
     return refs
 
 
@@ -74,15 +85,21 @@ class HistoryEntry:
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
-    def parse(cls, prompt_id: str, entry: Mapping[str, Any]) -> "HistoryEntry":
+    def parse(cls, prompt_id: str, entry: Mapping[str, Any]) -> HistoryEntry:
         status = entry.get("status") if isinstance(entry.get("status"), Mapping) else {}
         messages = []
         for message in status.get("messages") or ():
             if isinstance(message, (list, tuple)) and len(message) == 2 and isinstance(message[1], Mapping):
                 messages.append((str(message[0]), dict(message[1])))
         outputs = entry.get("outputs") if isinstance(entry.get("outputs"), Mapping) else {}
-        return cls(prompt_id, dict(outputs), status.get("status_str"), status.get("completed"),
-                   tuple(messages), dict(entry))
+        return cls(
+            prompt_id,
+            dict(outputs),
+            status.get("status_str"),
+            status.get("completed"),
+            tuple(messages),
+            dict(entry),
+        )
 
     @property
     def execution_started(self) -> bool:
@@ -93,20 +110,35 @@ class HistoryEntry:
         for name, data in self.messages:
             if name == "execution_error":
                 return ExecutionFailed(
-                    prompt_id=prompt_id, node_id=_opt(data.get("node_id")), node_type=_opt(data.get("node_type")),
+                    prompt_id=prompt_id,
+                    node_id=_opt(data.get("node_id")),
+                    node_type=_opt(data.get("node_type")),
                     exception_type=str(data.get("exception_type") or "Exception"),
                     exception_message=str(data.get("exception_message") or ""),
                     traceback=tuple(str(x) for x in data.get("traceback") or ()),
                     executed=tuple(str(x) for x in data.get("executed") or ()),
-                    current_inputs=data.get("current_inputs") if isinstance(data.get("current_inputs"), Mapping) else {},
-                    instance=instance)
+                    current_inputs=data.get("current_inputs")
+                    if isinstance(data.get("current_inputs"), Mapping)
+                    else {},
+                    instance=instance,
+                )
             if name == "execution_interrupted":
-                return JobInterrupted(prompt_id=prompt_id, node_id=_opt(data.get("node_id")),
-                                      node_type=_opt(data.get("node_type")),
-                                      executed=tuple(str(x) for x in data.get("executed") or ()), instance=instance)
+                return JobInterrupted(
+                    prompt_id=prompt_id,
+                    node_id=_opt(data.get("node_id")),
+                    node_type=_opt(data.get("node_type")),
+                    executed=tuple(str(x) for x in data.get("executed") or ()),
+                    instance=instance,
+                )
         if self.status_str == "error":
-            return ExecutionFailed(prompt_id=prompt_id, node_id=None, node_type=None, exception_type="Error",
-                                   exception_message="ComfyUI recorded the job as failed", instance=instance)
+            return ExecutionFailed(
+                prompt_id=prompt_id,
+                node_id=None,
+                node_type=None,
+                exception_type="Error",
+                exception_message="ComfyUI recorded the job as failed",
+                instance=instance,
+            )
         return None
 
 
@@ -141,21 +173,33 @@ class SystemStats:
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> "SystemStats":
+    def parse(cls, body: Mapping[str, Any]) -> SystemStats:
         system = body.get("system") if isinstance(body.get("system"), Mapping) else {}
         devices = []
         for device in body.get("devices") or ():
             if not isinstance(device, Mapping):
                 continue
-            devices.append(DeviceStats(
-                name=str(device.get("name", "")), type=str(device.get("type", "")),
-                index=device.get("index") if isinstance(device.get("index"), int) else None,
-                vram_total=int(device.get("vram_total") or 0), vram_free=int(device.get("vram_free") or 0),
-                torch_vram_total=int(device.get("torch_vram_total") or 0),
-                torch_vram_free=int(device.get("torch_vram_free") or 0)))
-        return cls(_opt(system.get("comfyui_version")), _opt(system.get("python_version")),
-                   _opt(system.get("pytorch_version")), _opt(system.get("os")),
-                   system.get("ram_total"), system.get("ram_free"), tuple(devices), dict(body))
+            devices.append(
+                DeviceStats(
+                    name=str(device.get("name", "")),
+                    type=str(device.get("type", "")),
+                    index=device.get("index") if isinstance(device.get("index"), int) else None,
+                    vram_total=int(device.get("vram_total") or 0),
+                    vram_free=int(device.get("vram_free") or 0),
+                    torch_vram_total=int(device.get("torch_vram_total") or 0),
+                    torch_vram_free=int(device.get("torch_vram_free") or 0),
+                )
+            )
+        return cls(
+            _opt(system.get("comfyui_version")),
+            _opt(system.get("python_version")),
+            _opt(system.get("pytorch_version")),
+            _opt(system.get("os")),
+            system.get("ram_total"),
+            system.get("ram_free"),
+            tuple(devices),
+            dict(body),
+        )
 
 
 @dataclass(frozen=True)
@@ -175,7 +219,7 @@ class QueueSnapshot:
     pending: tuple[QueueItem, ...]
 
     @classmethod
-    def parse(cls, body: Mapping[str, Any]) -> "QueueSnapshot":
+    def parse(cls, body: Mapping[str, Any]) -> QueueSnapshot:
         def items(raw: Any) -> list[QueueItem]:
             result = []
             for item in raw or ():

@@ -32,9 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
 from app.comfy.errors import ComfyError, ComfyUnavailable, JobLost, NoInstanceAvailable
@@ -134,14 +134,25 @@ class _Member:
         primary = self.devices[0] if self.devices else None
         live = self.client.queue_remaining_seen
         return InstanceSnapshot(
-            name=self.config.name, base_url=self.config.base_url, styles=self.config.styles,
-            state=self.state, connected=self.client.connected, last_error=self.last_error,
+            name=self.config.name,
+            base_url=self.config.base_url,
+            styles=self.config.styles,
+            state=self.state,
+            connected=self.client.connected,
+            last_error=self.last_error,
             queue_remaining=live if live is not None else self.queue_remaining,
-            jobs_in_flight=self.in_flight, jobs_waiting_here=max(0, (live or 0) - self.in_flight),
-            jobs_done=self.done, jobs_failed=self.failed, mean_job_seconds=self.mean_seconds,
+            jobs_in_flight=self.in_flight,
+            jobs_waiting_here=max(0, (live or 0) - self.in_flight),
+            jobs_done=self.done,
+            jobs_failed=self.failed,
+            mean_job_seconds=self.mean_seconds,
             comfyui_version=self.stats_version,
-            vram_total=primary.vram_total if primary else None, vram_free=primary.vram_free if primary else None,
-            devices=self.devices, consecutive_failures=self.failures, last_checked=self.last_checked)
+            vram_total=primary.vram_total if primary else None,
+            vram_free=primary.vram_free if primary else None,
+            devices=self.devices,
+            consecutive_failures=self.failures,
+            last_checked=self.last_checked,
+        )
 
 
 SnapshotListener = Callable[[RouterSnapshot], None]
@@ -175,7 +186,7 @@ class StyleRouter:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "StyleRouter":
+    async def __aenter__(self) -> StyleRouter:
         await self.start()
         return self
 
@@ -190,7 +201,9 @@ class StyleRouter:
         for member in self._members:
             await member.client.start()
             self._unsubscribe.append(member.client.add_listener(self._on_client_event(member)))
-            self._tasks.append(asyncio.create_task(self._health_loop(member), name=f"health-{member.config.name}"))
+            self._tasks.append(
+                asyncio.create_task(self._health_loop(member), name=f"health-{member.config.name}")
+            )
 
     async def close(self) -> None:
         """Stop health tasks and close every client (jobs still in flight end with JobLost)."""
@@ -228,21 +241,27 @@ class StyleRouter:
         return "not_found"
 
     def snapshot(self) -> RouterSnapshot:
-        return RouterSnapshot(tuple(member.snapshot() for member in self._members), self._waiting, time.time())
+        return RouterSnapshot(
+            tuple(member.snapshot() for member in self._members), self._waiting, time.time()
+        )
 
     def add_listener(self, listener: SnapshotListener) -> Callable[[], None]:
         """Call ``listener(snapshot)`` after every change; returns an unsubscribe function."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    async def wait_until(self, predicate: Callable[[RouterSnapshot], bool], timeout: float | None = None) -> RouterSnapshot:
+    async def wait_until(
+        self, predicate: Callable[[RouterSnapshot], bool], timeout: float | None = None
+    ) -> RouterSnapshot:
         """Wait until ``predicate(snapshot)`` holds (checked after every change)."""
+
         async def waiter() -> RouterSnapshot:
             while True:
                 snap = self.snapshot()
                 if predicate(snap):
                     return snap
                 await self._next_change()
+
         async with asyncio.timeout(timeout):
             return await waiter()
 
@@ -275,6 +294,7 @@ class StyleRouter:
             elif isinstance(event, (ConnectionLost, Reconnected)):
                 member.probe_now.set()
                 self._notify()
+
         return on_event
 
     # --- health ----------------------------------------------------------------------------
@@ -332,8 +352,11 @@ class StyleRouter:
     def pick(self, style: str | None, *, exclude: set[str] | frozenset[str] = frozenset()) -> _Member | None:
         """The instance a job of ``style`` would go to now (None when all are busy or down)."""
         resolved = self.config.resolve_style(style)
-        free = [m for m in self._candidates(resolved, set(exclude))
-                if m.in_flight < self.settings.max_in_flight_per_instance]
+        free = [
+            m
+            for m in self._candidates(resolved, set(exclude))
+            if m.in_flight < self.settings.max_in_flight_per_instance
+        ]
         if not free:
             return None
         known = [m.mean_seconds for m in free if m.mean_seconds is not None]
@@ -390,20 +413,29 @@ class StyleRouter:
             self._notify()
             started = time.monotonic()
             try:
-                result = await member.client.run(workflow, on_event=on_event, timeout=timeout, **submit_kwargs)
+                result = await member.client.run(
+                    workflow, on_event=on_event, timeout=timeout, **submit_kwargs
+                )
             except (JobLost, ComfyUnavailable) as exc:
                 member.failed += 1
                 never_started = isinstance(exc, ComfyUnavailable) or not exc.started
-                if isinstance(exc, ComfyUnavailable) or "unreachable" in getattr(exc, "reason", "") \
-                        or "neither" in getattr(exc, "reason", ""):
+                if (
+                    isinstance(exc, ComfyUnavailable)
+                    or "unreachable" in getattr(exc, "reason", "")
+                    or "neither" in getattr(exc, "reason", "")
+                ):
                     member.state = "unhealthy"
                     member.last_error = str(exc)
                     member.probe_now.set()
                 if never_started and attempts < self.settings.resubmit_attempts and self._started:
                     attempts += 1
                     tried.add(member.config.name)
-                    log.warning("resubmitting a %s job: %s died before starting it (%s)",
-                                resolved, member.config.name, exc)
+                    log.warning(
+                        "resubmitting a %s job: %s died before starting it (%s)",
+                        resolved,
+                        member.config.name,
+                        exc,
+                    )
                     continue
                 raise
             except BaseException:

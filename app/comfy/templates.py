@@ -114,7 +114,8 @@ class InjectionMap:
     def params_at(self, node: str, input_name: str | None = None) -> list[str]:
         """Names of the parameters writing ``node`` (and ``input_name`` when given)."""
         return [
-            spec.name for spec in self.params.values()
+            spec.name
+            for spec in self.params.values()
             if any(b.node == node and (input_name is None or b.input == input_name) for b in spec.targets())
             or (isinstance(spec.lora, LoraChainTarget) and input_name is None and node in spec.lora.nodes)
         ]
@@ -145,8 +146,12 @@ class Template:
 def _parse_source(value: Any, where: str) -> tuple[str, int] | None:
     if value is None:
         return None
-    if (isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
-            and not isinstance(value[1], bool)):
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
         return str(value[0]), value[1]
     raise TemplateError(f"{where}: expected [node_id, output_index], got {value!r}")
 
@@ -156,11 +161,15 @@ def _parse_param(name: str, raw: Any, where: str) -> ParamSpec:
         raise TemplateError(f"{where}: parameter '{name}' must be a table")
     kind = raw.get("kind")
     if kind not in PARAM_KINDS:
-        raise TemplateError(f"{where}: parameter '{name}' has kind {kind!r}; expected one of {', '.join(PARAM_KINDS)}")
+        raise TemplateError(
+            f"{where}: parameter '{name}' has kind {kind!r}; expected one of {', '.join(PARAM_KINDS)}"
+        )
     bindings = []
     for item in raw.get("bind", []):
         if not isinstance(item, Mapping) or "node" not in item or not isinstance(item.get("input"), str):
-            raise TemplateError(f"{where}: parameter '{name}': each bind entry needs node and input, got {item!r}")
+            raise TemplateError(
+                f"{where}: parameter '{name}': each bind entry needs node and input, got {item!r}"
+            )
         bindings.append(Binding(str(item["node"]), item["input"]))
     lora: LoraChainTarget | LoraStackerTarget | None = None
     if kind == "loras":
@@ -181,13 +190,21 @@ def _parse_param(name: str, raw: Any, where: str) -> ParamSpec:
                 clip_source=_parse_source(raw.get("clip_source"), f"{where}: '{name}'.clip_source"),
             )
             if not lora.nodes and lora.model_source is None:
-                raise TemplateError(f"{where}: parameter '{name}' (loras) needs a chain, a model_source or a stacker")
+                raise TemplateError(
+                    f"{where}: parameter '{name}' (loras) needs a chain, a model_source or a stacker"
+                )
     elif not bindings:
         raise TemplateError(f"{where}: parameter '{name}' has no bind entries")
     return ParamSpec(
-        name=name, kind=kind, bindings=tuple(bindings), description=str(raw.get("description", "")),
-        default=raw.get("default"), randomize=bool(raw.get("randomize", False)),
-        minimum=raw.get("min"), maximum=raw.get("max"), lora=lora,
+        name=name,
+        kind=kind,
+        bindings=tuple(bindings),
+        description=str(raw.get("description", "")),
+        default=raw.get("default"),
+        randomize=bool(raw.get("randomize", False)),
+        minimum=raw.get("min"),
+        maximum=raw.get("max"),
+        lora=lora,
     )
 
 
@@ -197,7 +214,9 @@ def parse_map(data: Mapping[str, Any], where: str = "injection map") -> Injectio
     if not isinstance(params_raw, Mapping):
         raise TemplateError(f"{where}: [params] must be a table")
     params = {name: _parse_param(name, raw, where) for name, raw in params_raw.items()}
-    description = data.get("template", {}).get("description", "") if isinstance(data.get("template"), Mapping) else ""
+    description = (
+        data.get("template", {}).get("description", "") if isinstance(data.get("template"), Mapping) else ""
+    )
     return InjectionMap(params=params, description=str(description))
 
 
@@ -250,7 +269,10 @@ def dump_map(injection_map: InjectionMap) -> str:
             lines.append("randomize = true")
         if isinstance(spec.lora, LoraChainTarget):
             lines.append(f"chain = {_toml_value(list(spec.lora.nodes))}")
-            for key, src in (("model_source", spec.lora.model_source), ("clip_source", spec.lora.clip_source)):
+            for key, src in (
+                ("model_source", spec.lora.model_source),
+                ("clip_source", spec.lora.clip_source),
+            ):
                 if src is not None:
                     lines.append(f"{key} = {_toml_value(list(src))}")
         elif isinstance(spec.lora, LoraStackerTarget):
@@ -313,7 +335,7 @@ def find_template(ref: str | Path, search_dirs: Iterable[Path] | None = None) ->
 def list_templates(search_dirs: Iterable[Path] | None = None) -> dict[str, Path]:
     """Template names → JSON paths; a user template hides a shipped one of the same name."""
     found: dict[str, Path] = {}
-    for directory in (list(search_dirs) if search_dirs is not None else template_dirs()):
+    for directory in list(search_dirs) if search_dirs is not None else template_dirs():
         if directory.is_dir():
             for path in sorted(directory.glob("*.json")):
                 found.setdefault(path.stem, path)
@@ -324,22 +346,42 @@ def map_path_for(workflow_path: Path) -> Path:
     return workflow_path.with_name(workflow_path.stem + MAP_SUFFIX)
 
 
-def template_from_workflow(name: str, data: Any, *, injection_map: InjectionMap | None = None,
-                           source: str = "workflow", workflow_path: Path | None = None,
-                           map_path: Path | None = None, ui_workflow: dict | None = None,
-                           notes: tuple[str, ...] = ()) -> Template:
+def template_from_workflow(
+    name: str,
+    data: Any,
+    *,
+    injection_map: InjectionMap | None = None,
+    source: str = "workflow",
+    workflow_path: Path | None = None,
+    map_path: Path | None = None,
+    ui_workflow: dict | None = None,
+    notes: tuple[str, ...] = (),
+) -> Template:
     """Build a template from parsed JSON; without a map the detected one is used."""
     workflow = ensure_api_format(data, source)
     if injection_map is None:
         from app.comfy.detect import detect_map  # detect imports this module's types
 
         detection = detect_map(workflow)
-        return Template(name=name, workflow=workflow, injection_map=detection.injection_map,
-                        workflow_path=workflow_path, detected=True,
-                        notes=notes + tuple(detection.messages()), ui_workflow=ui_workflow)
+        return Template(
+            name=name,
+            workflow=workflow,
+            injection_map=detection.injection_map,
+            workflow_path=workflow_path,
+            detected=True,
+            notes=notes + tuple(detection.messages()),
+            ui_workflow=ui_workflow,
+        )
     check_map_against_workflow(injection_map, workflow, str(map_path or source))
-    return Template(name=name, workflow=workflow, injection_map=injection_map,
-                    workflow_path=workflow_path, map_path=map_path, notes=notes, ui_workflow=ui_workflow)
+    return Template(
+        name=name,
+        workflow=workflow,
+        injection_map=injection_map,
+        workflow_path=workflow_path,
+        map_path=map_path,
+        notes=notes,
+        ui_workflow=ui_workflow,
+    )
 
 
 def read_json(path: Path) -> Any:
@@ -373,5 +415,6 @@ def load_template(ref: str | Path, search_dirs: Iterable[Path] | None = None) ->
     path = find_template(ref, search_dirs)
     data = read_json(path)
     injection_map, map_file = read_map(path)
-    return template_from_workflow(path.stem, data, injection_map=injection_map, source=str(path),
-                                  workflow_path=path, map_path=map_file)
+    return template_from_workflow(
+        path.stem, data, injection_map=injection_map, source=str(path), workflow_path=path, map_path=map_file
+    )

@@ -95,20 +95,32 @@ class _Converter:
         self.notes: list[str] = []
 
     def refuse_unsupported(self, data: Mapping[str, Any]) -> None:
-        subgraph_ids = {s.get("id") for s in (data.get("definitions") or {}).get("subgraphs") or []
-                        if isinstance(s, Mapping)}
+        subgraph_ids = {
+            s.get("id")
+            for s in (data.get("definitions") or {}).get("subgraphs") or []
+            if isinstance(s, Mapping)
+        }
         for node in self.nodes.values():
             kind = str(node.get("type", ""))
             if kind in subgraph_ids or kind.startswith("workflow>") or kind.startswith("workflow/"):
                 raise UiConversionError(
                     f"node #{node['id']} ('{node.get('title') or kind}') is a group node or subgraph, which "
-                    f"Luna cannot convert. {EXPORT_API_HINT}")
-        missing = sorted({str(n.get("type")) for n in self.nodes.values()
-                          if n.get("mode", 0) != MUTED and n.get("type") not in self.object_info
-                          and n.get("type") not in PASS_THROUGH | IGNORED})
+                    f"Luna cannot convert. {EXPORT_API_HINT}"
+                )
+        missing = sorted(
+            {
+                str(n.get("type"))
+                for n in self.nodes.values()
+                if n.get("mode", 0) != MUTED
+                and n.get("type") not in self.object_info
+                and n.get("type") not in PASS_THROUGH | IGNORED
+            }
+        )
         if missing:
-            raise UiConversionError(f"the instance does not know the node type(s) {', '.join(missing)} "
-                                    "(custom nodes not installed?), so the UI workflow cannot be converted")
+            raise UiConversionError(
+                f"the instance does not know the node type(s) {', '.join(missing)} "
+                "(custom nodes not installed?), so the UI workflow cannot be converted"
+            )
 
     def resolve(self, link_id: Any, want_type: str | None = None, depth: int = 0) -> Any:
         """The API value for an input linked by ``link_id``: a link, a literal, or None (dropped)."""
@@ -169,13 +181,17 @@ class _Converter:
 
     def convert(self) -> Workflow:
         workflow: Workflow = {}
-        for node_id, node in sorted(self.nodes.items(), key=lambda item: (not isinstance(item[0], int), str(item[0]).zfill(12))):
+        for node_id, node in sorted(
+            self.nodes.items(), key=lambda item: (not isinstance(item[0], int), str(item[0]).zfill(12))
+        ):
             kind, mode = node.get("type"), node.get("mode", 0)
             if kind in PASS_THROUGH or kind in IGNORED:
                 continue
             if mode in (MUTED, BYPASSED):
-                self.notes.append(f"{'muted' if mode == MUTED else 'bypassed'} node #{node_id} "
-                                  f"('{node.get('title') or kind}') left out")
+                self.notes.append(
+                    f"{'muted' if mode == MUTED else 'bypassed'} node #{node_id} "
+                    f"('{node.get('title') or kind}') left out"
+                )
                 continue
             workflow[str(node_id)] = self.convert_node(node)
         return workflow

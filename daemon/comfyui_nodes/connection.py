@@ -72,8 +72,9 @@ class DaemonEndpoint:
         return f"{self.host}:{self.port}"
 
 
-def resolve_endpoint(host: str = "", port: int = 0,
-                     environ: Mapping[str, str] | None = None) -> DaemonEndpoint:
+def resolve_endpoint(
+    host: str = "", port: int = 0, environ: Mapping[str, str] | None = None
+) -> DaemonEndpoint:
     """Node inputs win; empty host / port 0 mean "environment, else 127.0.0.1:19283"."""
     env = os.environ if environ is None else environ
     chosen_host = (host or "").strip() or env.get("LUNA_DAEMON_HOST", "").strip() or DEFAULT_HOST
@@ -85,7 +86,8 @@ def resolve_endpoint(host: str = "", port: int = 0,
                 chosen_port = int(raw)
             except ValueError:
                 raise LunaDaemonNodeError(
-                    f"LUNA_DAEMON_PORT={raw!r} is not a port number (expected 1-65535)") from None
+                    f"LUNA_DAEMON_PORT={raw!r} is not a port number (expected 1-65535)"
+                ) from None
         else:
             chosen_port = DEFAULT_PORT
     if not 1 <= chosen_port <= 65535:
@@ -111,8 +113,12 @@ class DaemonConnections:
         with self._lock:
             client = self._clients.get(endpoint)
             if client is None:
-                client = self._factory(endpoint.host, endpoint.port, token=endpoint.token,
-                                       client_name=f"luna-comfyui-nodes/{os.getpid()}")
+                client = self._factory(
+                    endpoint.host,
+                    endpoint.port,
+                    token=endpoint.token,
+                    client_name=f"luna-comfyui-nodes/{os.getpid()}",
+                )
                 self._clients[endpoint] = client
             return client
 

@@ -36,7 +36,8 @@ def image_to_array(pixels: Any) -> np.ndarray:
     """IMAGE tensor (any device/dtype, C >= 3) → float32 C-order numpy B×H×W×3."""
     if getattr(pixels, "ndim", None) != 4 or pixels.shape[-1] < 3:
         raise ValueError(
-            f"expected an IMAGE tensor B×H×W×C with C >= 3, got shape {tuple(getattr(pixels, 'shape', ()))}")
+            f"expected an IMAGE tensor B×H×W×C with C >= 3, got shape {tuple(getattr(pixels, 'shape', ()))}"
+        )
     return _to_array(pixels[:, :, :, :3])
 
 
@@ -46,8 +47,7 @@ def latent_to_array(latent: Any) -> np.ndarray:
         raise ValueError("expected a LATENT (a dict with 'samples')")
     samples = latent["samples"]
     if getattr(samples, "ndim", None) != 4:
-        raise ValueError(
-            f"expected LATENT samples B×C×h×w, got shape {tuple(getattr(samples, 'shape', ()))}")
+        raise ValueError(f"expected LATENT samples B×C×h×w, got shape {tuple(getattr(samples, 'shape', ()))}")
     return _to_array(samples)
 
 
@@ -79,8 +79,9 @@ def is_sdxl(kind: str | None, cond: Any) -> bool:
     return int(cond.shape[-1]) == SDXL_COND_WIDTH
 
 
-def sdxl_size_conditioning(width: int, height: int, crop_w: int, crop_h: int,
-                           target_width: int, target_height: int) -> dict[str, int]:
+def sdxl_size_conditioning(
+    width: int, height: int, crop_w: int, crop_h: int, target_width: int, target_height: int
+) -> dict[str, int]:
     values = (width, height, crop_w, crop_h, target_width, target_height)
     return {key: int(value) for key, value in zip(SDXL_SIZE_KEYS, values)}
 

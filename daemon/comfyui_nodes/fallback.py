@@ -14,8 +14,7 @@ from typing import Any
 from .conversion import build_conditioning, is_sdxl
 
 
-def encode_text_locally(clip: Any, text: str, *, clip_skip: int,
-                        sdxl_size: dict[str, int]) -> list:
+def encode_text_locally(clip: Any, text: str, *, clip_skip: int, sdxl_size: dict[str, int]) -> list:
     """CONDITIONING from a ComfyUI CLIP object (newer and older CLIP APIs both work)."""
     if clip_skip:
         # What CLIPSetLastLayer does; clone() so the caller's CLIP keeps its own setting.

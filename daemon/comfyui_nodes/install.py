@@ -23,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import __version__
@@ -75,12 +75,19 @@ class InstallReport:
 def check_comfyui_root(path: str | os.PathLike) -> Path:
     """The resolved ComfyUI root, or :class:`NotComfyUIRoot` naming what is missing."""
     root = Path(path).expanduser().resolve()
-    missing = [name for name, ok in (("main.py", (root / "main.py").is_file()),
-                                     ("custom_nodes/", (root / "custom_nodes").is_dir())) if not ok]
+    missing = [
+        name
+        for name, ok in (
+            ("main.py", (root / "main.py").is_file()),
+            ("custom_nodes/", (root / "custom_nodes").is_dir()),
+        )
+        if not ok
+    ]
     if missing:
         raise NotComfyUIRoot(
             f"{root} does not look like a ComfyUI folder (missing {' and '.join(missing)}); "
-            "pass the folder that contains ComfyUI's main.py")
+            "pass the folder that contains ComfyUI's main.py"
+        )
     return root
 
 
@@ -90,8 +97,7 @@ def pack_target(comfyui_root: Path) -> Path:
 
 def pack_sources() -> dict[str, Path]:
     """Relative path in the installed pack → source file in this checkout."""
-    sources = {path.name: path for path in sorted(PACKAGE_DIR.glob("*.py"))
-               if path.name not in _NOT_SHIPPED}
+    sources = {path.name: path for path in sorted(PACKAGE_DIR.glob("*.py")) if path.name not in _NOT_SHIPPED}
     readme = PACKAGE_DIR / "README.md"
     if readme.is_file():
         sources["README.md"] = readme
@@ -111,14 +117,16 @@ def read_manifest(target: Path) -> dict | None:
         manifest = json.loads((target / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if (not isinstance(manifest, dict) or manifest.get("installer") != INSTALLER_ID
-            or manifest.get("pack") != PACK_DIR_NAME):
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("installer") != INSTALLER_ID
+        or manifest.get("pack") != PACK_DIR_NAME
+    ):
         return None
     return manifest
 
 
-def install(comfyui_path: str | os.PathLike, *, mode: str = "copy",
-            out: Printer = print) -> InstallReport:
+def install(comfyui_path: str | os.PathLike, *, mode: str = "copy", out: Printer = print) -> InstallReport:
     """Install (or reinstall) the pack into ``comfyui_path``; see the module docstring."""
     if mode not in MODES:
         raise InstallError(f"mode must be one of {MODES}, got {mode!r}")
@@ -142,7 +150,7 @@ def install(comfyui_path: str | os.PathLike, *, mode: str = "copy",
             "version": __version__,
             "mode": mode,
             "source": str(PACKAGE_DIR),
-            "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "files": list(files),
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -153,17 +161,23 @@ def install(comfyui_path: str | os.PathLike, *, mode: str = "copy",
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
-    report = InstallReport(target, mode, __version__, files,
-                           None if previous is None else str(previous.get("version", "?")))
+    report = InstallReport(
+        target, mode, __version__, files, None if previous is None else str(previous.get("version", "?"))
+    )
     action = "Reinstalled" if previous is not None else "Installed"
     verb = "linked" if mode == "link" else "copied"
-    out(f"{action} Luna shared daemon nodes {__version__} in {target} ({len(files)} files {verb}"
-        + (f" from {PACKAGE_DIR}" if mode == "link" else "") + ")")
+    out(
+        f"{action} Luna shared daemon nodes {__version__} in {target} ({len(files)} files {verb}"
+        + (f" from {PACKAGE_DIR}" if mode == "link" else "")
+        + ")"
+    )
     if previous is not None:
         out(f"  replaced version {report.replaced_version} ({previous.get('mode', '?')} mode)")
     out("  vendored daemon client: " + ", ".join(f"_vendor/{name}" for name in VENDORED_MODULES))
-    out("  restart ComfyUI to load: Luna Shared CLIP Encode, Luna Shared VAE Encode, "
-        "Luna Shared VAE Decode, Luna Daemon Status")
+    out(
+        "  restart ComfyUI to load: Luna Shared CLIP Encode, Luna Shared VAE Encode, "
+        "Luna Shared VAE Decode, Luna Daemon Status"
+    )
     return report
 
 
@@ -176,8 +190,10 @@ def uninstall(comfyui_path: str | os.PathLike, *, out: Printer = print) -> Path 
         return None
     manifest = _claim_existing(target)
     shutil.rmtree(target)  # unlinks the per-file symlinks, never follows them
-    out(f"Removed Luna shared daemon nodes {manifest.get('version', '?')} from {target}; "
-        "restart ComfyUI to unload them")
+    out(
+        f"Removed Luna shared daemon nodes {manifest.get('version', '?')} from {target}; "
+        "restart ComfyUI to unload them"
+    )
     return target
 
 
@@ -193,7 +209,8 @@ def _claim_existing(target: Path) -> dict:
     if manifest is None:
         raise InstallError(
             f"{target} exists but was not created by this installer (no valid {MANIFEST_NAME}); "
-            "not touching it. Move or delete it yourself, then run the command again.")
+            "not touching it. Move or delete it yourself, then run the command again."
+        )
     return manifest
 
 
@@ -212,6 +229,7 @@ def _place(source: Path, destination: Path, mode: str) -> None:
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def run_install_command(comfyui: str, *, link: bool = False) -> int:
     """``install-comfyui-nodes``: exit status 0 on success, 2 with a message on stderr."""
@@ -240,26 +258,30 @@ def add_install_commands(commands: argparse._SubParsersAction) -> None:
     ``daemon/__main__.py`` (which calls ``args.handler(args)``).
     """
     install_parser = commands.add_parser(
-        "install-comfyui-nodes", help="install the Luna shared-daemon nodes into ComfyUI")
-    install_parser.add_argument("--comfyui", required=True, metavar="PATH",
-                                help="ComfyUI folder (the one containing main.py)")
-    install_parser.add_argument("--link", action="store_true",
-                                help="symlink the files from this checkout instead of copying")
-    install_parser.set_defaults(
-        handler=lambda args: run_install_command(args.comfyui, link=args.link))
+        "install-comfyui-nodes", help="install the Luna shared-daemon nodes into ComfyUI"
+    )
+    install_parser.add_argument(
+        "--comfyui", required=True, metavar="PATH", help="ComfyUI folder (the one containing main.py)"
+    )
+    install_parser.add_argument(
+        "--link", action="store_true", help="symlink the files from this checkout instead of copying"
+    )
+    install_parser.set_defaults(handler=lambda args: run_install_command(args.comfyui, link=args.link))
     uninstall_parser = commands.add_parser(
-        "uninstall-comfyui-nodes", help="remove the Luna shared-daemon nodes from ComfyUI")
-    uninstall_parser.add_argument("--comfyui", required=True, metavar="PATH",
-                                  help="ComfyUI folder (the one containing main.py)")
-    uninstall_parser.set_defaults(
-        handler=lambda args: run_uninstall_command(args.comfyui))
+        "uninstall-comfyui-nodes", help="remove the Luna shared-daemon nodes from ComfyUI"
+    )
+    uninstall_parser.add_argument(
+        "--comfyui", required=True, metavar="PATH", help="ComfyUI folder (the one containing main.py)"
+    )
+    uninstall_parser.set_defaults(handler=lambda args: run_uninstall_command(args.comfyui))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone CLI: ``python -m daemon.comfyui_nodes.install install-comfyui-nodes ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m daemon.comfyui_nodes.install",
-        description="Install or remove the Luna shared-daemon ComfyUI nodes.")
+        description="Install or remove the Luna shared-daemon ComfyUI nodes.",
+    )
     add_install_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -42,27 +42,44 @@ STATUS_TIMEOUT = 5.0
 #: One shared client per daemon endpoint for every node instance of the pack.
 SHARED_CONNECTIONS = DaemonConnections()
 
-_MODE_INPUT = (list(MODES), {
-    "default": "auto",
-    "tooltip": "daemon: always use the Luna daemon, fail if it is unreachable. "
-               "auto: use the daemon, fall back to the local input below when it is down.",
-})
-_MODEL_SET_INPUT = ("STRING", {
-    "default": "default",
-    "tooltip": "Model set configured in the daemon ([models.NAME] in its config).",
-})
-_HOST_INPUT = ("STRING", {
-    "default": "",
-    "tooltip": "Daemon host; empty = LUNA_DAEMON_HOST or 127.0.0.1.",
-})
-_PORT_INPUT = ("INT", {
-    "default": 0, "min": 0, "max": 65535,
-    "tooltip": "Daemon TCP port; 0 = LUNA_DAEMON_PORT or 19283.",
-})
-_TILING_INPUT = (list(TILING_OPTIONS), {
-    "default": "auto",
-    "tooltip": "auto: tile large images (and after out-of-memory); on/off: force.",
-})
+_MODE_INPUT = (
+    list(MODES),
+    {
+        "default": "auto",
+        "tooltip": "daemon: always use the Luna daemon, fail if it is unreachable. "
+        "auto: use the daemon, fall back to the local input below when it is down.",
+    },
+)
+_MODEL_SET_INPUT = (
+    "STRING",
+    {
+        "default": "default",
+        "tooltip": "Model set configured in the daemon ([models.NAME] in its config).",
+    },
+)
+_HOST_INPUT = (
+    "STRING",
+    {
+        "default": "",
+        "tooltip": "Daemon host; empty = LUNA_DAEMON_HOST or 127.0.0.1.",
+    },
+)
+_PORT_INPUT = (
+    "INT",
+    {
+        "default": 0,
+        "min": 0,
+        "max": 65535,
+        "tooltip": "Daemon TCP port; 0 = LUNA_DAEMON_PORT or 19283.",
+    },
+)
+_TILING_INPUT = (
+    list(TILING_OPTIONS),
+    {
+        "default": "auto",
+        "tooltip": "auto: tile large images (and after out-of-memory); on/off: force.",
+    },
+)
 
 
 def _size_input(default: int) -> tuple:
@@ -79,9 +96,11 @@ class _DaemonNode:
 class LunaSharedCLIPEncode(_DaemonNode):
     """Text → CONDITIONING via the daemon, a drop-in for CLIPTextEncode / CLIPTextEncodeSDXL."""
 
-    DESCRIPTION = ("Encodes a prompt with the Luna daemon's shared CLIP (SD1.5 or SDXL) so this "
-                   "ComfyUI does not hold the text encoders. For SDXL the size conditioning is "
-                   "added like CLIPTextEncodeSDXL.")
+    DESCRIPTION = (
+        "Encodes a prompt with the Luna daemon's shared CLIP (SD1.5 or SDXL) so this "
+        "ComfyUI does not hold the text encoders. For SDXL the size conditioning is "
+        "added like CLIPTextEncodeSDXL."
+    )
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
 
@@ -89,17 +108,25 @@ class LunaSharedCLIPEncode(_DaemonNode):
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                                    "tooltip": "The prompt to encode."}),
+                "text": (
+                    "STRING",
+                    {"multiline": True, "dynamicPrompts": True, "tooltip": "The prompt to encode."},
+                ),
                 "model_set": _MODEL_SET_INPUT,
                 "mode": _MODE_INPUT,
             },
             "optional": {
-                "clip_skip": ("INT", {
-                    "default": 0, "min": -24, "max": 0, "step": 1,
-                    "tooltip": "0 = the model's default; -1 last layer, -2 penultimate … "
-                               "(like CLIP Set Last Layer).",
-                }),
+                "clip_skip": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": -24,
+                        "max": 0,
+                        "step": 1,
+                        "tooltip": "0 = the model's default; -1 last layer, -2 penultimate … "
+                        "(like CLIP Set Last Layer).",
+                    },
+                ),
                 "width": _size_input(1024),
                 "height": _size_input(1024),
                 "crop_w": _size_input(0),
@@ -112,24 +139,39 @@ class LunaSharedCLIPEncode(_DaemonNode):
             },
         }
 
-    def encode(self, text: str, model_set: str = "default", mode: str = "auto",
-               clip_skip: int = 0, width: int = 1024, height: int = 1024, crop_w: int = 0,
-               crop_h: int = 0, target_width: int = 1024, target_height: int = 1024,
-               clip: Any = None, host: str = "", port: int = 0) -> tuple[list]:
+    def encode(
+        self,
+        text: str,
+        model_set: str = "default",
+        mode: str = "auto",
+        clip_skip: int = 0,
+        width: int = 1024,
+        height: int = 1024,
+        crop_w: int = 0,
+        crop_h: int = 0,
+        target_width: int = 1024,
+        target_height: int = 1024,
+        clip: Any = None,
+        host: str = "",
+        port: int = 0,
+    ) -> tuple[list]:
         if clip_skip > 0:
             raise LunaDaemonNodeError(
-                f"Luna Shared CLIP Encode: clip_skip must be 0 or negative, got {clip_skip}")
+                f"Luna Shared CLIP Encode: clip_skip must be 0 or negative, got {clip_skip}"
+            )
         size = sdxl_size_conditioning(width, height, crop_w, crop_h, target_width, target_height)
 
         def via_daemon(client: daemon_client.DaemonClient) -> list:
             # request() rather than clip_encode(): its answer also says the model kind.
             result, tensors = client.request(
-                "clip_encode", {"text": text, "model": model_set, "clip_skip": clip_skip or None})
+                "clip_encode", {"text": text, "model": model_set, "clip_skip": clip_skip or None}
+            )
             if len(tensors) not in (1, 2):
                 raise LunaDaemonNodeError(
                     f"Luna Shared CLIP Encode: the daemon sent {len(tensors)} tensors, expected "
                     "cond and pooled; is the vendored client older than the daemon? Reinstall "
-                    "the nodes.")
+                    "the nodes."
+                )
             cond = array_to_tensor(tensors[0])
             pooled = array_to_tensor(tensors[1]) if len(tensors) == 2 else None
             kind = result.get("kind") if isinstance(result, dict) else None
@@ -137,13 +179,19 @@ class LunaSharedCLIPEncode(_DaemonNode):
 
         local = None
         if clip is not None:
+
             def local() -> list:
                 return encode_text_locally(clip, text, clip_skip=clip_skip, sdxl_size=size)
 
         conditioning = run_with_fallback(
-            connections=self.connections, endpoint=resolve_endpoint(host, port), mode=mode,
-            node_name="Luna Shared CLIP Encode", daemon_call=via_daemon, local_call=local,
-            local_input="CLIP")
+            connections=self.connections,
+            endpoint=resolve_endpoint(host, port),
+            mode=mode,
+            node_name="Luna Shared CLIP Encode",
+            daemon_call=via_daemon,
+            local_call=local,
+            local_input="CLIP",
+        )
         return (conditioning,)
 
 
@@ -175,9 +223,16 @@ class LunaSharedVAEEncode(_DaemonNode):
     def INPUT_TYPES(cls) -> dict:
         return _vae_node_inputs("pixels", "IMAGE")
 
-    def encode(self, pixels: Any, model_set: str = "default", mode: str = "auto",
-               tiling: str = "auto", vae: Any = None, host: str = "", port: int = 0
-               ) -> tuple[dict]:
+    def encode(
+        self,
+        pixels: Any,
+        model_set: str = "default",
+        mode: str = "auto",
+        tiling: str = "auto",
+        vae: Any = None,
+        host: str = "",
+        port: int = 0,
+    ) -> tuple[dict]:
         tile = tile_flag(tiling)
 
         def via_daemon(client: daemon_client.DaemonClient) -> dict:
@@ -186,13 +241,19 @@ class LunaSharedVAEEncode(_DaemonNode):
 
         local = None
         if vae is not None:
+
             def local() -> dict:
                 return encode_pixels_locally(vae, pixels, tiling=tiling)
 
         latent = run_with_fallback(
-            connections=self.connections, endpoint=resolve_endpoint(host, port), mode=mode,
-            node_name="Luna Shared VAE Encode", daemon_call=via_daemon, local_call=local,
-            local_input="VAE")
+            connections=self.connections,
+            endpoint=resolve_endpoint(host, port),
+            mode=mode,
+            node_name="Luna Shared VAE Encode",
+            daemon_call=via_daemon,
+            local_call=local,
+            local_input="VAE",
+        )
         return (latent,)
 
 
@@ -207,9 +268,16 @@ class LunaSharedVAEDecode(_DaemonNode):
     def INPUT_TYPES(cls) -> dict:
         return _vae_node_inputs("samples", "LATENT")
 
-    def decode(self, samples: dict, model_set: str = "default", mode: str = "auto",
-               tiling: str = "auto", vae: Any = None, host: str = "", port: int = 0
-               ) -> tuple[Any]:
+    def decode(
+        self,
+        samples: dict,
+        model_set: str = "default",
+        mode: str = "auto",
+        tiling: str = "auto",
+        vae: Any = None,
+        host: str = "",
+        port: int = 0,
+    ) -> tuple[Any]:
         tile = tile_flag(tiling)
 
         def via_daemon(client: daemon_client.DaemonClient) -> Any:
@@ -218,13 +286,19 @@ class LunaSharedVAEDecode(_DaemonNode):
 
         local = None
         if vae is not None:
+
             def local() -> Any:
                 return decode_latent_locally(vae, samples, tiling=tiling)
 
         image = run_with_fallback(
-            connections=self.connections, endpoint=resolve_endpoint(host, port), mode=mode,
-            node_name="Luna Shared VAE Decode", daemon_call=via_daemon, local_call=local,
-            local_input="VAE")
+            connections=self.connections,
+            endpoint=resolve_endpoint(host, port),
+            mode=mode,
+            node_name="Luna Shared VAE Decode",
+            daemon_call=via_daemon,
+            local_call=local,
+            local_input="VAE",
+        )
         return (image,)
 
 
@@ -256,8 +330,13 @@ class LunaDaemonStatus(_DaemonNode):
             return f"Luna daemon: bad address ({exc})", False
         try:
             # A short-lived client with short timeouts: a hung daemon must not hang the check.
-            with daemon_client.DaemonClient(endpoint.host, endpoint.port, token=endpoint.token,
-                                            timeout=STATUS_TIMEOUT, shared_memory=False) as client:
+            with daemon_client.DaemonClient(
+                endpoint.host,
+                endpoint.port,
+                token=endpoint.token,
+                timeout=STATUS_TIMEOUT,
+                shared_memory=False,
+            ) as client:
                 status = client.status()
             return _summarise_status(endpoint.address, status), status.get("status", "ok") == "ok"
         except CONNECTION_FAILURES as exc:
@@ -282,6 +361,8 @@ def _summarise_status(address: str, status: dict) -> str:
     for pool in ("clip_pool", "vae_pool"):
         info = status.get(pool)
         if isinstance(info, dict):
-            parts.append(f"{pool.split('_')[0]} workers {info.get('active_workers', '?')}"
-                         f" (queue {info.get('queue_depth', '?')})")
+            parts.append(
+                f"{pool.split('_')[0]} workers {info.get('active_workers', '?')}"
+                f" (queue {info.get('queue_depth', '?')})"
+            )
     return " · ".join(parts)

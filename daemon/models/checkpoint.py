@@ -68,9 +68,7 @@ def detect_checkpoint(path: str | Path) -> CheckpointInfo:
         clip_g = SDXL_CLIP_G_PREFIX if _has_prefix(keys, SDXL_CLIP_G_PREFIX) else None
         if clip_l is None or clip_g is None:
             missing = SDXL_CLIP_L_PREFIX if clip_l is None else SDXL_CLIP_G_PREFIX
-            raise ModelLoadError(
-                f"{name}: SDXL checkpoint is incomplete: no tensors under {missing!r}"
-            )
+            raise ModelLoadError(f"{name}: SDXL checkpoint is incomplete: no tensors under {missing!r}")
         return CheckpointInfo(
             path=Path(path),
             kind="sdxl",

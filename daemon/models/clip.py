@@ -141,7 +141,7 @@ class TextEncoder:
         for segment in parse_weighted_prompt(text):
             for piece in split_embedding_words(segment.text):
                 if piece.startswith(EMBEDDING_PREFIX):
-                    slots, piece = self._embedding(piece[len(EMBEDDING_PREFIX):])
+                    slots, piece = self._embedding(piece[len(EMBEDDING_PREFIX) :])
                     groups.append((slots, segment.weight))
                     if not piece:
                         continue
@@ -163,14 +163,16 @@ class TextEncoder:
             if stripped == name or not stripped:
                 raise
             inversion = self.embeddings.get(stripped)
-            leftover = f"{name[len(stripped):]} {leftover}"
+            leftover = f"{name[len(stripped) :]} {leftover}"
         counts = {
             part.name: inversion.vectors_for(part.name, part.model.config.hidden_size).shape[0]
             for part in self.parts
         }
         rows = counts[self.parts[0].name]
         if any(count != rows for count in counts.values()):
-            raise EmbeddingError(f"embedding {inversion.name!r} has different vector counts per encoder: {counts}")
+            raise EmbeddingError(
+                f"embedding {inversion.name!r} has different vector counts per encoder: {counts}"
+            )
         return [EmbeddingSlot(inversion, row) for row in range(rows)], leftover
 
     def tokenize(self, text: str) -> dict[str, list[TokenWindow]]:
@@ -184,8 +186,12 @@ class TextEncoder:
         """Conditioning for ``text`` exactly as ComfyUI's CLIPTextEncode builds it."""
         if not isinstance(text, str):
             raise PromptError(f"text must be a string, not {type(text).__name__}")
-        if clip_skip is not None and (isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip >= 0):
-            raise PromptError(f"clip_skip must be None or a negative int (-1 = last layer), not {clip_skip!r}")
+        if clip_skip is not None and (
+            isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip >= 0
+        ):
+            raise PromptError(
+                f"clip_skip must be None or a negative int (-1 = last layer), not {clip_skip!r}"
+            )
         groups = self.token_groups(text)
         outputs: list[torch.Tensor] = []
         pooled: torch.Tensor | None = None
@@ -252,7 +258,12 @@ def _load_part(
 
 def _depth(state: dict[str, torch.Tensor]) -> int:
     markers = ("encoder.layers.", "transformer.resblocks.")
-    found = [int(k.split(m, 1)[1].split(".", 1)[0]) for k in state for m in markers if m in k and k.split(m, 1)[1].split(".", 1)[0].isdigit()]
+    found = [
+        int(k.split(m, 1)[1].split(".", 1)[0])
+        for k in state
+        for m in markers
+        if m in k and k.split(m, 1)[1].split(".", 1)[0].isdigit()
+    ]
     return max(found, default=-1) + 1
 
 
@@ -295,7 +306,8 @@ def load_text_encoder(
     if torch_device.type == "cpu" and not strict_dtype and not cpu_has_native(torch_dtype):
         log.warning(
             "this CPU has no native %s matmuls (a CLIP forward would run ~6x slower than fp32); "
-            "running the text encoders in fp32", torch_dtype,
+            "running the text encoders in fp32",
+            torch_dtype,
         )
         torch_dtype = torch.float32
     if checkpoint is not None:
@@ -308,7 +320,9 @@ def load_text_encoder(
         what_l, what_g = f"{name} (CLIP-L)", f"{name} (CLIP-G)"
     else:
         if clip_l is None:
-            raise ValueError("load_text_encoder needs clip_l= (SD1.5), clip_l= and clip_g= (SDXL), or checkpoint=")
+            raise ValueError(
+                "load_text_encoder needs clip_l= (SD1.5), clip_l= and clip_g= (SDXL), or checkpoint="
+            )
         state_l = load_tensors(clip_l)
         state_g = load_tensors(clip_g) if clip_g is not None else None
         what_l, what_g = Path(clip_l).name, (Path(clip_g).name if clip_g is not None else "")
@@ -347,7 +361,7 @@ __all__ = [
     "ModelLoadError",
     "PromptError",
     "TextEncoder",
-    "load_text_encoder",
     "cpu_has_native",
+    "load_text_encoder",
     "preferred_precision",
 ]

@@ -42,7 +42,9 @@ def detect_layout(state: Mapping[str, torch.Tensor], *, what: str) -> tuple[Layo
     """
     found: list[tuple[Layout, str]] = []
     for key in state:
-        if key.endswith(_OPENCLIP_MARKER) and (key == _OPENCLIP_MARKER or key[: -len(_OPENCLIP_MARKER)].endswith(".")):
+        if key.endswith(_OPENCLIP_MARKER) and (
+            key == _OPENCLIP_MARKER or key[: -len(_OPENCLIP_MARKER)].endswith(".")
+        ):
             prefix = key[: -len(_OPENCLIP_MARKER)]
             if prefix + "token_embedding.weight" in state:  # not OpenCLIP's vision tower ("visual.")
                 found.append(("openclip", prefix))
@@ -57,9 +59,7 @@ def detect_layout(state: Mapping[str, torch.Tensor], *, what: str) -> tuple[Layo
             "pass a full checkpoint as checkpoint=, or one encoder per file"
         )
     sample = ", ".join(sorted(state)[:5]) or "no tensors"
-    raise ModelLoadError(
-        f"{what}: not a CLIP text encoder in HF or OpenCLIP layout (first keys: {sample})"
-    )
+    raise ModelLoadError(f"{what}: not a CLIP text encoder in HF or OpenCLIP layout (first keys: {sample})")
 
 
 def _projection_key(layout: Layout, prefix: str, state: Mapping[str, torch.Tensor]) -> str:
@@ -71,7 +71,11 @@ def _projection_key(layout: Layout, prefix: str, state: Mapping[str, torch.Tenso
 
 
 def _count_layers(state: Mapping[str, torch.Tensor], stem: str) -> int:
-    indices = {int(k[len(stem):].split(".", 1)[0]) for k in state if k.startswith(stem) and k[len(stem):].split(".", 1)[0].isdigit()}
+    indices = {
+        int(k[len(stem) :].split(".", 1)[0])
+        for k in state
+        if k.startswith(stem) and k[len(stem) :].split(".", 1)[0].isdigit()
+    }
     if not indices:
         raise ModelLoadError(f"no transformer layers found under {stem!r}")
     return max(indices) + 1
@@ -174,9 +178,7 @@ def convert_state(
     return config, converted, layout
 
 
-def build_model(
-    config: ClipTextConfig, state: Mapping[str, torch.Tensor], *, what: str
-) -> ClipTextModel:
+def build_model(config: ClipTextConfig, state: Mapping[str, torch.Tensor], *, what: str) -> ClipTextModel:
     """A :class:`ClipTextModel` whose parameters ARE ``state``'s tensors (shapes checked)."""
     with torch.device("meta"):
         model = ClipTextModel(config)

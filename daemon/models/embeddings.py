@@ -75,7 +75,8 @@ class EmbeddingLibrary:
         if not self.directory.is_dir():
             raise EmbeddingError(f"embeddings folder {self.directory} does not exist")
         folders = [self.directory] + sorted(
-            Path(root) for root, _dirs, _files in os.walk(self.directory, followlinks=True)
+            Path(root)
+            for root, _dirs, _files in os.walk(self.directory, followlinks=True)
             if Path(root) != self.directory
         )
         for folder in folders:
@@ -97,12 +98,16 @@ class EmbeddingLibrary:
     @staticmethod
     def _load(path: Path, name: str) -> TextualInversion:
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise EmbeddingError(f"embedding {name!r} is a pickle file ({path.suffix}); convert it to .safetensors")
+            raise EmbeddingError(
+                f"embedding {name!r} is a pickle file ({path.suffix}); convert it to .safetensors"
+            )
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as exc:  # safetensors raises its own error type on garbage
-            raise EmbeddingError(f"embedding {name!r} ({path.name}) is not a valid safetensors file: {exc}") from exc
+            raise EmbeddingError(
+                f"embedding {name!r} ({path.name}) is not a valid safetensors file: {exc}"
+            ) from exc
         usable = {
             key: (t.reshape(-1, t.shape[-1]) if t.ndim != 1 else t.reshape(1, -1)).float()
             for key, t in tensors.items()

@@ -36,9 +36,7 @@ def resolve_dtype(precision: str | torch.dtype) -> torch.dtype:
     try:
         return PRECISIONS[precision]
     except KeyError:
-        raise ModelLoadError(
-            f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}"
-        ) from None
+        raise ModelLoadError(f"unknown precision {precision!r}; use one of {sorted(PRECISIONS)}") from None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -118,7 +116,7 @@ def load_tensors(
             for key in handle.keys():
                 if not key.startswith(prefix):
                     continue
-                name = key[len(prefix):] if strip_prefix else key
+                name = key[len(prefix) :] if strip_prefix else key
                 out[name] = handle.get_tensor(key)
     except ModelLoadError:
         raise
@@ -127,11 +125,13 @@ def load_tensors(
     return out
 
 
-def strip_common_prefix(state: Mapping[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+def strip_common_prefix(
+    state: Mapping[str, torch.Tensor], prefixes: Iterable[str]
+) -> dict[str, torch.Tensor]:
     """Drop the first of ``prefixes`` that every key starts with (e.g. ``text_model.``)."""
     for prefix in prefixes:
         if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}
+            return {k[len(prefix) :]: v for k, v in state.items()}
     return dict(state)
 
 

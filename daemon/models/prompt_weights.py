@@ -90,7 +90,9 @@ def _group_weight(inner: str, enclosing: float) -> tuple[str, float]:
             pass
         else:
             if not math.isfinite(explicit):
-                raise PromptWeightError(f"prompt weight {inner[colon + 1:].strip()!r} is not a finite number")
+                raise PromptWeightError(
+                    f"prompt weight {inner[colon + 1 :].strip()!r} is not a finite number"
+                )
             return inner[:colon], explicit
     weight = enclosing * EMPHASIS
     if not math.isfinite(weight):

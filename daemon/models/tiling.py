@@ -32,7 +32,10 @@ class TileSettings:
     max_working_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        for tile, overlap in ((self.decode_tile, self.decode_overlap), (self.encode_tile, self.encode_overlap)):
+        for tile, overlap in (
+            (self.decode_tile, self.decode_overlap),
+            (self.encode_tile, self.encode_overlap),
+        ):
             if tile < 1 or overlap < 0 or overlap >= tile:
                 raise ValueError(f"tile size {tile} with overlap {overlap}: need 0 <= overlap < tile")
 
@@ -56,7 +59,7 @@ def _ramp(length: int, feather: int, ramp_start: bool, ramp_end: bool) -> torch.
         if ramp_start:
             weights[:feather] = rise
         if ramp_end:
-            weights[length - feather:] = rise.flip(0)
+            weights[length - feather :] = rise.flip(0)
     return weights
 
 
@@ -86,12 +89,12 @@ def tiled_map(
     for y in ys:
         for x0 in xs:
             th, tw = min(tile, height), min(tile, width)
-            result = fn(x[:, :, y:y + th, x0:x0 + tw])
+            result = fn(x[:, :, y : y + th, x0 : x0 + tw])
             oy, ox = round(y * scale), round(x0 * scale)
             rh, rw = result.shape[-2], result.shape[-1]
             mask_y = _ramp(rh, feather, ramp_start=y > 0, ramp_end=y + th < height)
             mask_x = _ramp(rw, feather, ramp_start=x0 > 0, ramp_end=x0 + tw < width)
             mask = (mask_y[:, None] * mask_x[None, :]).to(out_device)
-            out[:, :, oy:oy + rh, ox:ox + rw] += result.to(device=out_device, dtype=torch.float32) * mask
-            weight_sum[:, :, oy:oy + rh, ox:ox + rw] += mask
+            out[:, :, oy : oy + rh, ox : ox + rw] += result.to(device=out_device, dtype=torch.float32) * mask
+            weight_sum[:, :, oy : oy + rh, ox : ox + rw] += mask
     return out / weight_sum

@@ -131,7 +131,7 @@ class ClipTokenizer:
         self._cache_lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path | None = None, *, fix_text: bool = False) -> "ClipTokenizer":
+    def from_file(cls, path: str | Path | None = None, *, fix_text: bool = False) -> ClipTokenizer:
         """Build from the gzipped merges file (default: the bundled one)."""
         return cls(read_merges(path), fix_text=fix_text)
 
@@ -261,9 +261,7 @@ def split_into_windows(
             windows.append(current)
     current.append((END_TOKEN, 1.0))
     current.extend([(pad_token, 1.0)] * (max_length - len(current)))
-    return [
-        TokenWindow(tokens=tuple(t for t, _ in w), weights=tuple(x for _, x in w)) for w in windows
-    ]
+    return [TokenWindow(tokens=tuple(t for t, _ in w), weights=tuple(x for _, x in w)) for w in windows]
 
 
 def empty_window(pad_token: int, max_length: int = CONTEXT_LENGTH) -> tuple[int, ...]:

@@ -103,7 +103,9 @@ class AttnBlock(nn.Module):
         def tokens(t: torch.Tensor) -> torch.Tensor:  # B×C×H×W → B×1×HW×C
             return t.reshape(b, 1, c, h * w).transpose(-1, -2)
 
-        attended = F.scaled_dot_product_attention(tokens(self.q(normed)), tokens(self.k(normed)), tokens(self.v(normed)))
+        attended = F.scaled_dot_product_attention(
+            tokens(self.q(normed)), tokens(self.k(normed)), tokens(self.v(normed))
+        )
         attended = attended.transpose(-1, -2).reshape(b, c, h, w)
         return self.proj_out(attended).add_(x)
 
@@ -158,7 +160,9 @@ class Upsample(nn.Module):
         phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), kernels, bias)
         out = x.new_empty(b, cout, 2 * h, 2 * w)
         for index, (row, col) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            out[:, :, row::2, col::2] = phases[:, index * cout:(index + 1) * cout, row:row + h, col:col + w]
+            out[:, :, row::2, col::2] = phases[
+                :, index * cout : (index + 1) * cout, row : row + h, col : col + w
+            ]
         return out
 
 
@@ -252,7 +256,9 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(cfg)
         z2, e2 = 2 * cfg.z_channels, 2 * cfg.latent_channels
         self.quant_conv = nn.Conv2d(z2, e2, 1) if cfg.has_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(cfg.latent_channels, cfg.z_channels, 1) if cfg.has_post_quant_conv else None
+        self.post_quant_conv = (
+            nn.Conv2d(cfg.latent_channels, cfg.z_channels, 1) if cfg.has_post_quant_conv else None
+        )
 
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] → mean ‖ logvar (2·latent_channels channels)."""
@@ -337,7 +343,9 @@ class VAE:
             images = self._decode(latent, tile)
         return images.clone()
 
-    def _encode(self, pixels: torch.Tensor, tile: bool | None, generator: torch.Generator | None) -> torch.Tensor:
+    def _encode(
+        self, pixels: torch.Tensor, tile: bool | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
         x = self._image_to_model_input(pixels)
         item_bytes = _ENCODE_ELEMENTS_PER_PIXEL * x.shape[-2] * x.shape[-1] * self._element_size()
         # Image tiles start on multiples of the downscale factor so they map onto whole latent pixels.
@@ -395,7 +403,7 @@ class VAE:
         # ComfyUI crops to a multiple of the downscale factor, centred.
         hh, ww = (h // f) * f, (w // f) * f
         top, left = (h % f) // 2, (w % f) // 2
-        x = pixels[:, top:top + hh, left:left + ww, :need].to(dtype=torch.float32)
+        x = pixels[:, top : top + hh, left : left + ww, :need].to(dtype=torch.float32)
         return x.movedim(-1, 1).mul(2.0).sub_(1.0)
 
     def _check_latent(self, latent: torch.Tensor) -> torch.Tensor:
@@ -450,10 +458,16 @@ class VAE:
             chunk = 1 if use_tiles else fitting
             outputs = []
             for start in range(0, x.shape[0], chunk):
-                part = x[start:start + chunk].to(device=self.device, dtype=dtype)
+                part = x[start : start + chunk].to(device=self.device, dtype=dtype)
                 if use_tiles:
-                    out = tiled_map(lambda t: forward(model, t), part, tile=tile_size, overlap=overlap,
-                                    scale=scale, out_channels=out_channels)
+                    out = tiled_map(
+                        lambda t: forward(model, t),
+                        part,
+                        tile=tile_size,
+                        overlap=overlap,
+                        scale=scale,
+                        out_channels=out_channels,
+                    )
                 else:
                     out = forward(model, part).to(device="cpu", dtype=torch.float32)
                 outputs.append(out)
@@ -519,7 +533,9 @@ def load_vae(
     if torch_device.type == "cpu" and not strict_dtype and not cpu_has_native(torch_dtype):
         log.warning(
             "%s: this CPU has no native %s convolutions (they would run ~100x slower than fp32); "
-            "running the VAE in fp32", path.name, torch_dtype
+            "running the VAE in fp32",
+            path.name,
+            torch_dtype,
         )
         torch_dtype = torch.float32
     keys = read_keys(path)
@@ -542,7 +558,12 @@ def load_vae(
     require_keys(state, expected, what=f"{path.name} (VAE, {layout} layout)")
     unexpected = sorted(k for k in state if k not in expected and not k.startswith(_IGNORED_PREFIXES))
     if unexpected:
-        log.warning("%s: ignoring %d unexpected VAE tensors: %s", path.name, len(unexpected), ", ".join(unexpected[:10]))
+        log.warning(
+            "%s: ignoring %d unexpected VAE tensors: %s",
+            path.name,
+            len(unexpected),
+            ", ".join(unexpected[:10]),
+        )
     for name, tensor in model.state_dict().items():
         if tuple(state[name].shape) != tuple(tensor.shape):
             raise ModelLoadError(
@@ -555,9 +576,16 @@ def load_vae(
     if torch_dtype == torch.float16:
         log.warning(
             "%s: VAE forced to fp16; the stock SDXL VAE overflows in fp16, outputs are checked "
-            "for NaN/Inf and recomputed in fp32 when that happens", path.name
+            "for NaN/Inf and recomputed in fp32 when that happens",
+            path.name,
         )
-    vae = VAE(model, device=torch_device, dtype=torch_dtype, layout=layout, source=path,
-              tiling=tiling or TileSettings())
+    vae = VAE(
+        model,
+        device=torch_device,
+        dtype=torch_dtype,
+        layout=layout,
+        source=path,
+        tiling=tiling or TileSettings(),
+    )
     log.info("loaded %r: %d MiB of weights", vae, vae.footprint_bytes >> 20)
     return vae

@@ -90,12 +90,12 @@ def _rename_diffusers_key(key: str, num_up_blocks: int) -> str:
         return f"{part}.mid.attn_1.{_ATTN_NAMES[name]}.{leaf}"
     for part in ("encoder", "decoder"):
         if key.startswith(f"{part}.conv_norm_out."):
-            return f"{part}.norm_out." + key[len(f"{part}.conv_norm_out."):]
+            return f"{part}.norm_out." + key[len(f"{part}.conv_norm_out.") :]
     return key  # conv_in, conv_out, quant_conv, post_quant_conv: same names; unknowns pass through
 
 
 def _resnet_leaf(rest: str) -> str:
-    return "nin_shortcut." + rest[len("conv_shortcut."):] if rest.startswith("conv_shortcut.") else rest
+    return "nin_shortcut." + rest[len("conv_shortcut.") :] if rest.startswith("conv_shortcut.") else rest
 
 
 def diffusers_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

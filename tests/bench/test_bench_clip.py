@@ -68,12 +68,16 @@ def test_bench_clip_latency_ours_vs_transformers():
             state = {k: v.to(dtype) for k, v in base.items()}
             theirs = hf_clip_from_state(kind, state, **sizes)
             config, converted, _ = convert_state(
-                dict(state), activation="quick_gelu" if kind == "l" else "gelu", dtype=dtype,
-                with_projection=(kind == "g"), what="bench",
+                dict(state),
+                activation="quick_gelu" if kind == "l" else "gelu",
+                dtype=dtype,
+                with_projection=(kind == "g"),
+                what="bench",
             )
             ours = build_model(config, converted, what="bench")
             # Same work on both sides: every layer, the hidden state ComfyUI reads, and pooled.
             if kind == "l":  # SD1.5 use: last layer normed + pooled
+
                 def run_ours():
                     return ours(tokens, layer_index=None, pooled="raw")
 
@@ -81,12 +85,16 @@ def test_bench_clip_latency_ours_vs_transformers():
                     out = theirs(input_ids=tokens)
                     return out.last_hidden_state, out.pooler_output
             else:  # SDXL use: penultimate (no final norm) + projected pooled
+
                 def run_ours():
-                    return ours(tokens, layer_index=sizes["layers"] - 2, norm_hidden=False, pooled="projected")
+                    return ours(
+                        tokens, layer_index=sizes["layers"] - 2, norm_hidden=False, pooled="projected"
+                    )
 
                 def run_theirs():
                     out = theirs(input_ids=tokens, output_hidden_states=True)
                     return out.hidden_states[-2], out.text_embeds
+
             with torch.inference_mode():
                 a, b = run_ours(), run_theirs()
                 tolerance = 1e-3 if dtype == torch.float32 else 0.1
@@ -141,7 +149,11 @@ _MEMORY_SCRIPT = textwrap.dedent(
 def _measure(args: dict) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, json.dumps(args)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -150,10 +162,18 @@ def test_bench_clip_peak_memory_bf16_vs_fp32(tmp_path):
     # The files users have: fp16 CLIP-L (HF layout) and fp16 CLIP-G inside SDXL (OpenCLIP layout).
     l_path, g_path = tmp_path / "clip_l.safetensors", tmp_path / "clip_g.safetensors"
     save_file(random_clip_state("l", **FULL_CLIP["l"], dtype=torch.float16, seed=6), str(l_path))
-    save_file(clip_state_in_layout(random_clip_state("g", **FULL_CLIP["g"], dtype=torch.float16, seed=7), "openclip"), str(g_path))
+    save_file(
+        clip_state_in_layout(
+            random_clip_state("g", **FULL_CLIP["g"], dtype=torch.float16, seed=7), "openclip"
+        ),
+        str(g_path),
+    )
     print("\nCLIP peak memory (RSS growth over load + one encode, fresh process, fp16 files):")
     print(f"{'encoder':8} {'dtype':6} {'weights MiB':>12} {'peak MiB':>10} {'load s':>8}")
-    for name, files in (("SD1.5", {"clip_l": str(l_path)}), ("SDXL", {"clip_l": str(l_path), "clip_g": str(g_path)})):
+    for name, files in (
+        ("SD1.5", {"clip_l": str(l_path)}),
+        ("SDXL", {"clip_l": str(l_path), "clip_g": str(g_path)}),
+    ):
         for dtype in ("bf16", "fp32"):
             m = _measure({**files, "dtype": dtype})
             print(f"{name:8} {dtype:6} {m['weights_mib']:12.0f} {m['peak_mib']:10.0f} {m['load_s']:8.2f}")

@@ -37,8 +37,15 @@ pytestmark = pytest.mark.bench
 async def fake_process(render_delay: float = 0.0):
     """A FakeComfyUI in a child process; yields its URL."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.helpers.fake_comfyui", "--render-delay", str(render_delay),
-        cwd=str(ROOT), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tests.helpers.fake_comfyui",
+        "--render-delay",
+        str(render_delay),
+        cwd=str(ROOT),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
         assert line and line[0] == "FAKE_COMFYUI_READY", line
@@ -102,11 +109,15 @@ async def test_bench_client_overhead_per_job():
         in_median, in_cached, _ = await median_job_ms(fake.url, jobs)
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"client overhead, submit -> outputs in hand, median of {jobs} uncached jobs (zero render time):")
-    print(f"  fake in its own process : {out_median:6.2f} ms   (fully cached prompt: {out_cached:.2f} ms)   goal < 5 ms")
+    print(
+        f"  fake in its own process : {out_median:6.2f} ms   (fully cached prompt: {out_cached:.2f} ms)   goal < 5 ms"
+    )
     print(f"  fake in the same process: {in_median:6.2f} ms   (fully cached prompt: {in_cached:.2f} ms)")
     print(f"  client CPU per job (fake in its own process): {out_cpu:.2f} ms")
-    print(f"  raw GET round trip to the fake process: httpx {out_httpx:.2f} ms vs aiohttp {out_aiohttp:.2f} ms "
-          f"(ratio {out_httpx / out_aiohttp:.1f}x); a job needs 3 requests, 2 on the critical path")
+    print(
+        f"  raw GET round trip to the fake process: httpx {out_httpx:.2f} ms vs aiohttp {out_aiohttp:.2f} ms "
+        f"(ratio {out_httpx / out_aiohttp:.1f}x); a job needs 3 requests, 2 on the critical path"
+    )
 
 
 def ideal_makespan(delays: list[float], jobs: int) -> float:
@@ -118,15 +129,19 @@ def ideal_makespan(delays: list[float], jobs: int) -> float:
     return max(finish)
 
 
-async def routed_makespan(urls: list[str], depth: int, jobs: int) -> tuple[float, dict[str, int], list[float]]:
+async def routed_makespan(
+    urls: list[str], depth: int, jobs: int
+) -> tuple[float, dict[str, int], list[float]]:
     config = InstancesConfig(tuple(InstanceConfig(f"gpu{i}", url, ("anime",)) for i, url in enumerate(urls)))
-    settings = RouterSettings(health_interval=1.0, max_in_flight_per_instance=depth,
-                              timeouts=ComfyTimeouts(history=30.0))
+    settings = RouterSettings(
+        health_interval=1.0, max_in_flight_per_instance=depth, timeouts=ComfyTimeouts(history=30.0)
+    )
     async with StyleRouter(config, settings=settings) as router:
         await router.wait_until(lambda s: all(i.healthy and i.connected for i in s.instances), timeout=30)
         start = time.perf_counter()
-        results = await asyncio.gather(*(router.run(txt2img_prompt(seed=1_000 * depth + n), style="anime")
-                                         for n in range(jobs)))
+        results = await asyncio.gather(
+            *(router.run(txt2img_prompt(seed=1_000 * depth + n), style="anime") for n in range(jobs))
+        )
         makespan = time.perf_counter() - start
         snap = router.snapshot()
         # Per-job time each fake really took (start -> finish as the client saw it).
@@ -145,17 +160,25 @@ async def test_bench_router_makespan_uneven_instances():
     async with contextlib.AsyncExitStack() as stack:
         urls = [await stack.enter_async_context(fake_process(d)) for d in delays]
         rows = []
-        for depth, label in ((1, "first-free, depth 1"), (2, "first-free, depth 2 (default)"),
-                             (4, "first-free, depth 4"), (10_000, "no depth limit")):
+        for depth, label in (
+            (1, "first-free, depth 1"),
+            (2, "first-free, depth 2 (default)"),
+            (4, "first-free, depth 4"),
+            (10_000, "no depth limit"),
+        ):
             makespan, counts, measured = await routed_makespan(urls, depth, jobs)
             rows.append((label, makespan, counts, measured))
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{jobs} jobs over 4 instances with per-job render times {delays} s:")
-    print(f"  ideal least-loaded schedule: {ideal:.2f} s;  naive even split would take {even_split:.2f} s "
-          f"({even_split / ideal:.2f}x)")
+    print(
+        f"  ideal least-loaded schedule: {ideal:.2f} s;  naive even split would take {even_split:.2f} s "
+        f"({even_split / ideal:.2f}x)"
+    )
     for label, makespan, counts, measured in rows:
         share = ", ".join(f"{name}={counts.get(name, 0)}" for name in ("gpu0", "gpu1", "gpu2", "gpu3"))
         fair = ideal_makespan(measured, jobs) if all(measured) else float("nan")
-        print(f"  {label:31s}: {makespan:.2f} s = {makespan / ideal:.2f}x ideal "
-              f"({makespan / fair:.2f}x the ideal for the measured per-job times "
-              f"{[round(m * 1000) for m in measured]} ms)   jobs: {share}")
+        print(
+            f"  {label:31s}: {makespan:.2f} s = {makespan / ideal:.2f}x ideal "
+            f"({makespan / fair:.2f}x the ideal for the measured per-job times "
+            f"{[round(m * 1000) for m in measured]} ms)   jobs: {share}"
+        )

@@ -51,22 +51,47 @@ async def test_bench_remote_vae_decode_vs_in_process(tmp_path):
     path = make_tiny_vae(tmp_path / "vae.safetensors", "ldm", config=config).path
     local = load_vae(path, device="cpu", dtype="fp32")
     sizes = (256, 512) if FULL_VAE else (512, 1024)
-    args = ("--port", "0", "--ws-port", "0", "--device", "cpu", "--precision", "fp32",
-            "--static", "--vae", str(path), "--load-models", "start")
+    args = (
+        "--port",
+        "0",
+        "--ws-port",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--static",
+        "--vae",
+        str(path),
+        "--load-models",
+        "start",
+    )
     rows = []
     async with daemon_process(*args) as (_, ready):
+
         def measure() -> None:
             warm = np.zeros((1, 4, 8, 8), np.float32)
-            with DaemonClient(ready.host, ready.port, shared_memory=False) as sock_client, \
-                    DaemonClient(ready.host, ready.port, shared_memory=True) as shm_client:
-                sock_client.vae_decode(warm)       # connect, load, shm negotiation
+            with (
+                DaemonClient(ready.host, ready.port, shared_memory=False) as sock_client,
+                DaemonClient(ready.host, ready.port, shared_memory=True) as shm_client,
+            ):
+                sock_client.vae_decode(warm)  # connect, load, shm negotiation
                 shm_client.vae_decode(warm)
                 local.decode(torch.from_numpy(warm))
                 for side in sizes:
                     repeats = 3 if side <= 512 else 2
-                    z = np.random.default_rng(side).standard_normal((1, 4, side // 8, side // 8)).astype(np.float32)
-                    timings: dict[str, list[float]] = {"local": [], "sock": [], "shm": [],
-                                                       "sock_over": [], "shm_over": []}
+                    z = (
+                        np.random.default_rng(side)
+                        .standard_normal((1, 4, side // 8, side // 8))
+                        .astype(np.float32)
+                    )
+                    timings: dict[str, list[float]] = {
+                        "local": [],
+                        "sock": [],
+                        "shm": [],
+                        "sock_over": [],
+                        "shm_over": [],
+                    }
                     for _ in range(repeats):
                         t = time.perf_counter()
                         local.decode(torch.from_numpy(z)).numpy()
@@ -77,26 +102,50 @@ async def test_bench_remote_vae_decode_vs_in_process(tmp_path):
                             elapsed = time.perf_counter() - t
                             timings[name].append(elapsed)
                             timings[f"{name}_over"].append(elapsed - result["run_ms"] / 1000)
-                    rows.append((side, repeats, {k: _median_ms(v) for k, v in timings.items()},
-                                 shm_client.uses_shared_memory))
+                    rows.append(
+                        (
+                            side,
+                            repeats,
+                            {k: _median_ms(v) for k, v in timings.items()},
+                            shm_client.uses_shared_memory,
+                        )
+                    )
 
         await asyncio.to_thread(measure)
-    print(f"\nremote vae_decode vs in-process ({'full SD VAE' if FULL_VAE else 'tiny VAE'}, fp32, CPU; "
-          "overhead = client time - daemon worker time)")
+    print(
+        f"\nremote vae_decode vs in-process ({'full SD VAE' if FULL_VAE else 'tiny VAE'}, fp32, CPU; "
+        "overhead = client time - daemon worker time)"
+    )
     for side, repeats, ms, shm_used in rows:
-        print(f"  {side}² (median of {repeats}): in-process {ms['local']:9.1f} ms | socket {ms['sock']:9.1f} ms "
-              f"(overhead {ms['sock_over']:6.1f} ms = {ms['sock_over'] / ms['local']:.2%}) | "
-              f"shm{'' if shm_used else ' (NOT negotiated)'} {ms['shm']:9.1f} ms "
-              f"(overhead {ms['shm_over']:6.1f} ms = {ms['shm_over'] / ms['local']:.2%})")
+        print(
+            f"  {side}² (median of {repeats}): in-process {ms['local']:9.1f} ms | socket {ms['sock']:9.1f} ms "
+            f"(overhead {ms['sock_over']:6.1f} ms = {ms['sock_over'] / ms['local']:.2%}) | "
+            f"shm{'' if shm_used else ' (NOT negotiated)'} {ms['shm']:9.1f} ms "
+            f"(overhead {ms['shm_over']:6.1f} ms = {ms['shm_over'] / ms['local']:.2%})"
+        )
 
 
 async def test_bench_clip_encode_cache_hit_and_miss_latency(tmp_path):
     sizes = FULL_CLIP["l"]
-    path = make_tiny_clip(tmp_path / "clip_l.safetensors", "l", hidden=sizes["hidden"],
-                          layers=sizes["layers"], mlp=sizes["mlp"]).path
-    args = ("--port", "0", "--ws-port", "0", "--device", "cpu", "--precision", "fp32",
-            "--clip-l", str(path), "--load-models", "start")
+    path = make_tiny_clip(
+        tmp_path / "clip_l.safetensors", "l", hidden=sizes["hidden"], layers=sizes["layers"], mlp=sizes["mlp"]
+    ).path
+    args = (
+        "--port",
+        "0",
+        "--ws-port",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--clip-l",
+        str(path),
+        "--load-models",
+        "start",
+    )
     async with daemon_process(*args) as (_, ready):
+
         def measure() -> tuple[list[float], list[float]]:
             hits, misses = [], []
             with DaemonClient(ready.host, ready.port) as client:
@@ -114,16 +163,40 @@ async def test_bench_clip_encode_cache_hit_and_miss_latency(tmp_path):
 
         hits, misses = await asyncio.to_thread(measure)
     print("\nclip_encode latency (full-size CLIP-L, random weights, fp32, CPU; socket path)")
-    print(f"  cache hit : p50 {_percentile_ms(hits, 0.5):.3f} ms, p95 {_percentile_ms(hits, 0.95):.3f} ms "
-          f"(n={len(hits)}; goal p50 < 1 ms)")
-    print(f"  cache miss: p50 {_percentile_ms(misses, 0.5):.1f} ms, p95 {_percentile_ms(misses, 0.95):.1f} ms "
-          f"(n={len(misses)})")
+    print(
+        f"  cache hit : p50 {_percentile_ms(hits, 0.5):.3f} ms, p95 {_percentile_ms(hits, 0.95):.3f} ms "
+        f"(n={len(hits)}; goal p50 < 1 ms)"
+    )
+    print(
+        f"  cache miss: p50 {_percentile_ms(misses, 0.5):.1f} ms, p95 {_percentile_ms(misses, 0.95):.1f} ms "
+        f"(n={len(misses)})"
+    )
 
 
 async def _load_run(path, mode: str, clients: int = 8, per_client: int = 6) -> dict:
-    args = ["--port", "0", "--ws-port", "0", "--device", "cpu", "--precision", "fp32",
-            f"--{mode}", "--vae", str(path), "--load-models", "start", "--max-vae-workers", "4",
-            "--scale-up-delay", "0.1", "--idle-timeout", "60", "--status-interval", "0.2"]
+    args = [
+        "--port",
+        "0",
+        "--ws-port",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        f"--{mode}",
+        "--vae",
+        str(path),
+        "--load-models",
+        "start",
+        "--max-vae-workers",
+        "4",
+        "--scale-up-delay",
+        "0.1",
+        "--idle-timeout",
+        "60",
+        "--status-interval",
+        "0.2",
+    ]
     async with daemon_process(*args) as (_, ready):
         z = np.random.default_rng(0).standard_normal((1, 4, 48, 48)).astype(np.float32)
         with DaemonClient(ready.host, ready.port) as warm:
@@ -151,8 +224,14 @@ async def _load_run(path, mode: str, clients: int = 8, per_client: int = 6) -> d
             elapsed = time.perf_counter() - started
             scaling = [m["data"] for m in ws.seen if m["type"] == "scaling"]
     total = clients * per_client
-    return {"mode": mode, "rps": total / elapsed, "elapsed": elapsed, "samples": samples,
-            "scaling": scaling, "total": total}
+    return {
+        "mode": mode,
+        "rps": total / elapsed,
+        "elapsed": elapsed,
+        "samples": samples,
+        "scaling": scaling,
+        "total": total,
+    }
 
 
 async def test_bench_eight_concurrent_clients_static_vs_dynamic(tmp_path):
@@ -160,7 +239,11 @@ async def test_bench_eight_concurrent_clients_static_vs_dynamic(tmp_path):
     results = [await _load_run(path, "static"), await _load_run(path, "dynamic")]
     print("\n8 concurrent clients, vae_decode 384² (tiny VAE, CPU, 2 cores), 6 requests each")
     for r in results:
-        series = " ".join(f"{t:.1f}s:q{q}/w{w}" for t, q, w in r["samples"][:: max(1, len(r["samples"]) // 12)])
-        print(f"  {r['mode']:7s}: {r['rps']:6.2f} req/s ({r['total']} in {r['elapsed']:.1f} s); "
-              f"scaling events: {[(e['event'], e['worker_id']) for e in r['scaling']]}")
+        series = " ".join(
+            f"{t:.1f}s:q{q}/w{w}" for t, q, w in r["samples"][:: max(1, len(r["samples"]) // 12)]
+        )
+        print(
+            f"  {r['mode']:7s}: {r['rps']:6.2f} req/s ({r['total']} in {r['elapsed']:.1f} s); "
+            f"scaling events: {[(e['event'], e['worker_id']) for e in r['scaling']]}"
+        )
         print(f"           queue depth / workers over time: {series}")

@@ -45,8 +45,14 @@ class ServiceThread:
 
     async def _serve(self):
         self.stop_requested = asyncio.Event()
-        service = TcpService(EchoHandler(), host="127.0.0.1", port=0, token=None,
-                             limits=Limits(max_payload_bytes=1 << 30), ops=("echo",))
+        service = TcpService(
+            EchoHandler(),
+            host="127.0.0.1",
+            port=0,
+            token=None,
+            limits=Limits(max_payload_bytes=1 << 30),
+            ops=("echo",),
+        )
         self.address = await service.start()
         self.ready.set()
         await self.stop_requested.wait()
@@ -117,14 +123,19 @@ def test_bench_64mib_round_trip_protocol_vs_raw_socket():
     raw, tcp, shm = [], [], []
     raw_echo = RawEcho(data.nbytes)
     try:
-        with ServiceThread() as service, \
-                DaemonClient(*service.address, shared_memory=False, timeout=60) as tcp_client, \
-                DaemonClient(*service.address, shared_memory=True, timeout=60) as shm_client:
+        with (
+            ServiceThread() as service,
+            DaemonClient(*service.address, shared_memory=False, timeout=60) as tcp_client,
+            DaemonClient(*service.address, shared_memory=True, timeout=60) as shm_client,
+        ):
             assert not tcp_client.uses_shared_memory and shm_client.uses_shared_memory
             for round_index in range(REPEATS + 1):
                 # Interleaved one by one so background load hits all three alike; round 0 warms up.
-                samples = (raw_echo.round_trip(data), protocol_round_trip(tcp_client, data),
-                           protocol_round_trip(shm_client, data))
+                samples = (
+                    raw_echo.round_trip(data),
+                    protocol_round_trip(tcp_client, data),
+                    protocol_round_trip(shm_client, data),
+                )
                 if round_index:
                     for series, sample in zip((raw, tcp, shm), samples):
                         series.append(sample)
@@ -133,9 +144,13 @@ def test_bench_64mib_round_trip_protocol_vs_raw_socket():
     mib = PAYLOAD_BYTES / (1 << 20)
     for label, pick in (("median", statistics.median), ("best", min)):
         raw_s, tcp_s, shm_s = pick(raw), pick(tcp), pick(shm)
-        print(f"\n64 MiB round trip, {label} of {len(raw)}: raw socket {raw_s * 1e3:.1f} ms "
-              f"({2 * mib / raw_s:.0f} MiB/s), protocol over TCP {tcp_s * 1e3:.1f} ms "
-              f"({2 * mib / tcp_s:.0f} MiB/s), protocol over shared memory {shm_s * 1e3:.1f} ms "
-              f"({2 * mib / shm_s:.0f} MiB/s)")
-        print(f"  throughput ratio TCP/raw = {raw_s / tcp_s:.2f}x (goal >= 0.8x), "
-              f"shm/raw = {raw_s / shm_s:.2f}x (goal >= 2x)")
+        print(
+            f"\n64 MiB round trip, {label} of {len(raw)}: raw socket {raw_s * 1e3:.1f} ms "
+            f"({2 * mib / raw_s:.0f} MiB/s), protocol over TCP {tcp_s * 1e3:.1f} ms "
+            f"({2 * mib / tcp_s:.0f} MiB/s), protocol over shared memory {shm_s * 1e3:.1f} ms "
+            f"({2 * mib / shm_s:.0f} MiB/s)"
+        )
+        print(
+            f"  throughput ratio TCP/raw = {raw_s / tcp_s:.2f}x (goal >= 0.8x), "
+            f"shm/raw = {raw_s / shm_s:.2f}x (goal >= 2x)"
+        )

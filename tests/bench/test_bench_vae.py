@@ -84,7 +84,11 @@ _MEASURE = textwrap.dedent(
 def _measure(impl: str, path: Path, precision: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE, impl, str(path), precision, str(LATENT)],
-        cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -99,18 +103,26 @@ def full_vae_file(tmp_path_factory):
 
 
 def test_bench_vae_decode_512_ours_vs_diffusers(full_vae_file):
-    print(f"\nVAE decode {LATENT * 8}x{LATENT * 8} (latent {LATENT}x{LATENT}), batch 1, "
-          f"CPU threads {torch.get_num_threads()}, capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"{'precision':<10}{'ours s':>9}{'diffusers s':>13}{'ratio':>7}"
-          f"{'ours peak MiB':>15}{'diffusers peak MiB':>20}{'weights MiB':>13}")
+    print(
+        f"\nVAE decode {LATENT * 8}x{LATENT * 8} (latent {LATENT}x{LATENT}), batch 1, "
+        f"CPU threads {torch.get_num_threads()}, capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(
+        f"{'precision':<10}{'ours s':>9}{'diffusers s':>13}{'ratio':>7}"
+        f"{'ours peak MiB':>15}{'diffusers peak MiB':>20}{'weights MiB':>13}"
+    )
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         if not cpu_has_native(dtype):
             weights = load_vae(full_vae_file, dtype=precision, strict_dtype=True).footprint_bytes / 2**20
-            print(f"{precision:<10}{'n/a: no native ' + precision + ' convolutions on this CPU':>55}"
-                  f"{weights:>20.0f}")
+            print(
+                f"{precision:<10}{'n/a: no native ' + precision + ' convolutions on this CPU':>55}"
+                f"{weights:>20.0f}"
+            )
             continue
         ours = _measure("ours", full_vae_file, precision)
         theirs = _measure("diffusers", full_vae_file, precision)
         ratio = ours["seconds"] / theirs["seconds"]
-        print(f"{precision:<10}{ours['seconds']:>9.2f}{theirs['seconds']:>13.2f}{ratio:>7.2f}"
-              f"{ours['peak_mib']:>15.0f}{theirs['peak_mib']:>20.0f}{ours['weights_mib']:>13.0f}")
+        print(
+            f"{precision:<10}{ours['seconds']:>9.2f}{theirs['seconds']:>13.2f}{ratio:>7.2f}"
+            f"{ours['peak_mib']:>15.0f}{theirs['peak_mib']:>20.0f}{ours['weights_mib']:>13.0f}"
+        )

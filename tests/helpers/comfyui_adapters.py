@@ -21,7 +21,7 @@ class ComfyCLIPAdapter:
         self.layer = layer
         self.calls: list[tuple[str, int | None]] = []
 
-    def clone(self) -> "ComfyCLIPAdapter":
+    def clone(self) -> ComfyCLIPAdapter:
         return type(self)(self.encoder, self.layer)
 
     def clip_layer(self, layer_idx: int) -> None:
@@ -35,8 +35,9 @@ class ComfyCLIPAdapter:
         self.calls.append((tokens["l"], self.layer))
         return self.encoder.encode(tokens["l"], clip_skip=self.layer)
 
-    def encode_from_tokens_scheduled(self, tokens: dict, unprojected: bool = False,
-                                     add_dict: dict | None = None, show_pbar: bool = True) -> list:
+    def encode_from_tokens_scheduled(
+        self, tokens: dict, unprojected: bool = False, add_dict: dict | None = None, show_pbar: bool = True
+    ) -> list:
         conditioning = self._encode(tokens)
         details = {"pooled_output": conditioning.pooled}
         details.update(add_dict or {})
@@ -49,7 +50,7 @@ class LegacyComfyCLIPAdapter:
     def __init__(self, encoder: Any, layer: int | None = None) -> None:
         self._inner = ComfyCLIPAdapter(encoder, layer)
 
-    def clone(self) -> "LegacyComfyCLIPAdapter":
+    def clone(self) -> LegacyComfyCLIPAdapter:
         return type(self)(self._inner.encoder, self._inner.layer)
 
     def clip_layer(self, layer_idx: int) -> None:

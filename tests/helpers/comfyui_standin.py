@@ -108,14 +108,14 @@ def _validate_input_spec(where: str, name: str, spec: Any) -> None:
     if not isinstance(options, dict):
         raise NodeContractError(f"{where}: options of input {name!r} must be a dict")
     if isinstance(kind, (list, tuple)):
-        if not kind or "default" in options and options["default"] not in kind:
+        if not kind or ("default" in options and options["default"] not in kind):
             raise NodeContractError(f"{where}: combo {name!r} default is not one of {kind}")
         return
     if not isinstance(kind, str):
         raise NodeContractError(f"{where}: input {name!r} type must be a name or a list")
     if kind in ("INT", "FLOAT") and "default" in options:
         default = options["default"]
-        if "min" in options and default < options["min"] or "max" in options and default > options["max"]:
+        if ("min" in options and default < options["min"]) or ("max" in options and default > options["max"]):
             raise NodeContractError(f"{where}: {name!r} default {default} is outside min/max")
 
 
@@ -140,7 +140,8 @@ def run_node(cls: type, **inputs: Any) -> tuple:
         result = result["result"]
     if not isinstance(result, tuple) or len(result) != len(cls.RETURN_TYPES):
         raise NodeContractError(
-            f"{cls.__name__}: FUNCTION must return a tuple of {len(cls.RETURN_TYPES)} values")
+            f"{cls.__name__}: FUNCTION must return a tuple of {len(cls.RETURN_TYPES)} values"
+        )
     return result
 
 
@@ -154,7 +155,7 @@ def _validate_value(node: str, name: str, spec: tuple, value: Any) -> None:
     if kind not in WIDGET_TYPES:
         return  # a linked value (IMAGE, LATENT, CLIP, VAE...): ComfyUI passes the object
     expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}[kind]
-    if not isinstance(value, expected) or kind == "INT" and isinstance(value, bool):
+    if not isinstance(value, expected) or (kind == "INT" and isinstance(value, bool)):
         raise NodeContractError(f"{node}: {name}={value!r} is not a {kind}")
     if kind in ("INT", "FLOAT"):
         if "min" in options and value < options["min"]:

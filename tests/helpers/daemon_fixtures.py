@@ -35,8 +35,9 @@ def tiny_clip_files(directory: Path, *, sdxl: bool = False, seed: int = 0) -> di
     """Tiny real-layout CLIP-L (SD1.5) or CLIP-L + CLIP-G (SDXL) text-encoder files."""
     files = {"clip_l": make_tiny_clip(directory / f"tiny_clip_l_{seed}.safetensors", "l", seed=seed).path}
     if sdxl:
-        files["clip_g"] = make_tiny_clip(directory / f"tiny_clip_g_{seed}.safetensors", "g",
-                                         layout="openclip", seed=seed + 1).path
+        files["clip_g"] = make_tiny_clip(
+            directory / f"tiny_clip_g_{seed}.safetensors", "g", layout="openclip", seed=seed + 1
+        ).path
     return files
 
 
@@ -84,8 +85,9 @@ class WsRecorder:
                 self.seen.append(message)
                 self.messages.put_nowait(message)
 
-    async def next(self, kind: str | None = None, where: Callable[[dict], bool] | None = None,
-                   timeout: float = 10.0) -> dict:
+    async def next(
+        self, kind: str | None = None, where: Callable[[dict], bool] | None = None, timeout: float = 10.0
+    ) -> dict:
         """The next message of ``kind`` whose data satisfies ``where`` (others are skipped)."""
         async with asyncio.timeout(timeout):
             while True:
@@ -114,13 +116,20 @@ async def ws_recorder(host: str, port: int) -> AsyncIterator[WsRecorder]:
 
 
 @contextlib.asynccontextmanager
-async def daemon_process(*args: str, env: dict[str, str] | None = None, timeout: float = 60.0
-                         ) -> AsyncIterator[tuple[asyncio.subprocess.Process, ReadyInfo]]:
+async def daemon_process(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, ReadyInfo]]:
     """``python -m daemon ARGS`` until its readiness line; killed if still running at exit."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", *args, cwd=str(REPO_ROOT),
+        sys.executable,
+        "-m",
+        "daemon",
+        *args,
+        cwd=str(REPO_ROOT),
         env={**os.environ, **(env or {})},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         ready = await wait_ready(proc, timeout)
         yield proc, ready
@@ -146,8 +155,14 @@ async def wait_ready(proc: asyncio.subprocess.Process, timeout: float) -> ReadyI
 async def run_daemon_to_exit(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
     """Run ``python -m daemon ARGS`` expecting it to exit by itself: (code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", *args, cwd=str(REPO_ROOT),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "daemon",
+        *args,
+        cwd=str(REPO_ROOT),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()

@@ -83,8 +83,9 @@ import posixpath
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from PIL import Image
@@ -94,21 +95,61 @@ from app.comfy.events import encode_preview
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "lms", "dpmpp_2m", "dpmpp_2m_sde",
-            "dpmpp_sde", "ddim", "uni_pc", "lcm", "dpmpp_3m_sde", "res_multistep", "ddpm",
-            "deis", "ipndm", "er_sde", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
-            "heunpp2", "sa_solver"]
-SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta",
-              "normal", "linear_quadratic", "kl_optimal"]
+SAMPLERS = [
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "lms",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_sde",
+    "ddim",
+    "uni_pc",
+    "lcm",
+    "dpmpp_3m_sde",
+    "res_multistep",
+    "ddpm",
+    "deis",
+    "ipndm",
+    "er_sde",
+    "dpm_fast",
+    "dpm_adaptive",
+    "dpmpp_2s_ancestral",
+    "heunpp2",
+    "sa_solver",
+]
+SCHEDULERS = [
+    "simple",
+    "sgm_uniform",
+    "karras",
+    "exponential",
+    "ddim_uniform",
+    "beta",
+    "normal",
+    "linear_quadratic",
+    "kl_optimal",
+]
 
 
 def _is_upload_combo(kind: Any, options: Any) -> bool:
     """A file-picker combo (``image_upload``): the fake validates it like LoadImage's VALIDATE_INPUTS."""
-    return (isinstance(kind, list) or kind == "COMBO") and isinstance(options, dict) and bool(options.get("image_upload"))
+    return (
+        (isinstance(kind, list) or kind == "COMBO")
+        and isinstance(options, dict)
+        and bool(options.get("image_upload"))
+    )
 
 
-def _node(required: dict, output: list[str], *, optional: dict | None = None,
-          output_node: bool = False, hidden: dict | None = None, category: str = "") -> dict:
+def _node(
+    required: dict,
+    output: list[str],
+    *,
+    optional: dict | None = None,
+    output_node: bool = False,
+    hidden: dict | None = None,
+    category: str = "",
+) -> dict:
     inputs: dict[str, Any] = {"required": required}
     order: dict[str, list[str]] = {"required": list(required)}
     if optional:
@@ -117,10 +158,20 @@ def _node(required: dict, output: list[str], *, optional: dict | None = None,
     if hidden:
         inputs["hidden"] = hidden
         order["hidden"] = list(hidden)
-    return {"input": inputs, "input_order": order, "is_input_list": False, "output": output,
-            "output_is_list": [False] * len(output), "output_name": list(output),
-            "output_node": output_node, "category": category, "python_module": "nodes",
-            "description": "", "has_intermediate_output": False, "search_aliases": []}
+    return {
+        "input": inputs,
+        "input_order": order,
+        "is_input_list": False,
+        "output": output,
+        "output_is_list": [False] * len(output),
+        "output_name": list(output),
+        "output_node": output_node,
+        "category": category,
+        "python_module": "nodes",
+        "description": "",
+        "has_intermediate_output": False,
+        "search_aliases": [],
+    }
 
 
 def default_object_info() -> dict[str, dict]:
@@ -133,59 +184,134 @@ def default_object_info() -> dict[str, dict]:
     return {
         "CheckpointLoaderSimple": _node(
             {"ckpt_name": [["tiny_sd15.safetensors", "sdxl_base.safetensors"], {}]},
-            ["MODEL", "CLIP", "VAE"], category="loaders"),
+            ["MODEL", "CLIP", "VAE"],
+            category="loaders",
+        ),
         "CLIPTextEncode": _node(
             {"text": ["STRING", {"multiline": True, "dynamicPrompts": True}], "clip": ["CLIP", {}]},
-            ["CONDITIONING"], category="conditioning"),
+            ["CONDITIONING"],
+            category="conditioning",
+        ),
         "EmptyLatentImage": _node(
-            {"width": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
-             "height": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
-             "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}]},
-            ["LATENT"], category="latent"),
+            {
+                "width": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
+                "height": ["INT", {"default": 512, "min": 16, "max": 16384, "step": 8}],
+                "batch_size": ["INT", {"default": 1, "min": 1, "max": 4096}],
+            },
+            ["LATENT"],
+            category="latent",
+        ),
         "KSampler": _node(
-            {"model": ["MODEL", {}], "seed": seed_spec,
-             "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
-             "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}],
-             "sampler_name": [SAMPLERS, {}], "scheduler": [SCHEDULERS, {}],
-             "positive": ["CONDITIONING", {}], "negative": ["CONDITIONING", {}],
-             "latent_image": ["LATENT", {}],
-             "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}]},
-            ["LATENT"], category="sampling"),
+            {
+                "model": ["MODEL", {}],
+                "seed": seed_spec,
+                "steps": ["INT", {"default": 20, "min": 1, "max": 10000}],
+                "cfg": ["FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}],
+                "sampler_name": [SAMPLERS, {}],
+                "scheduler": [SCHEDULERS, {}],
+                "positive": ["CONDITIONING", {}],
+                "negative": ["CONDITIONING", {}],
+                "latent_image": ["LATENT", {}],
+                "denoise": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}],
+            },
+            ["LATENT"],
+            category="sampling",
+        ),
         "VAEDecode": _node({"samples": ["LATENT", {}], "vae": ["VAE", {}]}, ["IMAGE"], category="latent"),
         "VAEEncode": _node({"pixels": ["IMAGE", {}], "vae": ["VAE", {}]}, ["LATENT"], category="latent"),
-        "VAELoader": _node({"vae_name": [["sdxl_vae.safetensors", "pixel_space"], {}]}, ["VAE"], category="loaders"),
+        "VAELoader": _node(
+            {"vae_name": [["sdxl_vae.safetensors", "pixel_space"], {}]}, ["VAE"], category="loaders"
+        ),
         "LoraLoader": _node(
-            {"model": ["MODEL", {}], "clip": ["CLIP", {}],
-             "lora_name": [["detail.safetensors", "style_anime.safetensors"], {}],
-             "strength_model": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}],
-             "strength_clip": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}]},
-            ["MODEL", "CLIP"], category="loaders"),
-        "LoadImage": _node({"image": [["example.png"], {"image_upload": True}]}, ["IMAGE", "MASK"], category="image"),
+            {
+                "model": ["MODEL", {}],
+                "clip": ["CLIP", {}],
+                "lora_name": [["detail.safetensors", "style_anime.safetensors"], {}],
+                "strength_model": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}],
+                "strength_clip": ["FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}],
+            },
+            ["MODEL", "CLIP"],
+            category="loaders",
+        ),
+        "LoadImage": _node(
+            {"image": [["example.png"], {"image_upload": True}]}, ["IMAGE", "MASK"], category="image"
+        ),
         "SaveImage": _node(
             {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
-            ["IMAGE"], output_node=True, hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
-            category="image"),
-        "PreviewImage": _node({"images": ["IMAGE", {}]}, [], output_node=True,
-                              hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}, category="image"),
+            ["IMAGE"],
+            output_node=True,
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            category="image",
+        ),
+        "PreviewImage": _node(
+            {"images": ["IMAGE", {}]},
+            [],
+            output_node=True,
+            hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            category="image",
+        ),
     }
 
 
-def txt2img_prompt(*, seed: int = 1, steps: int = 4, text: str = "a lighthouse at dusk",
-                   width: int = 64, height: int = 64, batch_size: int = 1,
-                   ckpt: str = "tiny_sd15.safetensors", prefix: str = "luna") -> dict[str, dict]:
+def txt2img_prompt(
+    *,
+    seed: int = 1,
+    steps: int = 4,
+    text: str = "a lighthouse at dusk",
+    width: int = 64,
+    height: int = 64,
+    batch_size: int = 1,
+    ckpt: str = "tiny_sd15.safetensors",
+    prefix: str = "luna",
+) -> dict[str, dict]:
     """A valid API-format txt2img prompt for :func:`default_object_info` (node ids as ComfyUI's default)."""
     return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}, "_meta": {"title": "Load Checkpoint"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch_size},
-              "_meta": {"title": "Empty Latent Image"}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["4", 1]}, "_meta": {"title": "Positive"}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}, "_meta": {"title": "Negative"}},
-        "3": {"class_type": "KSampler", "inputs": {
-            "seed": seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
-            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]},
-            "_meta": {"title": "KSampler"}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}, "_meta": {"title": "VAE Decode"}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}, "_meta": {"title": "Save Image"}},
+        "4": {
+            "class_type": "CheckpointLoaderSimple",
+            "inputs": {"ckpt_name": ckpt},
+            "_meta": {"title": "Load Checkpoint"},
+        },
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": width, "height": height, "batch_size": batch_size},
+            "_meta": {"title": "Empty Latent Image"},
+        },
+        "6": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": text, "clip": ["4", 1]},
+            "_meta": {"title": "Positive"},
+        },
+        "7": {
+            "class_type": "CLIPTextEncode",
+            "inputs": {"text": "blurry", "clip": ["4", 1]},
+            "_meta": {"title": "Negative"},
+        },
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": seed,
+                "steps": steps,
+                "cfg": 7.0,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+            "_meta": {"title": "KSampler"},
+        },
+        "8": {
+            "class_type": "VAEDecode",
+            "inputs": {"samples": ["3", 0], "vae": ["4", 2]},
+            "_meta": {"title": "VAE Decode"},
+        },
+        "9": {
+            "class_type": "SaveImage",
+            "inputs": {"filename_prefix": prefix, "images": ["8", 0]},
+            "_meta": {"title": "Save Image"},
+        },
     }
 
 
@@ -241,7 +367,12 @@ class _Interrupted(Exception):
 class _NodeFailure(Exception):
     def __init__(self, node_id: str, class_type: str, exception_type: str, message: str) -> None:
         super().__init__(message)
-        self.node_id, self.class_type, self.exception_type, self.message = node_id, class_type, exception_type, message
+        self.node_id, self.class_type, self.exception_type, self.message = (
+            node_id,
+            class_type,
+            exception_type,
+            message,
+        )
 
 
 def _now_ms() -> int:
@@ -336,7 +467,7 @@ class FakeComfyUI:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> "FakeComfyUI":
+    async def __aenter__(self) -> FakeComfyUI:
         await self.start()
         return self
 
@@ -372,13 +503,18 @@ class FakeComfyUI:
 
     def _recorded(self, handler: Callable) -> Callable:
         async def wrapper(request: web.Request) -> web.StreamResponse:
-            self.requests.append((request.method, request.path, {k.lower(): v for k, v in request.headers.items()}))
+            self.requests.append(
+                (request.method, request.path, {k.lower(): v for k, v in request.headers.items()})
+            )
             return await handler(request)
+
         return wrapper
 
     async def start(self) -> None:
         """Listen on ``host``:``port`` (port 0 the first time = any free port)."""
-        self._runner = web.AppRunner(self._build_app(), handle_signals=False, access_log=None, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(
+            self._build_app(), handle_signals=False, access_log=None, shutdown_timeout=0.1
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -431,9 +567,13 @@ class FakeComfyUI:
 
     def input_files(self) -> list[str]:
         """What an upload widget (LoadImage) lists: image files at the top of the input folder, sorted."""
-        return sorted(filename for kind, subfolder, filename in self.files
-                      if kind == "input" and not subfolder
-                      and (mimetypes.guess_type(filename)[0] or "").startswith("image/"))
+        return sorted(
+            filename
+            for kind, subfolder, filename in self.files
+            if kind == "input"
+            and not subfolder
+            and (mimetypes.guess_type(filename)[0] or "").startswith("image/")
+        )
 
     def _upload_combos(self) -> list[tuple[Any, dict]]:
         """(combo spec, its options) of every ``image_upload`` input in ``object_info``."""
@@ -441,7 +581,11 @@ class FakeComfyUI:
         for info in self.object_info.values():
             for section in ("required", "optional"):
                 for spec in ((info.get("input") or {}).get(section) or {}).values():
-                    if isinstance(spec, list) and spec and _is_upload_combo(spec[0], spec[1] if len(spec) > 1 else {}):
+                    if (
+                        isinstance(spec, list)
+                        and spec
+                        and _is_upload_combo(spec[0], spec[1] if len(spec) > 1 else {})
+                    ):
                         found.append((spec, spec[1]))
         return found
 
@@ -476,12 +620,25 @@ class FakeComfyUI:
 
     # --- scripting -----------------------------------------------------------------------------
 
-    def fail_on(self, *, node: str | None = None, class_type: str | None = None,
-                exception_type: str = "RuntimeError", message: str = "simulated failure",
-                times: int = 1) -> None:
+    def fail_on(
+        self,
+        *,
+        node: str | None = None,
+        class_type: str | None = None,
+        exception_type: str = "RuntimeError",
+        message: str = "simulated failure",
+        times: int = 1,
+    ) -> None:
         """Make the next ``times`` executions of a node (by id or class type) raise."""
-        self._failures.append({"node": node, "class_type": class_type, "exception_type": exception_type,
-                               "message": message, "times": times})
+        self._failures.append(
+            {
+                "node": node,
+                "class_type": class_type,
+                "exception_type": exception_type,
+                "message": message,
+                "times": times,
+            }
+        )
 
     def drop_websockets_on(self, event: str, *, node: str | None = None, times: int = 1) -> None:
         """Close every WebSocket right before the next ``event`` (for ``node``, if given) is sent."""
@@ -494,14 +651,32 @@ class FakeComfyUI:
     def reject_next(self, body: dict | None = None, *, status: int = 400, times: int = 1) -> None:
         """Answer the next ``times`` ``POST /prompt`` with ``body`` (default: a missing-model 400)."""
         if body is None:
-            body = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                              "details": "", "extra_info": {}},
-                    "node_errors": {"4": {"errors": [{
-                        "type": "value_not_in_list", "message": "Value not in list",
-                        "details": "ckpt_name: 'missing.safetensors' not in ['tiny_sd15.safetensors']",
-                        "extra_info": {"input_name": "ckpt_name", "input_config": None,
-                                       "received_value": "missing.safetensors"}}],
-                        "dependent_outputs": ["9"], "class_type": "CheckpointLoaderSimple"}}}
+            body = {
+                "error": {
+                    "type": "prompt_outputs_failed_validation",
+                    "message": "Prompt outputs failed validation",
+                    "details": "",
+                    "extra_info": {},
+                },
+                "node_errors": {
+                    "4": {
+                        "errors": [
+                            {
+                                "type": "value_not_in_list",
+                                "message": "Value not in list",
+                                "details": "ckpt_name: 'missing.safetensors' not in ['tiny_sd15.safetensors']",
+                                "extra_info": {
+                                    "input_name": "ckpt_name",
+                                    "input_config": None,
+                                    "received_value": "missing.safetensors",
+                                },
+                            }
+                        ],
+                        "dependent_outputs": ["9"],
+                        "class_type": "CheckpointLoaderSimple",
+                    }
+                },
+            }
         self._forced_rejections.extend([(status, body)] * times)
 
     def clear_cache(self) -> None:
@@ -549,8 +724,11 @@ class FakeComfyUI:
     def request_count(self, path: str, method: str | None = None) -> int:
         """How many requests hit ``path`` (with or without the ``/api`` prefix)."""
         bare = path[4:] if path.startswith("/api/") else path
-        return sum(1 for m, p, _ in self.requests
-                   if (p == bare or p == "/api" + bare) and (method is None or m == method))
+        return sum(
+            1
+            for m, p, _ in self.requests
+            if (p == bare or p == "/api" + bare) and (method is None or m == method)
+        )
 
     @property
     def queue_remaining(self) -> int:
@@ -582,7 +760,13 @@ class FakeComfyUI:
         """ComfyUI's ``send_sync``: ``sid`` None broadcasts, otherwise only that client's socket."""
         await self._check_triggers(event, data)
         text = json.dumps({"type": event, "data": data})
-        targets = list(self._sockets.items()) if sid is None else [(sid, self._sockets[sid])] if sid in self._sockets else []
+        targets = (
+            list(self._sockets.items())
+            if sid is None
+            else [(sid, self._sockets[sid])]
+            if sid in self._sockets
+            else []
+        )
         for _, (ws, _transport) in targets:
             try:
                 await ws.send_str(text)
@@ -590,7 +774,13 @@ class FakeComfyUI:
                 pass
 
     async def _send_bytes(self, payload: bytes, sid: str | None) -> None:
-        targets = list(self._sockets.values()) if sid is None else [self._sockets[sid]] if sid in self._sockets else []
+        targets = (
+            list(self._sockets.values())
+            if sid is None
+            else [self._sockets[sid]]
+            if sid in self._sockets
+            else []
+        )
         for ws, _transport in targets:
             try:
                 await ws.send_bytes(payload)
@@ -614,8 +804,17 @@ class FakeComfyUI:
         if old is not None:
             await old[0].close()
         try:
-            await ws.send_str(json.dumps({"type": "status", "data": {
-                "status": {"exec_info": {"queue_remaining": self.queue_remaining}}, "sid": client_id}}))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "status",
+                        "data": {
+                            "status": {"exec_info": {"queue_remaining": self.queue_remaining}},
+                            "sid": client_id,
+                        },
+                    }
+                )
+            )
             if self._running is not None and self._running.client_id == client_id and self._running_node:
                 await ws.send_str(json.dumps({"type": "executing", "data": {"node": self._running_node}}))
             first = True
@@ -628,7 +827,9 @@ class FakeComfyUI:
                     if isinstance(parsed, dict) and parsed.get("type") == "feature_flags":
                         if (parsed.get("data") or {}).get("supports_preview_metadata"):
                             self._preview_metadata_clients.add(client_id)
-                        await ws.send_str(json.dumps({"type": "feature_flags", "data": self._feature_flags()}))
+                        await ws.send_str(
+                            json.dumps({"type": "feature_flags", "data": self._feature_flags()})
+                        )
                 first = False
         finally:
             if self._sockets.get(client_id, (None,))[0] is ws:
@@ -640,13 +841,26 @@ class FakeComfyUI:
 
     # --- prompt validation -------------------------------------------------------------------
 
-    def _reject(self, error_type: str, message: str, details: str = "", extra: dict | None = None,
-                node_errors: dict | None = None) -> web.Response:
+    def _reject(
+        self,
+        error_type: str,
+        message: str,
+        details: str = "",
+        extra: dict | None = None,
+        node_errors: dict | None = None,
+    ) -> web.Response:
         if self.legacy_errors and error_type == "no_prompt":
             body: dict = {"error": "no prompt", "node_errors": []}
         else:
-            body = {"error": {"type": error_type, "message": message, "details": details, "extra_info": extra or {}},
-                    "node_errors": node_errors or {}}
+            body = {
+                "error": {
+                    "type": error_type,
+                    "message": message,
+                    "details": details,
+                    "extra_info": extra or {},
+                },
+                "node_errors": node_errors or {},
+            }
         self.rejected.append(body)
         return web.json_response(body, status=400)
 
@@ -671,18 +885,37 @@ class FakeComfyUI:
             spec = specs.get(name) or optional[name]
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
             if name not in inputs:
-                errors.append(self._reason("required_input_missing", "Required input is missing", name,
-                                           {"input_name": name}))
+                errors.append(
+                    self._reason(
+                        "required_input_missing", "Required input is missing", name, {"input_name": name}
+                    )
+                )
                 valid = False
                 continue
             value = inputs[name]
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+            if (
+                isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[0], str)
+                and isinstance(value[1], int)
+            ):
                 source_id, index = value
                 if source_id not in prompt:
-                    errors.append(self._reason(
-                        "exception_during_inner_validation", "Exception when validating inner node",
-                        repr(source_id), {"input_name": name, "input_config": spec, "exception_message": repr(source_id),
-                                          "exception_type": "KeyError", "traceback": [], "linked_node": value}))
+                    errors.append(
+                        self._reason(
+                            "exception_during_inner_validation",
+                            "Exception when validating inner node",
+                            repr(source_id),
+                            {
+                                "input_name": name,
+                                "input_config": spec,
+                                "exception_message": repr(source_id),
+                                "exception_type": "KeyError",
+                                "traceback": [],
+                                "linked_node": value,
+                            },
+                        )
+                    )
                     valid = False
                     continue
                 source = prompt[source_id]
@@ -690,12 +923,24 @@ class FakeComfyUI:
                 outputs = source_info.get("output", [])
                 received = outputs[index] if 0 <= index < len(outputs) else None
                 expected = kind if isinstance(kind, str) else "COMBO"
-                if received is None or (received != expected and "*" not in (received, expected)
-                                        and not (expected == "COMBO" and received == "COMBO")):
-                    errors.append(self._reason(
-                        "return_type_mismatch", "Return type mismatch between linked nodes",
-                        f"{name}, received_type({received}) mismatch input_type({expected})",
-                        {"input_name": name, "input_config": spec, "received_type": received, "linked_node": value}))
+                if received is None or (
+                    received != expected
+                    and "*" not in (received, expected)
+                    and not (expected == "COMBO" and received == "COMBO")
+                ):
+                    errors.append(
+                        self._reason(
+                            "return_type_mismatch",
+                            "Return type mismatch between linked nodes",
+                            f"{name}, received_type({received}) mismatch input_type({expected})",
+                            {
+                                "input_name": name,
+                                "input_config": spec,
+                                "received_type": received,
+                                "linked_node": value,
+                            },
+                        )
+                    )
                     valid = False
                     continue
                 if not self._validate_node(prompt, source_id, validated):
@@ -712,8 +957,14 @@ class FakeComfyUI:
                 valid = False
         for name, value in file_checked:
             if not self._input_file_exists(value):
-                errors.append(self._reason("custom_validation_failed", "Custom validation failed for node",
-                                           f"{name} - Invalid image file: {value}", {"input_name": name}))
+                errors.append(
+                    self._reason(
+                        "custom_validation_failed",
+                        "Custom validation failed for node",
+                        f"{name} - Invalid image file: {value}",
+                        {"input_name": name},
+                    )
+                )
         validated[node_id] = (valid and not errors, errors)
         return validated[node_id][0]
 
@@ -737,9 +988,16 @@ class FakeComfyUI:
             choices = kind if isinstance(kind, list) else options.get("options", [])
             if value not in choices:
                 shown = f"(list of length {len(choices)})" if len(choices) > 20 else repr(choices)
-                return self._reason("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {shown}",
-                                    {"input_name": name, "input_config": None if len(choices) > 20 else spec,
-                                     "received_value": value})
+                return self._reason(
+                    "value_not_in_list",
+                    "Value not in list",
+                    f"{name}: '{value}' not in {shown}",
+                    {
+                        "input_name": name,
+                        "input_config": None if len(choices) > 20 else spec,
+                        "received_value": value,
+                    },
+                )
             return None
         if kind not in _PRIMITIVES:
             return None
@@ -753,17 +1011,32 @@ class FakeComfyUI:
             else:
                 converted = bool(value)
         except (TypeError, ValueError) as exc:
-            return self._reason("invalid_input_type", f"Failed to convert an input value to a {kind} value",
-                                f"{name}, {value}, {exc}",
-                                {"input_name": name, "input_config": spec, "received_value": value,
-                                 "exception_message": str(exc)})
+            return self._reason(
+                "invalid_input_type",
+                f"Failed to convert an input value to a {kind} value",
+                f"{name}, {value}, {exc}",
+                {
+                    "input_name": name,
+                    "input_config": spec,
+                    "received_value": value,
+                    "exception_message": str(exc),
+                },
+            )
         if kind in ("INT", "FLOAT"):
             if "min" in options and converted < options["min"]:
-                return self._reason("value_smaller_than_min", f"Value {converted} smaller than min of {options['min']}",
-                                    name, {"input_name": name, "input_config": spec, "received_value": converted})
+                return self._reason(
+                    "value_smaller_than_min",
+                    f"Value {converted} smaller than min of {options['min']}",
+                    name,
+                    {"input_name": name, "input_config": spec, "received_value": converted},
+                )
             if "max" in options and converted > options["max"]:
-                return self._reason("value_bigger_than_max", f"Value {converted} bigger than max of {options['max']}",
-                                    name, {"input_name": name, "input_config": spec, "received_value": converted})
+                return self._reason(
+                    "value_bigger_than_max",
+                    f"Value {converted} bigger than max of {options['max']}",
+                    name,
+                    {"input_name": name, "input_config": spec, "received_value": converted},
+                )
         return None
 
     def _validate(self, prompt: dict) -> tuple[web.Response | None, list[str], dict]:
@@ -773,15 +1046,31 @@ class FakeComfyUI:
             class_type = node.get("class_type") if isinstance(node, dict) else None
             if class_type is None:
                 label = title or node_id
-                return self._reject("missing_node_type",
-                                    f"Node '{label}' has no class_type. The workflow may be corrupted or a custom node is missing.",
-                                    f"Node ID '#{node_id}'", {"node_id": node_id, "class_type": None, "node_title": label}), [], {}
+                return (
+                    self._reject(
+                        "missing_node_type",
+                        f"Node '{label}' has no class_type. The workflow may be corrupted or a custom node is missing.",
+                        f"Node ID '#{node_id}'",
+                        {"node_id": node_id, "class_type": None, "node_title": label},
+                    ),
+                    [],
+                    {},
+                )
             if class_type not in self.object_info:
                 label = title or class_type
-                return self._reject("missing_node_type",
-                                    f"Node '{label}' not found. The custom node may not be installed.",
-                                    f"Node ID '#{node_id}'", {"node_id": node_id, "class_type": class_type, "node_title": label}), [], {}
-        outputs = [nid for nid, node in prompt.items() if self.object_info[node["class_type"]].get("output_node")]
+                return (
+                    self._reject(
+                        "missing_node_type",
+                        f"Node '{label}' not found. The custom node may not be installed.",
+                        f"Node ID '#{node_id}'",
+                        {"node_id": node_id, "class_type": class_type, "node_title": label},
+                    ),
+                    [],
+                    {},
+                )
+        outputs = [
+            nid for nid, node in prompt.items() if self.object_info[node["class_type"]].get("output_node")
+        ]
         if not outputs:
             return self._reject("prompt_no_outputs", "Prompt has no outputs"), [], {}
         validated: dict[str, tuple[bool, list]] = {}
@@ -794,12 +1083,25 @@ class FakeComfyUI:
             for node_id in self._upstream(prompt, output_id):
                 reasons = validated.get(node_id, (True, []))[1]
                 if reasons:
-                    entry = node_errors.setdefault(node_id, {"errors": reasons, "dependent_outputs": [],
-                                                             "class_type": prompt[node_id]["class_type"]})
+                    entry = node_errors.setdefault(
+                        node_id,
+                        {
+                            "errors": reasons,
+                            "dependent_outputs": [],
+                            "class_type": prompt[node_id]["class_type"],
+                        },
+                    )
                     entry["dependent_outputs"].append(output_id)
         if not good:
-            return self._reject("prompt_outputs_failed_validation", "Prompt outputs failed validation",
-                                node_errors=node_errors), [], node_errors
+            return (
+                self._reject(
+                    "prompt_outputs_failed_validation",
+                    "Prompt outputs failed validation",
+                    node_errors=node_errors,
+                ),
+                [],
+                node_errors,
+            )
         return None, good, node_errors
 
     # --- HTTP handlers -----------------------------------------------------------------------
@@ -822,9 +1124,12 @@ class FakeComfyUI:
         if self.accept_client_prompt_id and "prompt_id" in body:
             prompt_id = str(body["prompt_id"])
             if self.strict_prompt_id and not _UUID_RE.match(prompt_id):
-                return self._reject("invalid_prompt_id", "prompt_id must be a valid UUID",
-                                    "prompt_id must be a UUID string in canonical lowercase hyphenated form; "
-                                    "omit it to let the server generate one")
+                return self._reject(
+                    "invalid_prompt_id",
+                    "prompt_id must be a valid UUID",
+                    "prompt_id must be a UUID string in canonical lowercase hyphenated form; "
+                    "omit it to let the server generate one",
+                )
         rejection, outputs, node_errors = self._validate(prompt)
         if rejection is not None:
             return rejection
@@ -839,8 +1144,18 @@ class FakeComfyUI:
             extra_data["client_id"] = client_id
         extra_data["create_time"] = _now_ms()
         job = _Job(number, prompt_id, copy.deepcopy(prompt), extra_data, outputs, client_id)
-        self.prompts.append(ReceivedPrompt(prompt_id, client_id, copy.deepcopy(prompt), extra_data, number, body,
-                                           {k.lower(): v for k, v in request.headers.items()}, outputs))
+        self.prompts.append(
+            ReceivedPrompt(
+                prompt_id,
+                client_id,
+                copy.deepcopy(prompt),
+                extra_data,
+                number,
+                body,
+                {k.lower(): v for k, v in request.headers.items()},
+                outputs,
+            )
+        )
         waiters, self._prompt_waiters = self._prompt_waiters, []
         for fut in waiters:
             if not fut.done():
@@ -856,8 +1171,9 @@ class FakeComfyUI:
 
     async def _get_queue(self, request: web.Request) -> web.Response:
         running = [self._running.queue_item()] if self._running else []
-        return web.json_response({"queue_running": running,
-                                  "queue_pending": [job.queue_item() for _, _, job in self._pending]})
+        return web.json_response(
+            {"queue_running": running, "queue_pending": [job.queue_item() for _, _, job in self._pending]}
+        )
 
     async def _post_queue(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -902,7 +1218,7 @@ class FakeComfyUI:
     async def _get_history_all(self, request: web.Request) -> web.Response:
         items = list(self.history.items())
         if "max_items" in request.query:
-            items = items[-int(request.query["max_items"]):]
+            items = items[-int(request.query["max_items"]) :]
         return web.json_response(dict(items))
 
     async def _get_history(self, request: web.Request) -> web.Response:
@@ -949,7 +1265,12 @@ class FakeComfyUI:
         subfolder = str(form.get("subfolder", ""))
         folder = posixpath.normpath(subfolder.replace("\\", "/"))
         target = posixpath.normpath(posixpath.join(folder, name))
-        if target == ".." or target.startswith(("../", "/")) or folder.startswith(("../", "/")) or folder == "..":
+        if (
+            target == ".."
+            or target.startswith(("../", "/"))
+            or folder.startswith(("../", "/"))
+            or folder == ".."
+        ):
             return web.Response(status=400)  # outside the folder (ComfyUI's commonpath check)
         folder = "" if folder == "." else folder
         data = upload.file.read()
@@ -967,15 +1288,32 @@ class FakeComfyUI:
         return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
     async def _system_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "system": {"os": "linux", "ram_total": 32 * 1024**3, "ram_free": 16 * 1024**3,
-                       "comfyui_version": self.version, "required_frontend_version": "1.49.6",
-                       "python_version": "3.11.7", "pytorch_version": "2.14.1+cu130",
-                       "embedded_python": False, "argv": ["main.py", "--port", str(self.port)]},
-            "devices": [{"name": "cuda:0 NVIDIA Fake", "type": "cuda", "index": 0,
-                         "vram_total": self.vram_total, "vram_free": self.vram_free,
-                         "torch_vram_total": self.vram_total // 2, "torch_vram_free": self.vram_free // 2}],
-        })
+        return web.json_response(
+            {
+                "system": {
+                    "os": "linux",
+                    "ram_total": 32 * 1024**3,
+                    "ram_free": 16 * 1024**3,
+                    "comfyui_version": self.version,
+                    "required_frontend_version": "1.49.6",
+                    "python_version": "3.11.7",
+                    "pytorch_version": "2.14.1+cu130",
+                    "embedded_python": False,
+                    "argv": ["main.py", "--port", str(self.port)],
+                },
+                "devices": [
+                    {
+                        "name": "cuda:0 NVIDIA Fake",
+                        "type": "cuda",
+                        "index": 0,
+                        "vram_total": self.vram_total,
+                        "vram_free": self.vram_free,
+                        "torch_vram_total": self.vram_total // 2,
+                        "torch_vram_free": self.vram_free // 2,
+                    }
+                ],
+            }
+        )
 
     async def _features(self, request: web.Request) -> web.Response:
         return web.json_response(self._feature_flags())
@@ -1038,7 +1376,12 @@ class FakeComfyUI:
                 return
             seen.add(node_id)
             for value in (job.prompt[node_id].get("inputs") or {}).values():
-                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] in job.prompt:
+                if (
+                    isinstance(value, list)
+                    and len(value) == 2
+                    and isinstance(value[0], str)
+                    and value[0] in job.prompt
+                ):
                     visit(value[0])
             order.append(node_id)
 
@@ -1052,7 +1395,12 @@ class FakeComfyUI:
             node = job.prompt[node_id]
             parts = {}
             for name, value in sorted((node.get("inputs") or {}).items()):
-                if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] in signatures:
+                if (
+                    isinstance(value, list)
+                    and len(value) == 2
+                    and isinstance(value[0], str)
+                    and value[0] in signatures
+                ):
                     parts[name] = ["link", signatures[value[0]], value[1]]
                 else:
                     parts[name] = value
@@ -1076,16 +1424,23 @@ class FakeComfyUI:
             seen.add(current)
             inputs = job.prompt[current].get("inputs") or {}
             value = inputs.get(name)
-            if value is not None and not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+            if value is not None and not (
+                isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            ):
                 return value
-            stack.extend(v[0] for v in inputs.values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))
+            stack.extend(
+                v[0] for v in inputs.values() if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+            )
         return default
 
     def _make_images(self, job: _Job, node_id: str, class_type: str) -> dict:
         seed = int(self._literal_upstream(job, node_id, "seed", 0) or 0)
         batch = int(self._literal_upstream(job, node_id, "batch_size", 1) or 1)
         if class_type == "SaveImage":
-            kind, prefix = "output", str((job.prompt[node_id].get("inputs") or {}).get("filename_prefix", "ComfyUI"))
+            kind, prefix = (
+                "output",
+                str((job.prompt[node_id].get("inputs") or {}).get("filename_prefix", "ComfyUI")),
+            )
         else:
             kind, prefix = "temp", f"ComfyUI_temp_{job.prompt_id[:5]}"
         subfolder, _, stem = prefix.rpartition("/")
@@ -1127,11 +1482,16 @@ class FakeComfyUI:
                     output = self._cache[signatures[node_id]]
                     if output is not None:
                         outputs[node_id] = output
-                    await targeted_send("executed", {"node": node_id, "display_node": node_id, "output": output,
-                                                     "prompt_id": pid})
+                    await targeted_send(
+                        "executed",
+                        {"node": node_id, "display_node": node_id, "output": output, "prompt_id": pid},
+                    )
             to_run = [nid for nid in order if nid not in cached]
-            steps_total = sum(max(1, min(int(self._literal_upstream(job, nid, "steps", 1) or 1), self.progress_steps_cap))
-                              for nid in to_run if "steps" in (job.prompt[nid].get("inputs") or {}))
+            steps_total = sum(
+                max(1, min(int(self._literal_upstream(job, nid, "steps", 1) or 1), self.progress_steps_cap))
+                for nid in to_run
+                if "steps" in (job.prompt[nid].get("inputs") or {})
+            )
             per_step = self.render_delay / steps_total if steps_total else 0.0
             if not steps_total and self.render_delay:
                 per_step = self.render_delay / max(1, len(to_run))
@@ -1140,10 +1500,19 @@ class FakeComfyUI:
                 class_type = job.prompt[node_id]["class_type"]
                 self._running_node = node_id
                 if self.send_progress_state:
-                    states[node_id] = {"value": 0.0, "max": 1.0, "state": "running", "node_id": node_id,
-                                       "prompt_id": pid, "display_node_id": node_id, "parent_node_id": None,
-                                       "real_node_id": node_id}
-                    await self._send("progress_state", {"prompt_id": pid, "nodes": copy.deepcopy(states)}, None)
+                    states[node_id] = {
+                        "value": 0.0,
+                        "max": 1.0,
+                        "state": "running",
+                        "node_id": node_id,
+                        "prompt_id": pid,
+                        "display_node_id": node_id,
+                        "parent_node_id": None,
+                        "real_node_id": node_id,
+                    }
+                    await self._send(
+                        "progress_state", {"prompt_id": pid, "nodes": copy.deepcopy(states)}, None
+                    )
                 await targeted_send("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
                 failure = self._failure_for(node_id, class_type)
                 if failure is not None:
@@ -1155,8 +1524,9 @@ class FakeComfyUI:
                         await self._checkpoint()
                         if per_step:
                             await asyncio.sleep(per_step)
-                        await self._send("progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id},
-                                         sid)
+                        await self._send(
+                            "progress", {"value": step, "max": steps, "prompt_id": pid, "node": node_id}, sid
+                        )
                         if wants_preview:
                             await self._send_preview(job, node_id, sid)
                 elif per_step and not steps_total:
@@ -1165,8 +1535,10 @@ class FakeComfyUI:
                     output = self._make_images(job, node_id, class_type)
                     outputs[node_id] = output
                     self._cache[signatures[node_id]] = output
-                    await targeted_send("executed", {"node": node_id, "display_node": node_id, "output": output,
-                                                     "prompt_id": pid})
+                    await targeted_send(
+                        "executed",
+                        {"node": node_id, "display_node": node_id, "output": output, "prompt_id": pid},
+                    )
                 else:
                     self._cache[signatures[node_id]] = None
                 executed.append(node_id)
@@ -1181,19 +1553,35 @@ class FakeComfyUI:
                 job.messages.append(["execution_success", {"prompt_id": pid, "timestamp": _now_ms()}])
         except _Interrupted:
             node_id = self._running_node
-            data = {"prompt_id": pid, "node_id": node_id, "node_type": job.prompt[node_id]["class_type"] if node_id else None,
-                    "executed": executed, "timestamp": _now_ms()}
+            data = {
+                "prompt_id": pid,
+                "node_id": node_id,
+                "node_type": job.prompt[node_id]["class_type"] if node_id else None,
+                "executed": executed,
+                "timestamp": _now_ms(),
+            }
             job.messages.append(["execution_interrupted", data])
             await self._send("execution_interrupted", data, None)
             status_str, completed = "error", False
         except _NodeFailure as failure:
-            data = {"prompt_id": pid, "node_id": failure.node_id, "node_type": failure.class_type,
-                    "executed": executed, "exception_message": failure.message,
-                    "exception_type": failure.exception_type,
-                    "traceback": ['  File "ComfyUI/execution.py", line 306, in process_inputs\n    result = f(**inputs)\n'],
-                    "current_inputs": {k: [str(v)] for k, v in (job.prompt[failure.node_id].get("inputs") or {}).items()
-                                       if not isinstance(v, list)},
-                    "current_outputs": list(order), "timestamp": _now_ms()}
+            data = {
+                "prompt_id": pid,
+                "node_id": failure.node_id,
+                "node_type": failure.class_type,
+                "executed": executed,
+                "exception_message": failure.message,
+                "exception_type": failure.exception_type,
+                "traceback": [
+                    '  File "ComfyUI/execution.py", line 306, in process_inputs\n    result = f(**inputs)\n'
+                ],
+                "current_inputs": {
+                    k: [str(v)]
+                    for k, v in (job.prompt[failure.node_id].get("inputs") or {}).items()
+                    if not isinstance(v, list)
+                },
+                "current_outputs": list(order),
+                "timestamp": _now_ms(),
+            }
             job.messages.append(["execution_error", data])
             await targeted_send("execution_error", data)
             status_str, completed = "error", False
@@ -1206,8 +1594,10 @@ class FakeComfyUI:
             "prompt": job.queue_item(),
             "outputs": outputs,
             "status": {"status_str": status_str, "completed": completed, "messages": job.messages},
-            "meta": {nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
-                     for nid in outputs},
+            "meta": {
+                nid: {"node_id": nid, "display_node": nid, "parent_node": None, "real_node_id": nid}
+                for nid in outputs
+            },
         }
         self._running = None
         self._running_node = None
@@ -1218,8 +1608,14 @@ class FakeComfyUI:
     async def _send_preview(self, job: _Job, node_id: str, sid: str | None) -> None:
         image = jpeg_bytes()
         if sid is not None and sid in self._preview_metadata_clients:
-            metadata = {"node_id": node_id, "prompt_id": job.prompt_id, "display_node_id": node_id,
-                        "parent_node_id": None, "real_node_id": node_id, "image_type": "image/jpeg"}
+            metadata = {
+                "node_id": node_id,
+                "prompt_id": job.prompt_id,
+                "display_node_id": node_id,
+                "parent_node_id": None,
+                "real_node_id": node_id,
+                "image_type": "image/jpeg",
+            }
             await self._send_bytes(encode_preview(image, metadata=metadata), sid)
         else:
             await self._send_bytes(encode_preview(image, mime_type="image/jpeg"), sid)

@@ -65,8 +65,10 @@ def luna_nodes_object_info() -> dict[str, Any]:
     import daemon.comfyui_nodes as pack
 
     display = getattr(pack, "NODE_DISPLAY_NAME_MAPPINGS", {})
-    return {name: _entry_from_class(name, cls, display.get(name, name))
-            for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+    return {
+        name: _entry_from_class(name, cls, display.get(name, name))
+        for name, cls in pack.NODE_CLASS_MAPPINGS.items()
+    }
 
 
 def stock_object_info(with_sdxl: bool = True) -> dict[str, Any]:

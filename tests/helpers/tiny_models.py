@@ -105,8 +105,13 @@ def _vae_key_pairs(num_levels: int, enc_blocks: int, dec_blocks: int) -> list[tu
         pairs.append((f"{part}.mid_block.resnets.1.", f"{part}.mid.block_2."))
         attn = f"{part}.mid_block.attentions.0."
         ldm_attn = f"{part}.mid.attn_1."
-        for d_name, l_name in (("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."),
-                               ("to_v.", "v."), ("to_out.0.", "proj_out.")):
+        for d_name, l_name in (
+            ("group_norm.", "norm."),
+            ("to_q.", "q."),
+            ("to_k.", "k."),
+            ("to_v.", "v."),
+            ("to_out.0.", "proj_out."),
+        ):
             pairs.append((attn + d_name, ldm_attn + l_name))
         pairs.append((f"{part}.conv_norm_out.", f"{part}.norm_out."))
     return pairs
@@ -115,7 +120,9 @@ def _vae_key_pairs(num_levels: int, enc_blocks: int, dec_blocks: int) -> list[tu
 def diffusers_vae_state_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers AutoencoderKL state dict to the LDM layout (4-D attention weights)."""
     num_levels = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.down_blocks."))
-    enc_blocks = 1 + max(int(k.split(".")[4]) for k in state if k.startswith("encoder.down_blocks.0.resnets."))
+    enc_blocks = 1 + max(
+        int(k.split(".")[4]) for k in state if k.startswith("encoder.down_blocks.0.resnets.")
+    )
     dec_blocks = 1 + max(int(k.split(".")[4]) for k in state if k.startswith("decoder.up_blocks.0.resnets."))
     pairs = _vae_key_pairs(num_levels, enc_blocks, dec_blocks)
     out: dict[str, torch.Tensor] = {}
@@ -123,7 +130,7 @@ def diffusers_vae_state_to_ldm(state: Mapping[str, torch.Tensor]) -> dict[str, t
         new_key = key
         for d_prefix, l_prefix in pairs:
             if key.startswith(d_prefix):
-                new_key = l_prefix + key[len(d_prefix):]
+                new_key = l_prefix + key[len(d_prefix) :]
                 break
         new_key = new_key.replace(".conv_shortcut.", ".nin_shortcut.")
         if ".mid.attn_1." in new_key and new_key.endswith(".weight") and tensor.ndim == 2:
@@ -192,7 +199,9 @@ def make_tiny_checkpoint(
             tensors[prefixes[part] + key] = tensor.detach().contiguous()
     if with_unet:
         generator = torch.Generator().manual_seed(1234)
-        tensors["model.diffusion_model.input_blocks.0.0.weight"] = torch.randn(8, 4, 3, 3, generator=generator)
+        tensors["model.diffusion_model.input_blocks.0.0.weight"] = torch.randn(
+            8, 4, 3, 3, generator=generator
+        )
         tensors["model.diffusion_model.input_blocks.0.0.bias"] = torch.zeros(8)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
@@ -407,10 +416,16 @@ def hf_clip_from_state(kind: str, state: Mapping[str, torch.Tensor], *, hidden: 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-        num_attention_heads=hidden // 64, max_position_embeddings=77,
-        hidden_act="quick_gelu" if kind == "l" else "gelu", projection_dim=hidden,
-        bos_token_id=49406, eos_token_id=49407,
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu" if kind == "l" else "gelu",
+        projection_dim=hidden,
+        bos_token_id=49406,
+        eos_token_id=49407,
     )
     with torch.device("meta"):
         model = CLIPTextModel(config) if kind == "l" else CLIPTextModelWithProjection(config)

@@ -19,8 +19,16 @@ from app.paths import user_dirs
 from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
 from tests.helpers.ui_workflows import default_ui_workflow
 
-SMALL = ["--set", "checkpoint=sdxl_base.safetensors", "--set", "width=64", "--set", "height=64",
-         "--set", "steps=4"]
+SMALL = [
+    "--set",
+    "checkpoint=sdxl_base.safetensors",
+    "--set",
+    "width=64",
+    "--set",
+    "height=64",
+    "--set",
+    "steps=4",
+]
 
 
 async def luna(*argv: str) -> tuple[int, str, str]:
@@ -44,8 +52,20 @@ def write_instances(text: str) -> None:
 
 async def test_render_a_shipped_template_writes_images_and_one_json_result(tmp_path):
     async with FakeComfyUI() as fake:
-        code, out, err = await luna("render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--set", "seed=42",
-                                    "--set", "positive=a red fox in snow", "--out", str(tmp_path), "--json")
+        code, out, err = await luna(
+            "render",
+            "sdxl_txt2img",
+            "--url",
+            fake.url,
+            *SMALL,
+            "--set",
+            "seed=42",
+            "--set",
+            "positive=a red fox in snow",
+            "--out",
+            str(tmp_path),
+            "--json",
+        )
         assert code == 0, err
         result = json.loads(out)
         [received] = fake.prompts
@@ -62,7 +82,9 @@ async def test_render_a_shipped_template_writes_images_and_one_json_result(tmp_p
 
 async def test_render_without_json_prints_the_paths_and_reports_the_random_seed(tmp_path):
     async with FakeComfyUI() as fake:
-        code, out, err = await luna("render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--out", str(tmp_path))
+        code, out, err = await luna(
+            "render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--out", str(tmp_path)
+        )
         seed = fake.prompts[0].prompt["3"]["inputs"]["seed"]
     assert code == 0, err
     assert out.strip().endswith(".png") and out.strip().startswith(str(tmp_path))
@@ -71,32 +93,63 @@ async def test_render_without_json_prints_the_paths_and_reports_the_random_seed(
 
 async def test_render_applies_loras_from_the_command_line(tmp_path):
     async with FakeComfyUI() as fake:
-        code, out, err = await luna("render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--out", str(tmp_path),
-                                    "--set", "loras=detail.safetensors:0.7:0.4,style_anime.safetensors", "--json")
+        code, out, err = await luna(
+            "render",
+            "sdxl_txt2img",
+            "--url",
+            fake.url,
+            *SMALL,
+            "--out",
+            str(tmp_path),
+            "--set",
+            "loras=detail.safetensors:0.7:0.4,style_anime.safetensors",
+            "--json",
+        )
         assert code == 0, err
         prompt = fake.prompts[0].prompt
     loras = {k: v["inputs"] for k, v in prompt.items() if v["class_type"] == "LoraLoader"}
     assert [(v["lora_name"], v["strength_model"], v["strength_clip"]) for v in loras.values()] == [
-        ("detail.safetensors", 0.7, 0.4), ("style_anime.safetensors", 1.0, 1.0)]
-    assert json.loads(out)["values"]["loras"][0] == {"name": "detail.safetensors", "strength_model": 0.7,
-                                                     "strength_clip": 0.4}
+        ("detail.safetensors", 0.7, 0.4),
+        ("style_anime.safetensors", 1.0, 1.0),
+    ]
+    assert json.loads(out)["values"]["loras"][0] == {
+        "name": "detail.safetensors",
+        "strength_model": 0.7,
+        "strength_clip": 0.4,
+    }
 
 
 async def test_a_model_missing_on_the_instance_is_caught_before_submitting(tmp_path):
     async with FakeComfyUI() as fake:
-        code, out, err = await luna("render", "sdxl_txt2img", "--url", fake.url, "--out", str(tmp_path), "--json")
+        code, out, err = await luna(
+            "render", "sdxl_txt2img", "--url", fake.url, "--out", str(tmp_path), "--json"
+        )
         assert fake.prompts == []
     assert code == cli.EXIT_INVALID
     error = json.loads(out)["error"]
     [issue] = error["issues"]
-    assert (issue["node_title"], issue["input_name"], issue["params"]) == ("Load Checkpoint", "ckpt_name", ["checkpoint"])
+    assert (issue["node_title"], issue["input_name"], issue["params"]) == (
+        "Load Checkpoint",
+        "ckpt_name",
+        ["checkpoint"],
+    )
     assert "'Load Checkpoint' (#4 CheckpointLoaderSimple) input 'ckpt_name' [parameter checkpoint]" in err
 
 
 async def test_a_comfyui_400_names_the_node_title_and_the_parameter(tmp_path):
     async with FakeComfyUI() as fake:
-        code, out, err = await luna("render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--set", "steps=0",
-                                    "--no-validate", "--out", str(tmp_path))
+        code, out, err = await luna(
+            "render",
+            "sdxl_txt2img",
+            "--url",
+            fake.url,
+            *SMALL,
+            "--set",
+            "steps=0",
+            "--no-validate",
+            "--out",
+            str(tmp_path),
+        )
         assert len(fake.rejected) == 1 and fake.prompts == []
     assert code == cli.EXIT_INVALID
     assert "rejected the prompt (prompt_outputs_failed_validation)" in err
@@ -105,9 +158,12 @@ async def test_a_comfyui_400_names_the_node_title_and_the_parameter(tmp_path):
 
 async def test_a_node_failing_while_running_exits_1_naming_the_node(tmp_path):
     async with FakeComfyUI() as fake:
-        fake.fail_on(class_type="KSampler", exception_type="torch.OutOfMemoryError", message="CUDA out of memory")
-        code, out, err = await luna("render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--out",
-                                    str(tmp_path / "out"), "--json")
+        fake.fail_on(
+            class_type="KSampler", exception_type="torch.OutOfMemoryError", message="CUDA out of memory"
+        )
+        code, out, err = await luna(
+            "render", "sdxl_txt2img", "--url", fake.url, *SMALL, "--out", str(tmp_path / "out"), "--json"
+        )
     assert code == cli.EXIT_FAILED
     body = json.loads(out)
     assert body["error"]["kind"] == "execution_error" and body["prompt_id"]
@@ -120,8 +176,19 @@ async def test_a_bare_api_json_renders_with_the_detected_map(tmp_path):
     workflow = tmp_path / "pasted_api.json"
     workflow.write_text(json.dumps(txt2img_prompt()), encoding="utf-8")
     async with FakeComfyUI() as fake:
-        code, out, err = await luna("render", str(workflow), "--url", fake.url, "--set", "positive=a tower",
-                                    "--set", "seed=9", "--out", str(tmp_path / "out"), "--json")
+        code, out, err = await luna(
+            "render",
+            str(workflow),
+            "--url",
+            fake.url,
+            "--set",
+            "positive=a tower",
+            "--set",
+            "seed=9",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        )
         assert code == 0, err
         prompt = fake.prompts[0].prompt
     assert prompt["6"]["inputs"]["text"] == "a tower" and prompt["3"]["inputs"]["seed"] == 9
@@ -135,9 +202,21 @@ async def test_img2img_uploads_a_local_init_image_first(tmp_path):
         # No help from the test: the upload lands in the fake's input folder and LoadImage accepts
         # it by file (VALIDATE_INPUTS), although the /object_info list the CLI read never had it.
         assert "scene.png" not in fake.input_files()
-        code, out, err = await luna("render", "sdxl_img2img", "--url", fake.url, "--set",
-                                    "checkpoint=sdxl_base.safetensors", "--set", f"init_image={image}",
-                                    "--set", "denoise=0.4", "--out", str(tmp_path / "out"), "--json")
+        code, out, err = await luna(
+            "render",
+            "sdxl_img2img",
+            "--url",
+            fake.url,
+            "--set",
+            "checkpoint=sdxl_base.safetensors",
+            "--set",
+            f"init_image={image}",
+            "--set",
+            "denoise=0.4",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        )
         assert code == 0, err
         prompt = fake.prompts[0].prompt
         assert fake.files[("input", "", "scene.png")] == image.read_bytes()
@@ -145,11 +224,14 @@ async def test_img2img_uploads_a_local_init_image_first(tmp_path):
     assert "uploaded" in err
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--set", "colour=red"], "has no parameter 'colour'"),
-    (["--set", "steps=many"], "parameter 'steps' (int): cannot read 'many'"),
-    (["--set", "steps"], "--set expects name=value"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--set", "colour=red"], "has no parameter 'colour'"),
+        (["--set", "steps=many"], "parameter 'steps' (int): cannot read 'many'"),
+        (["--set", "steps"], "--set expects name=value"),
+    ],
+)
 async def test_bad_parameters_exit_2_before_contacting_anything(argv, needle):
     code, out, err = await luna("render", "sdxl_txt2img", "--url", dead_url(), *argv)
     assert code == cli.EXIT_USAGE and needle in err
@@ -157,9 +239,17 @@ async def test_bad_parameters_exit_2_before_contacting_anything(argv, needle):
 
 async def test_a_ui_workflow_that_cannot_be_converted_is_refused_with_the_export_hint(tmp_path):
     path = tmp_path / "ui.json"
-    path.write_text(json.dumps({"nodes": [{"id": 1, "type": "5f3e-subgraph", "mode": 0, "inputs": [], "outputs": []}],
-                                "links": [], "definitions": {"subgraphs": [{"id": "5f3e-subgraph"}]},
-                                "version": 0.4}), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "nodes": [{"id": 1, "type": "5f3e-subgraph", "mode": 0, "inputs": [], "outputs": []}],
+                "links": [],
+                "definitions": {"subgraphs": [{"id": "5f3e-subgraph"}]},
+                "version": 0.4,
+            }
+        ),
+        encoding="utf-8",
+    )
     async with FakeComfyUI() as fake:
         code, out, err = await luna("render", str(path), "--url", fake.url, "--json")
         assert fake.prompts == []
@@ -174,18 +264,35 @@ async def test_an_unreachable_url_exits_4():
 
 async def test_style_routing_skips_a_dead_instance():
     async with FakeComfyUI() as fake:
-        write_instances(f'[[instances]]\nname = "dead"\nurl = "{dead_url()}"\nstyles = ["anime"]\n'
-                        f'[[instances]]\nname = "alive"\nurl = "{fake.url}"\nstyles = ["anime"]\n')
-        code, out, err = await luna("render", "sdxl_txt2img", "--style", "anime", *SMALL, "--json",
-                                    "--out", str(user_dirs().data / "x"))
+        write_instances(
+            f'[[instances]]\nname = "dead"\nurl = "{dead_url()}"\nstyles = ["anime"]\n'
+            f'[[instances]]\nname = "alive"\nurl = "{fake.url}"\nstyles = ["anime"]\n'
+        )
+        code, out, err = await luna(
+            "render",
+            "sdxl_txt2img",
+            "--style",
+            "anime",
+            *SMALL,
+            "--json",
+            "--out",
+            str(user_dirs().data / "x"),
+        )
         assert code == 0, err
         assert json.loads(out)["instance"] == "alive" and len(fake.prompts) == 1
 
 
 async def test_templates_validate_against_an_instance():
     async with FakeComfyUI() as fake:
-        ok = await luna("templates", "validate", "sdxl_txt2img", "--url", fake.url, "--set",
-                        "checkpoint=sdxl_base.safetensors")
+        ok = await luna(
+            "templates",
+            "validate",
+            "sdxl_txt2img",
+            "--url",
+            fake.url,
+            "--set",
+            "checkpoint=sdxl_base.safetensors",
+        )
         bad = await luna("templates", "validate", "sdxl_txt2img_luna_daemon", "--url", fake.url, "--json")
     assert ok[0] == 0 and f"valid on {fake.url}" in ok[1]
     assert bad[0] == cli.EXIT_INVALID
@@ -195,23 +302,31 @@ async def test_templates_validate_against_an_instance():
 
 async def test_templates_detect_prints_a_toml_map_with_the_ambiguities(tmp_path):
     workflow = txt2img_prompt()
-    workflow["10"] = {"class_type": "KSampler", "inputs": {**workflow["3"]["inputs"], "latent_image": ["3", 0]},
-                      "_meta": {"title": "Second pass"}}
+    workflow["10"] = {
+        "class_type": "KSampler",
+        "inputs": {**workflow["3"]["inputs"], "latent_image": ["3", 0]},
+        "_meta": {"title": "Second pass"},
+    }
     path = tmp_path / "two_pass.json"
     path.write_text(json.dumps(workflow), encoding="utf-8")
     code, out, err = await luna("templates", "detect", str(path))
     assert code == 0
-    assert out.startswith("# Injection map proposed") and "# AMBIGUOUS sampler" in out and "Second pass" in out
+    assert (
+        out.startswith("# Injection map proposed") and "# AMBIGUOUS sampler" in out and "Second pass" in out
+    )
     import tomllib
 
     from app.comfy.templates import parse_map
+
     assert parse_map(tomllib.loads(out)).params["seed"].bindings[0].node == "3"
 
 
 async def test_instances_reports_health_queue_and_vram():
     async with FakeComfyUI(vram_total=24 * 2**30, vram_free=20 * 2**30) as fake:
-        write_instances(f'[[instances]]\nname = "gpu0"\nurl = "{fake.url}"\nstyles = ["anime"]\n'
-                        f'[[instances]]\nname = "gpu1"\nurl = "{dead_url()}"\nstyles = ["realistic"]\n')
+        write_instances(
+            f'[[instances]]\nname = "gpu0"\nurl = "{fake.url}"\nstyles = ["anime"]\n'
+            f'[[instances]]\nname = "gpu1"\nurl = "{dead_url()}"\nstyles = ["realistic"]\n'
+        )
         code, out, err = await luna("instances", "--json")
         text_code, text, _ = await luna("instances")
     assert code == 0 and text_code == 0
@@ -232,9 +347,23 @@ async def test_a_ui_format_file_is_converted_with_the_instance_nodes_and_rendere
     path.write_text(json.dumps(ui), encoding="utf-8")
     async with FakeComfyUI() as fake:
         converted = await luna("templates", "convert", str(path), "--url", fake.url)
-        code, out, err = await luna("render", str(path), "--url", fake.url, "--set", "checkpoint=sdxl_base.safetensors",
-                                    "--set", "width=64", "--set", "height=64", "--set", "positive=a harbour",
-                                    "--out", str(tmp_path / "out"), "--json")
+        code, out, err = await luna(
+            "render",
+            str(path),
+            "--url",
+            fake.url,
+            "--set",
+            "checkpoint=sdxl_base.safetensors",
+            "--set",
+            "width=64",
+            "--set",
+            "height=64",
+            "--set",
+            "positive=a harbour",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        )
         assert code == 0, err
         [received] = fake.prompts
     assert converted[0] == 0 and json.loads(converted[1])["3"]["class_type"] == "KSampler"
@@ -251,7 +380,9 @@ async def test_a_ui_format_file_without_an_instance_is_refused_with_the_export_h
 
 
 async def test_cancelling_a_render_interrupts_its_job_on_the_server(tmp_path):
-    args = cli.build_parser().parse_args(["render", "sdxl_txt2img", *SMALL, "--out", str(tmp_path), "--quiet"])
+    args = cli.build_parser().parse_args(
+        ["render", "sdxl_txt2img", *SMALL, "--out", str(tmp_path), "--quiet"]
+    )
     console = cli.Console(io.StringIO(), io.StringIO(), quiet=False)
     async with FakeComfyUI() as fake:
         args.url = fake.url
@@ -265,7 +396,9 @@ async def test_cancelling_a_render_interrupts_its_job_on_the_server(tmp_path):
             await render
         fake.resume()
         assert fake.interrupts == [{"prompt_id": fake.prompts[0].prompt_id}], console.err.getvalue()
-    assert "cancelled job" in console.err.getvalue() and ": interrupted" in console.err.getvalue(), console.err.getvalue()
+    assert "cancelled job" in console.err.getvalue() and ": interrupted" in console.err.getvalue(), (
+        console.err.getvalue()
+    )
 
 
 async def test_templates_show_lists_the_parameters_for_set():

@@ -22,10 +22,10 @@ from app.comfy.errors import (
 from app.comfy.events import (
     ConnectionLost,
     Executed,
+    Executing,
     ExecutionCached,
     ExecutionStart,
     ExecutionSuccess,
-    Executing,
     FeatureFlags,
     JobQueued,
     PreviewImage,
@@ -113,7 +113,9 @@ async def test_job_events_are_typed_and_in_the_real_order(client):
 async def test_ui_workflow_and_preview_method_go_into_extra_data_and_previews_are_decoded(fake, client):
     workflow = {"nodes": [], "links": [], "version": 0.4}
     events = []
-    await client.run(txt2img_prompt(steps=2), ui_workflow=workflow, preview_method="auto", on_event=events.append)
+    await client.run(
+        txt2img_prompt(steps=2), ui_workflow=workflow, preview_method="auto", on_event=events.append
+    )
 
     extra = fake.prompts[-1].extra_data
     assert extra["extra_pnginfo"]["workflow"] == workflow
@@ -128,7 +130,9 @@ async def test_ui_workflow_and_preview_method_go_into_extra_data_and_previews_ar
 async def test_legacy_previews_without_ids_are_attributed_to_the_running_node(fake):
     async with ComfyClient(fake.url, timeouts=FAST, previews=False) as client:
         events = []
-        result = await client.run(txt2img_prompt(steps=2), preview_method="latent2rgb", on_event=events.append)
+        result = await client.run(
+            txt2img_prompt(steps=2), preview_method="latent2rgb", on_event=events.append
+        )
 
     previews = [e for e in events if isinstance(e, PreviewImage)]
     assert [p.event_type for p in previews] == [1, 1]
@@ -193,7 +197,11 @@ async def test_invalid_value_is_rejected_with_node_and_input(client):
     assert rejection.status == 400 and rejection.error_type == "prompt_outputs_failed_validation"
     (reason,) = rejection.reasons
     assert (reason.node_id, reason.class_type, reason.input_name, reason.reason_type) == (
-        "3", "KSampler", "steps", "value_smaller_than_min")
+        "3",
+        "KSampler",
+        "steps",
+        "value_smaller_than_min",
+    )
     assert reason.dependent_outputs == ("9",)
     assert "steps" in str(rejection)
     assert client.jobs == []
@@ -238,8 +246,11 @@ async def test_old_servers_string_errors_are_parsed():
 
 async def test_accepted_prompt_with_node_errors_reports_warnings(fake, client):
     prompt = txt2img_prompt()
-    prompt["10"] = {"class_type": "SaveImage", "inputs": {"filename_prefix": "broken", "images": ["8", 5]},
-                    "_meta": {"title": "Broken Save"}}
+    prompt["10"] = {
+        "class_type": "SaveImage",
+        "inputs": {"filename_prefix": "broken", "images": ["8", 5]},
+        "_meta": {"title": "Broken Save"},
+    }
     result = await client.run(prompt)
 
     assert [r.node_id for r in result.warnings] == ["10"]
@@ -255,12 +266,18 @@ async def test_bad_prompt_id_is_rejected_with_its_type(client):
 
 
 async def test_execution_error_raises_execution_failed_with_diagnostics(fake, client):
-    fake.fail_on(class_type="VAEDecode", exception_type="torch.OutOfMemoryError", message="CUDA out of memory")
+    fake.fail_on(
+        class_type="VAEDecode", exception_type="torch.OutOfMemoryError", message="CUDA out of memory"
+    )
     with pytest.raises(ExecutionFailed) as caught:
         await client.run(txt2img_prompt())
 
     error = caught.value
-    assert (error.node_id, error.node_type, error.exception_type) == ("8", "VAEDecode", "torch.OutOfMemoryError")
+    assert (error.node_id, error.node_type, error.exception_type) == (
+        "8",
+        "VAEDecode",
+        "torch.OutOfMemoryError",
+    )
     assert "out of memory" in error.exception_message and error.traceback
     assert "3" in error.executed
     assert error.instance == client.name
@@ -429,7 +446,11 @@ async def test_forced_rejection_reaches_the_caller_as_prompt_rejected(fake, clie
     with pytest.raises(PromptRejected) as caught:
         await client.submit(txt2img_prompt())
     (reason,) = caught.value.reasons
-    assert (reason.node_id, reason.input_name, reason.received_value) == ("4", "ckpt_name", "missing.safetensors")
+    assert (reason.node_id, reason.input_name, reason.received_value) == (
+        "4",
+        "ckpt_name",
+        "missing.safetensors",
+    )
     assert (await client.run(txt2img_prompt())).images  # only the next one was rejected
 
 
@@ -448,7 +469,9 @@ async def test_without_a_websocket_jobs_are_tracked_by_polling(fake):
 async def test_feature_flag_handshake_reply_is_kept(fake):
     async with ComfyClient(fake.url, timeouts=FAST) as client:
         replied = asyncio.get_running_loop().create_future()
-        client.add_listener(lambda e: isinstance(e, FeatureFlags) and not replied.done() and replied.set_result(e))
+        client.add_listener(
+            lambda e: isinstance(e, FeatureFlags) and not replied.done() and replied.set_result(e)
+        )
         await replied
         assert client.server_features["supports_preview_metadata"] is True
 

@@ -28,8 +28,18 @@ from tests.helpers.daemon_fixtures import (
 
 pytestmark = pytest.mark.integration
 
-SEED_STATUS_KEYS = {"status", "version", "device", "precision", "uptime_seconds", "total_requests",
-                    "vram_used_gb", "vram_total_gb", "vae_pool", "clip_pool"}
+SEED_STATUS_KEYS = {
+    "status",
+    "version",
+    "device",
+    "precision",
+    "uptime_seconds",
+    "total_requests",
+    "vram_used_gb",
+    "vram_total_gb",
+    "vae_pool",
+    "clip_pool",
+}
 SEED_POOL_KEYS = {"type", "active_workers", "queue_depth", "total_requests", "worker_ids"}
 SEED_SCALING_KEYS = {"event", "pool", "worker_id", "active_workers", "vram_available_gb"}
 
@@ -39,14 +49,14 @@ def latent(batch: int = 1, size: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def assert_seed_status(data: dict) -> None:
-    assert SEED_STATUS_KEYS <= data.keys()
+    assert data.keys() >= SEED_STATUS_KEYS
     assert data["status"] == "ok"
     assert data["device"] == "cpu (system RAM reported as VRAM)"
     assert isinstance(data["uptime_seconds"], float) and isinstance(data["total_requests"], int)
     assert 0 < data["vram_used_gb"] <= data["vram_total_gb"]
     for name in ("vae", "clip"):
         pool = data[f"{name}_pool"]
-        assert SEED_POOL_KEYS <= pool.keys() and pool["type"] == name
+        assert pool.keys() >= SEED_POOL_KEYS and pool["type"] == name
         assert pool["active_workers"] == len(pool["worker_ids"])
 
 
@@ -99,6 +109,7 @@ async def test_vae_decode_and_encode_match_the_in_process_model(tmp_path):
             z = latent(size=8)
             image = await client.vae_decode(z)
             import torch
+
             expected = local.decode(torch.from_numpy(z)).numpy()
             np.testing.assert_allclose(image, expected, atol=1e-5)
             assert image.shape == (1, 64, 64, 3)
@@ -114,10 +125,10 @@ async def test_vae_decode_and_encode_match_the_in_process_model(tmp_path):
 async def test_every_bad_input_gets_a_typed_error_and_the_next_request_succeeds(tmp_path):
     path = tiny_vae_file(tmp_path)
     bad_requests = [
-        ("vae_decode", {}, [latent()[:, :3]], ErrorCode.BAD_REQUEST),           # 3 channels
-        ("vae_decode", {}, [latent()[0]], ErrorCode.BAD_REQUEST),               # 3-D
-        ("vae_decode", {}, [], ErrorCode.BAD_REQUEST),                          # no tensor
-        ("vae_decode", {}, [latent(), latent()], ErrorCode.BAD_REQUEST),        # two tensors
+        ("vae_decode", {}, [latent()[:, :3]], ErrorCode.BAD_REQUEST),  # 3 channels
+        ("vae_decode", {}, [latent()[0]], ErrorCode.BAD_REQUEST),  # 3-D
+        ("vae_decode", {}, [], ErrorCode.BAD_REQUEST),  # no tensor
+        ("vae_decode", {}, [latent(), latent()], ErrorCode.BAD_REQUEST),  # two tensors
         ("vae_decode", {}, [np.zeros((1, 4, 8, 8), np.int32)], ErrorCode.BAD_REQUEST),
         ("vae_decode", {}, [np.full((1, 4, 8, 8), np.nan, np.float32)], ErrorCode.BAD_REQUEST),
         ("vae_decode", {"tile": "yes"}, [latent()], ErrorCode.BAD_REQUEST),
@@ -125,10 +136,10 @@ async def test_every_bad_input_gets_a_typed_error_and_the_next_request_succeeds(
         ("vae_decode", {"model": "nope"}, [latent()], ErrorCode.NOT_LOADED),
         ("vae_encode", {}, [np.zeros((1, 64, 64, 2), np.float32)], ErrorCode.BAD_REQUEST),
         ("vae_encode", {}, [np.zeros((1, 4, 4, 3), np.float32)], ErrorCode.BAD_REQUEST),
-        ("clip_encode", {}, [], ErrorCode.BAD_REQUEST),                         # no text
+        ("clip_encode", {}, [], ErrorCode.BAD_REQUEST),  # no text
         ("clip_encode", {"text": "x", "clip_skip": 3}, [], ErrorCode.BAD_REQUEST),
         ("clip_encode", {"text": "x"}, [latent()], ErrorCode.BAD_REQUEST),
-        ("clip_encode", {"text": "x"}, [], ErrorCode.NOT_LOADED),               # set has no CLIP
+        ("clip_encode", {"text": "x"}, [], ErrorCode.NOT_LOADED),  # set has no CLIP
         ("no_such_op", {}, [], ErrorCode.BAD_REQUEST),
     ]
     async with running_daemon(daemon_config(**{"models.default.vae": str(path)})) as server:
@@ -152,8 +163,9 @@ async def test_broken_model_file_is_reported_and_the_daemon_keeps_running(tmp_pa
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"this is not a safetensors file")
     good = tiny_vae_file(tmp_path)
-    config = daemon_config(**{"models.default.vae": str(broken), "models.good.vae": str(good),
-                              "daemon.load_models": "start"})
+    config = daemon_config(
+        **{"models.default.vae": str(broken), "models.good.vae": str(good), "daemon.load_models": "start"}
+    )
     async with running_daemon(config) as server:
         client = await client_for(server)
         try:
@@ -177,9 +189,13 @@ async def test_clip_encode_sd15_and_sdxl_sets_match_in_process_and_hit_the_cache
 
     sd15 = tiny_clip_files(tmp_path, seed=0)
     sdxl = tiny_clip_files(tmp_path, sdxl=True, seed=10)
-    config = daemon_config(**{"models.default.clip_l": str(sd15["clip_l"]),
-                              "models.xl.clip_l": str(sdxl["clip_l"]),
-                              "models.xl.clip_g": str(sdxl["clip_g"])})
+    config = daemon_config(
+        **{
+            "models.default.clip_l": str(sd15["clip_l"]),
+            "models.xl.clip_l": str(sdxl["clip_l"]),
+            "models.xl.clip_g": str(sdxl["clip_g"]),
+        }
+    )
     local = load_text_encoder(clip_l=sd15["clip_l"], device="cpu", dtype="fp32")
     async with running_daemon(config) as server:
         client = await client_for(server)
@@ -192,7 +208,7 @@ async def test_clip_encode_sd15_and_sdxl_sets_match_in_process_and_hit_the_cache
             assert again["cache_hit"] is True
             np.testing.assert_array_equal(tensors[0], tensors2[0])
             skipped, _ = await client.request("clip_encode", {"text": "a (red:1.2) fox", "clip_skip": -2})
-            assert skipped["cache_hit"] is False           # clip_skip is part of the key
+            assert skipped["cache_hit"] is False  # clip_skip is part of the key
 
             cond, pooled = await client.clip_encode("a castle", model="xl")
             assert cond.shape[0] == 1 and cond.shape[1] == 77 and pooled is not None
@@ -227,20 +243,22 @@ async def test_concurrent_identical_prompts_are_encoded_once(tmp_path):
 
 async def test_load_scales_vae_pool_up_and_idle_scales_it_down_with_ws_events(tmp_path):
     path = tiny_vae_file(tmp_path)
-    config = daemon_config(**{
-        "models.default.vae": str(path),
-        "scaling.max_vae_workers": 3,
-        "scaling.scale_up_queue_threshold": 1,
-        "scaling.scale_up_delay": 0.0,
-        "scaling.idle_timeout": 0.3,
-        "daemon.load_models": "start",
-    })
+    config = daemon_config(
+        **{
+            "models.default.vae": str(path),
+            "scaling.max_vae_workers": 3,
+            "scaling.scale_up_queue_threshold": 1,
+            "scaling.scale_up_delay": 0.0,
+            "scaling.idle_timeout": 0.3,
+            "daemon.load_models": "start",
+        }
+    )
     async with running_daemon(config) as server:
         async with ws_recorder(server.ready.host, server.ready.ws_port) as ws:
             await ws.next("status")
             clients = [await client_for(server) for _ in range(8)]
             try:
-                await clients[0].vae_decode(latent())     # model loaded before the burst
+                await clients[0].vae_decode(latent())  # model loaded before the burst
 
                 async def burst(client: AsyncDaemonClient, seed: int) -> None:
                     for i in range(3):
@@ -256,8 +274,9 @@ async def test_load_scales_vae_pool_up_and_idle_scales_it_down_with_ws_events(tm
             assert up["pool"] == "vae" and up["worker_id"] >= 1 and up["active_workers"] >= 2
             assert isinstance(up["vram_available_gb"], float) and up["vram_available_gb"] > 0
 
-            down = (await ws.next("scaling", lambda d: d["event"] == "scale_down"
-                                  and d["active_workers"] == 1))["data"]
+            down = (
+                await ws.next("scaling", lambda d: d["event"] == "scale_down" and d["active_workers"] == 1)
+            )["data"]
             assert down.keys() == SEED_SCALING_KEYS
             assert down["pool"] == "vae" and down["worker_id"] >= 1
             status = (await ws.next("status", lambda d: d["vae_pool"]["active_workers"] == 1))["data"]
@@ -296,11 +315,11 @@ async def test_shutdown_op_needs_the_token():
                 await client.request("shutdown", {"token": "wrong"})
             assert (await client.status())["status"] == "ok"
             with pytest.raises(DaemonError) as err:
-                await client.shutdown()                      # a client without the token
+                await client.shutdown()  # a client without the token
             assert err.value.code is ErrorCode.UNAUTHORIZED
             owner = await client_for(server, token=server.token)
             try:
-                await owner.shutdown()                       # sends the token in the op
+                await owner.shutdown()  # sends the token in the op
             finally:
                 await owner.close()
             reason = await asyncio.wait_for(server.serve_forever(), 10)
@@ -323,7 +342,7 @@ async def test_stop_lets_the_request_in_flight_finish_then_refuses_new_work(tmp_
                 await ws.next("status", lambda d: d["vae_pool"]["busy_workers"] == 1)
                 server.request_shutdown("test")
                 closing = asyncio.create_task(server.close(grace=30))
-                image = await in_flight                  # finished, not cut off
+                image = await in_flight  # finished, not cut off
                 assert image.shape == (1, 256, 256, 3)
                 await closing
             with pytest.raises((DaemonError, ConnectionError)):
@@ -353,8 +372,20 @@ async def test_port_in_use_is_a_clear_error():
 
 async def test_subprocess_daemon_prints_readiness_serves_and_stops_on_sigterm(tmp_path):
     path = tiny_vae_file(tmp_path)
-    args = ("--port", "0", "--ws-port", "0", "--device", "cpu", "--precision", "fp32",
-            "--vae", str(path), "--idle-timeout", "5")
+    args = (
+        "--port",
+        "0",
+        "--ws-port",
+        "0",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--vae",
+        str(path),
+        "--idle-timeout",
+        "5",
+    )
     async with daemon_process(*args) as (proc, ready):
         assert ready.pid == proc.pid
         async with ws_recorder(ready.host, ready.ws_port) as ws:

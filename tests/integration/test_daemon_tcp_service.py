@@ -85,7 +85,7 @@ class RawConnection:
         self.ready: list = []
 
     @classmethod
-    async def open(cls, address) -> "RawConnection":
+    async def open(cls, address) -> RawConnection:
         return cls(*await asyncio.open_connection(*address))
 
     async def send(self, data: bytes) -> None:
@@ -132,8 +132,9 @@ async def start_service():
 
     async def start(limits: Limits | None = None, token: str | None = None, handler=None):
         handler = handler or NumpyOps()
-        service = TcpService(handler, host="127.0.0.1", port=0, token=token,
-                             limits=limits or Limits(read_timeout=5.0), ops=OPS)
+        service = TcpService(
+            handler, host="127.0.0.1", port=0, token=token, limits=limits or Limits(read_timeout=5.0), ops=OPS
+        )
         await service.start()
         services.append(service)
         return service, handler
@@ -172,6 +173,7 @@ async def assert_good_request_succeeds(connection: RawConnection, request_id: in
 
 
 # ------------------------------------------------------------------------------- good traffic
+
 
 async def test_hello_reports_version_ops_limits_and_no_shm_without_an_offer(start_service, conn_factory):
     service, _ = await start_service()
@@ -231,6 +233,7 @@ async def test_async_client_end_to_end_with_stats_and_hook(start_service):
 
 # ------------------------------------------------------------------- bad input, then good
 
+
 async def test_unknown_op_is_bad_request_and_the_connection_lives(start_service, conn_factory):
     service, _ = await start_service()
     connection = await conn_factory(service)
@@ -239,7 +242,9 @@ async def test_unknown_op_is_bad_request_and_the_connection_lives(start_service,
     assert "unknown op" in answer.message
     await assert_good_request_succeeds(connection)
     await connection.call(Request(8, "x" * 64))
-    assert service.stats.requests_by_op["(unknown)"] == 2 and "format_disk" not in service.stats.requests_by_op
+    assert (
+        service.stats.requests_by_op["(unknown)"] == 2 and "format_disk" not in service.stats.requests_by_op
+    )
 
 
 def header_frame(header: dict, payload: bytes = b"") -> bytes:
@@ -247,27 +252,55 @@ def header_frame(header: dict, payload: bytes = b"") -> bytes:
     return PREFIX.pack(MAGIC, len(body), len(payload)) + body + payload
 
 
-@pytest.mark.parametrize(("header", "payload", "code"), [
-    ({"v": 2, "id": 8, "op": "echo"}, b"", ErrorCode.UNSUPPORTED_VERSION),
-    ({"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "float64", "shape": [1], "nbytes": 8}]},
-     b"\0" * 8, ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "float32", "shape": [3], "nbytes": 8}]},
-     b"\0" * 8, ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "float32", "shape": [2], "nbytes": 8}]},
-     b"\0" * 12, ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "uint8", "shape": [1] * 12, "nbytes": 1}]},
-     b"\0", ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "uint8", "shape": [1], "nbytes": 1}] * 9},
-     b"\0" * 9 * 64, ErrorCode.TOO_LARGE),
-    ({"v": 1, "id": 8, "op": "echo",
-      "tensors": [{"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lux_1", "offset": 0}}]},
-     b"", ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "ok": True, "result": {}}, b"", ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "op": "echo", "options": {"wire_dtype": "float64"}}, b"", ErrorCode.BAD_REQUEST),
-    ({"v": 1, "id": 8, "op": "echo", "options": {"shm_reply": "x"}}, b"", ErrorCode.BAD_REQUEST),
-])
+@pytest.mark.parametrize(
+    ("header", "payload", "code"),
+    [
+        ({"v": 2, "id": 8, "op": "echo"}, b"", ErrorCode.UNSUPPORTED_VERSION),
+        (
+            {"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "float64", "shape": [1], "nbytes": 8}]},
+            b"\0" * 8,
+            ErrorCode.BAD_REQUEST,
+        ),
+        (
+            {"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "float32", "shape": [3], "nbytes": 8}]},
+            b"\0" * 8,
+            ErrorCode.BAD_REQUEST,
+        ),
+        (
+            {"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "float32", "shape": [2], "nbytes": 8}]},
+            b"\0" * 12,
+            ErrorCode.BAD_REQUEST,
+        ),
+        (
+            {"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "uint8", "shape": [1] * 12, "nbytes": 1}]},
+            b"\0",
+            ErrorCode.BAD_REQUEST,
+        ),
+        (
+            {"v": 1, "id": 8, "op": "echo", "tensors": [{"dtype": "uint8", "shape": [1], "nbytes": 1}] * 9},
+            b"\0" * 9 * 64,
+            ErrorCode.TOO_LARGE,
+        ),
+        (
+            {
+                "v": 1,
+                "id": 8,
+                "op": "echo",
+                "tensors": [
+                    {"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lux_1", "offset": 0}}
+                ],
+            },
+            b"",
+            ErrorCode.BAD_REQUEST,
+        ),
+        ({"v": 1, "id": 8, "ok": True, "result": {}}, b"", ErrorCode.BAD_REQUEST),
+        ({"v": 1, "id": 8, "op": "echo", "options": {"wire_dtype": "float64"}}, b"", ErrorCode.BAD_REQUEST),
+        ({"v": 1, "id": 8, "op": "echo", "options": {"shm_reply": "x"}}, b"", ErrorCode.BAD_REQUEST),
+    ],
+)
 async def test_bad_headers_get_an_error_and_the_next_request_succeeds(
-        start_service, conn_factory, header, payload, code):
+    start_service, conn_factory, header, payload, code
+):
     service, _ = await start_service()
     connection = await conn_factory(service)
     await connection.send(header_frame(header, payload))
@@ -289,12 +322,15 @@ async def test_handler_errors_become_typed_errors_and_the_connection_lives(start
     assert service.stats.errors_by_code["INTERNAL"] == 2
 
 
-@pytest.mark.parametrize("junk", [
-    b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
-    PREFIX.pack(MAGIC, 5, 0) + b"nope!",
-    PREFIX.pack(MAGIC, 2, 0) + b"[]",
-    b"\x80\x04\x95" + b"pickle" * 10,
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        PREFIX.pack(MAGIC, 5, 0) + b"nope!",
+        PREFIX.pack(MAGIC, 2, 0) + b"[]",
+        b"\x80\x04\x95" + b"pickle" * 10,
+    ],
+)
 async def test_garbage_closes_only_that_connection(start_service, conn_factory, junk):
     service, _ = await start_service()
     bystander = await conn_factory(service)
@@ -388,6 +424,7 @@ async def test_peer_that_never_reads_answers_is_dropped_by_the_write_timeout(sta
 
 # ------------------------------------------------------------------ pipelining and limits
 
+
 async def test_pipelined_answers_are_matched_by_id_out_of_order(start_service, conn_factory):
     service, handler = await start_service()
     connection = await conn_factory(service)
@@ -457,7 +494,8 @@ async def test_close_lets_in_flight_finish_or_answers_shutting_down(start_servic
 
 
 async def test_close_waits_for_in_flight_work_within_the_grace_and_refuses_new_work(
-        start_service, conn_factory):
+    start_service, conn_factory
+):
     service, handler = await start_service()
     connection = await conn_factory(service)
     await connection.send_request(Request(1, "wait", {"tag": "finish me"}))
@@ -474,6 +512,7 @@ async def test_close_waits_for_in_flight_work_within_the_grace_and_refuses_new_w
 
 
 # ---------------------------------------------------------------------------------- auth
+
 
 async def test_token_is_required_before_any_op(start_service, conn_factory):
     service, handler = await start_service(token=TOKEN)
@@ -523,6 +562,7 @@ async def test_port_in_use_is_a_clear_error(start_service):
 
 
 # --------------------------------------------------------------------------- shared memory
+
 
 async def test_shared_memory_path_moves_tensors_without_the_socket(start_service):
     service, handler = await start_service()

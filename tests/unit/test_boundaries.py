@@ -9,9 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_import_contracts_hold():
     cli = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run(
-        [str(cli), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([str(cli), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broken" not in result.stdout.lower() or "0 broken" in result.stdout.lower()
 

@@ -18,7 +18,8 @@ def _configure_one_dead_instance() -> None:
     config.mkdir(parents=True, exist_ok=True)
     (config / "instances.toml").write_text(
         f'[[instances]]\nname = "dead"\nurl = "http://127.0.0.1:{_closed_port()}"\nstyles = ["anime"]\n',
-        encoding="utf-8")
+        encoding="utf-8",
+    )
 
 
 def test_instances_reports_a_down_instance_once_without_router_warnings(caplog):

@@ -25,8 +25,14 @@ from tests.helpers.comfyui_adapters import (
 from tests.helpers.comfyui_standin import run_node
 from tests.helpers.tiny_models import make_tiny_clip, make_tiny_vae
 
-SIZE_KEYS = {"width": 832, "height": 1216, "crop_w": 8, "crop_h": 16,
-             "target_width": 896, "target_height": 1152}
+SIZE_KEYS = {
+    "width": 832,
+    "height": 1216,
+    "crop_w": 8,
+    "crop_h": 16,
+    "target_width": 896,
+    "target_height": 1152,
+}
 
 
 @pytest.fixture
@@ -57,8 +63,10 @@ def text_encoders(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clip")
     clip_l = make_tiny_clip(folder / "clip_l.safetensors", "l", seed=21).path
     clip_g = make_tiny_clip(folder / "clip_g.safetensors", "g", "openclip", seed=22).path
-    return {"sd15": load_text_encoder(clip_l=clip_l, dtype="fp32"),
-            "sdxl": load_text_encoder(clip_l=clip_l, clip_g=clip_g, dtype="fp32")}
+    return {
+        "sd15": load_text_encoder(clip_l=clip_l, dtype="fp32"),
+        "sdxl": load_text_encoder(clip_l=clip_l, clip_g=clip_g, dtype="fp32"),
+    }
 
 
 def _pixels(batch=1, height=32, width=48, channels=4):
@@ -67,16 +75,27 @@ def _pixels(batch=1, height=32, width=48, channels=4):
 
 # ------------------------------------------------------------------------------- daemon mode
 
+
 @pytest.mark.parametrize("class_type", ["LunaSharedVAEEncode", "LunaSharedVAEDecode"])
-def test_daemon_mode_fails_naming_host_and_port_and_never_uses_the_local_vae(
-        class_type, dead_port, tiny_vae):
+def test_daemon_mode_fails_naming_host_and_port_and_never_uses_the_local_vae(class_type, dead_port, tiny_vae):
     local = ComfyVAEAdapter(tiny_vae)
     cls = getattr(nodes, class_type)
-    first = {"pixels": _pixels()} if class_type.endswith("Encode") else {
-        "samples": {"samples": torch.zeros(1, 4, 4, 6)}}
+    first = (
+        {"pixels": _pixels()}
+        if class_type.endswith("Encode")
+        else {"samples": {"samples": torch.zeros(1, 4, 4, 6)}}
+    )
     with pytest.raises(LunaDaemonNodeError) as caught:
-        run_node(cls, **first, model_set="default", mode="daemon", tiling="auto", vae=local,
-                 host="127.0.0.1", port=dead_port)
+        run_node(
+            cls,
+            **first,
+            model_set="default",
+            mode="daemon",
+            tiling="auto",
+            vae=local,
+            host="127.0.0.1",
+            port=dead_port,
+        )
     message = str(caught.value)
     assert f"127.0.0.1:{dead_port}" in message and "unreachable" in message
     assert "set mode to 'auto'" in message
@@ -86,28 +105,43 @@ def test_daemon_mode_fails_naming_host_and_port_and_never_uses_the_local_vae(
 def test_daemon_mode_clip_error_names_address_from_the_environment(dead_port, monkeypatch):
     monkeypatch.setenv("LUNA_DAEMON_HOST", "127.0.0.1")
     monkeypatch.setenv("LUNA_DAEMON_PORT", str(dead_port))
-    with pytest.raises(LunaDaemonNodeError, match=f"Luna Shared CLIP Encode: the Luna daemon at "
-                                                  f"127.0.0.1:{dead_port} is unreachable"):
+    with pytest.raises(
+        LunaDaemonNodeError,
+        match=f"Luna Shared CLIP Encode: the Luna daemon at 127.0.0.1:{dead_port} is unreachable",
+    ):
         run_node(nodes.LunaSharedCLIPEncode, text="a cat", model_set="default", mode="daemon")
 
 
 def test_auto_mode_without_local_input_fails_clearly(dead_port):
     with pytest.raises(LunaDaemonNodeError, match="no local CLIP input to fall back to"):
-        run_node(nodes.LunaSharedCLIPEncode, text="a cat", model_set="default", mode="auto",
-                 port=dead_port)
+        run_node(nodes.LunaSharedCLIPEncode, text="a cat", model_set="default", mode="auto", port=dead_port)
     with pytest.raises(LunaDaemonNodeError, match="no local VAE input to fall back to"):
-        run_node(nodes.LunaSharedVAEDecode, samples={"samples": torch.zeros(1, 4, 2, 2)},
-                 model_set="default", mode="auto", tiling="auto", port=dead_port)
+        run_node(
+            nodes.LunaSharedVAEDecode,
+            samples={"samples": torch.zeros(1, 4, 2, 2)},
+            model_set="default",
+            mode="auto",
+            tiling="auto",
+            port=dead_port,
+        )
 
 
 # --------------------------------------------------------------------------- auto: VAE fallback
+
 
 def test_auto_vae_encode_falls_back_to_the_local_vae_and_logs_why(dead_port, tiny_vae, caplog):
     local = ComfyVAEAdapter(tiny_vae)
     pixels = _pixels(batch=2)
     with caplog.at_level(logging.WARNING, logger="luna_shared_daemon"):
-        (latent,) = run_node(nodes.LunaSharedVAEEncode, pixels=pixels, model_set="default",
-                             mode="auto", tiling="auto", vae=local, port=dead_port)
+        (latent,) = run_node(
+            nodes.LunaSharedVAEEncode,
+            pixels=pixels,
+            model_set="default",
+            mode="auto",
+            tiling="auto",
+            vae=local,
+            port=dead_port,
+        )
     assert set(latent) == {"samples"}
     assert torch.equal(latent["samples"], tiny_vae.encode(pixels[:, :, :, :3]))
     assert latent["samples"].shape == (2, 4, 4, 6)
@@ -118,23 +152,45 @@ def test_auto_vae_encode_falls_back_to_the_local_vae_and_logs_why(dead_port, tin
 def test_auto_vae_decode_falls_back_and_tiling_on_uses_the_tiled_call(dead_port, tiny_vae):
     local = ComfyVAEAdapter(tiny_vae)
     samples = {"samples": torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(5))}
-    (image,) = run_node(nodes.LunaSharedVAEDecode, samples=samples, model_set="default",
-                        mode="auto", tiling="off", vae=local, port=dead_port)
+    (image,) = run_node(
+        nodes.LunaSharedVAEDecode,
+        samples=samples,
+        model_set="default",
+        mode="auto",
+        tiling="off",
+        vae=local,
+        port=dead_port,
+    )
     assert torch.equal(image, tiny_vae.decode(samples["samples"]))
     assert image.shape == (1, 32, 40, 3)
-    (tiled,) = run_node(nodes.LunaSharedVAEDecode, samples=samples, model_set="default",
-                        mode="auto", tiling="on", vae=local, port=dead_port)
+    (tiled,) = run_node(
+        nodes.LunaSharedVAEDecode,
+        samples=samples,
+        model_set="default",
+        mode="auto",
+        tiling="on",
+        vae=local,
+        port=dead_port,
+    )
     assert torch.equal(tiled, tiny_vae.decode(samples["samples"], tile=True))
     assert local.calls == ["decode", "decode_tiled"]
 
 
 # -------------------------------------------------------------------------- auto: CLIP fallback
 
+
 def test_auto_clip_falls_back_sd15_without_size_keys(dead_port, text_encoders):
     sd15 = text_encoders["sd15"]
     local = ComfyCLIPAdapter(sd15)
-    (conditioning,) = run_node(nodes.LunaSharedCLIPEncode, text="a red fox", model_set="default",
-                               mode="auto", clip=local, port=dead_port, **SIZE_KEYS)
+    (conditioning,) = run_node(
+        nodes.LunaSharedCLIPEncode,
+        text="a red fox",
+        model_set="default",
+        mode="auto",
+        clip=local,
+        port=dead_port,
+        **SIZE_KEYS,
+    )
     expected = sd15.encode("a red fox")
     assert len(conditioning) == 1
     cond, details = conditioning[0]
@@ -147,9 +203,16 @@ def test_auto_clip_falls_back_sd15_without_size_keys(dead_port, text_encoders):
 def test_auto_clip_falls_back_sdxl_with_size_keys_and_clip_skip(dead_port, text_encoders, adapter):
     sdxl = text_encoders["sdxl"]
     local = adapter(sdxl)
-    (conditioning,) = run_node(nodes.LunaSharedCLIPEncode, text="a castle, (night:1.2)",
-                               model_set="default", mode="auto", clip_skip=-1, clip=local,
-                               port=dead_port, **SIZE_KEYS)
+    (conditioning,) = run_node(
+        nodes.LunaSharedCLIPEncode,
+        text="a castle, (night:1.2)",
+        model_set="default",
+        mode="auto",
+        clip_skip=-1,
+        clip=local,
+        port=dead_port,
+        **SIZE_KEYS,
+    )
     expected = sdxl.encode("a castle, (night:1.2)", clip_skip=-1)
     cond, details = conditioning[0]
     assert details == {"pooled_output": details["pooled_output"], **SIZE_KEYS}
@@ -161,6 +224,7 @@ def test_auto_clip_falls_back_sdxl_with_size_keys_and_clip_skip(dead_port, text_
 
 
 # --------------------------------------------------------------------------------- status node
+
 
 def test_status_reports_offline_and_never_raises(dead_port):
     text, ok = run_node(nodes.LunaDaemonStatus, host="127.0.0.1", port=dead_port)

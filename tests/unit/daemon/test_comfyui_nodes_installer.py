@@ -23,8 +23,7 @@ from daemon.comfyui_nodes import install as installer
 from tests.helpers.comfyui_standin import load_custom_node, unload_custom_node, validate_node_class
 
 STANDIN = Path(__file__).resolve().parents[2] / "helpers" / "comfyui_standin.py"
-EXPECTED_NODES = {"LunaSharedCLIPEncode", "LunaSharedVAEEncode", "LunaSharedVAEDecode",
-                  "LunaDaemonStatus"}
+EXPECTED_NODES = {"LunaSharedCLIPEncode", "LunaSharedVAEEncode", "LunaSharedVAEDecode", "LunaDaemonStatus"}
 
 
 @pytest.fixture
@@ -44,13 +43,23 @@ def test_copy_install_builds_the_pack_with_vendored_client_and_manifest(comfy_ro
     report = installer.install(comfy_root, out=_quiet(printed))
     target = comfy_root / "custom_nodes" / "luna_shared_daemon"
     assert report.target == target and report.mode == "copy" and report.replaced_version is None
-    for name in ("__init__.py", "nodes.py", "connection.py", "conversion.py", "fallback.py",
-                 "README.md", "_vendor/__init__.py", "_vendor/client.py", "_vendor/protocol.py",
-                 "_vendor/shm.py"):
+    for name in (
+        "__init__.py",
+        "nodes.py",
+        "connection.py",
+        "conversion.py",
+        "fallback.py",
+        "README.md",
+        "_vendor/__init__.py",
+        "_vendor/client.py",
+        "_vendor/protocol.py",
+        "_vendor/shm.py",
+    ):
         assert (target / name).is_file() and not (target / name).is_symlink(), name
     assert not (target / "install.py").exists()
     assert (target / "_vendor" / "client.py").read_bytes() == (
-        Path(installer.DAEMON_DIR) / "client.py").read_bytes()
+        Path(installer.DAEMON_DIR) / "client.py"
+    ).read_bytes()
     manifest = json.loads((target / "luna_install.json").read_text(encoding="utf-8"))
     assert manifest["version"] == __version__ and manifest["mode"] == "copy"
     assert set(manifest["files"]) == set(report.files)
@@ -187,8 +196,11 @@ def test_installed_copy_loads_through_the_standin_in_process(comfy_root):
 def _import_in_clean_interpreter(comfy_root: Path) -> subprocess.CompletedProcess:
     """Load the installed pack like ComfyUI would, in `python -S -I` with a minimal sys.path."""
     library_dirs = sorted({str(Path(numpy.__file__).parents[1]), str(Path(torch.__file__).parents[1])})
-    stdlib = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"],
-              str(Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload")]
+    stdlib = [
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["platstdlib"],
+        str(Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload"),
+    ]
     script = f"""
 import importlib.abc, importlib.util, json, sys
 sys.path[:] = {[str(comfy_root), *stdlib, *library_dirs]!r}
@@ -220,5 +232,11 @@ print(json.dumps({{
 }}))
 """
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-    return subprocess.run([sys.executable, "-S", "-I", "-c", script], capture_output=True,
-                          text=True, timeout=120, cwd=comfy_root, env=env)
+    return subprocess.run(
+        [sys.executable, "-S", "-I", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=comfy_root,
+        env=env,
+    )

@@ -61,20 +61,34 @@ def test_clip_encode_schema(pack):
     assert required["mode"][0] == ["auto", "daemon"]
     assert optional["clip_skip"][0] == "INT"
     assert {k: optional["clip_skip"][1][k] for k in ("default", "min", "max")} == {
-        "default": 0, "min": -24, "max": 0}
-    defaults = {name: optional[name][1]["default"] for name in
-                ("width", "height", "crop_w", "crop_h", "target_width", "target_height")}
-    assert defaults == {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0,
-                        "target_width": 1024, "target_height": 1024}
+        "default": 0,
+        "min": -24,
+        "max": 0,
+    }
+    defaults = {
+        name: optional[name][1]["default"]
+        for name in ("width", "height", "crop_w", "crop_h", "target_width", "target_height")
+    }
+    assert defaults == {
+        "width": 1024,
+        "height": 1024,
+        "crop_w": 0,
+        "crop_h": 0,
+        "target_width": 1024,
+        "target_height": 1024,
+    }
     assert optional["clip"][0] == "CLIP"
     assert optional["host"][0] == "STRING" and optional["port"][0] == "INT"
     assert cls.RETURN_TYPES == ("CONDITIONING",)
 
 
-@pytest.mark.parametrize(("class_type", "image_input", "image_type", "local", "returns"), [
-    ("LunaSharedVAEEncode", "pixels", "IMAGE", "vae", ("LATENT",)),
-    ("LunaSharedVAEDecode", "samples", "LATENT", "vae", ("IMAGE",)),
-])
+@pytest.mark.parametrize(
+    ("class_type", "image_input", "image_type", "local", "returns"),
+    [
+        ("LunaSharedVAEEncode", "pixels", "IMAGE", "vae", ("LATENT",)),
+        ("LunaSharedVAEDecode", "samples", "LATENT", "vae", ("IMAGE",)),
+    ],
+)
 def test_vae_node_schemas(pack, class_type, image_input, image_type, local, returns):
     cls = pack.node_classes[class_type]
     schema = cls.INPUT_TYPES()
@@ -83,7 +97,7 @@ def test_vae_node_schemas(pack, class_type, image_input, image_type, local, retu
     assert schema["required"]["tiling"][0] == ["auto", "on", "off"]
     assert list(schema["optional"]) == [local, "host", "port"]
     assert schema["optional"][local][0] == "VAE"
-    assert cls.RETURN_TYPES == returns
+    assert returns == cls.RETURN_TYPES
 
 
 def test_status_schema(pack):
@@ -136,10 +150,10 @@ class TestEndpointResolution:
         assert endpoint.address == "127.0.0.1:19283"
 
     def test_environment_overrides_defaults(self):
-        env = {"LUNA_DAEMON_HOST": "10.0.0.5", "LUNA_DAEMON_PORT": "20000",
-               "LUNA_DAEMON_TOKEN": "secret"}
+        env = {"LUNA_DAEMON_HOST": "10.0.0.5", "LUNA_DAEMON_PORT": "20000", "LUNA_DAEMON_TOKEN": "secret"}
         assert connection.resolve_endpoint("", 0, environ=env) == connection.DaemonEndpoint(
-            "10.0.0.5", 20000, "secret")
+            "10.0.0.5", 20000, "secret"
+        )
 
     def test_node_inputs_override_environment(self):
         env = {"LUNA_DAEMON_HOST": "10.0.0.5", "LUNA_DAEMON_PORT": "20000"}
@@ -156,10 +170,13 @@ def test_importing_the_pack_and_installer_does_not_import_torch_or_comfy():
     import subprocess
     import sys
 
-    code = ("import sys, daemon.comfyui_nodes.install, daemon.comfyui_nodes as pack; "
-            "assert len(pack.NODE_CLASS_MAPPINGS) == 4; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'comfy', 'nodes')))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    code = (
+        "import sys, daemon.comfyui_nodes.install, daemon.comfyui_nodes as pack; "
+        "assert len(pack.NODE_CLASS_MAPPINGS) == 4; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'comfy', 'nodes')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

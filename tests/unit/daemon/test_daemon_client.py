@@ -101,6 +101,7 @@ async def drop_server_connections(service: TcpService) -> None:
 
 # ------------------------------------------------------------------------------ blocking
 
+
 def test_unreachable_daemon_raises_daemon_unavailable_naming_host_and_port():
     port = free_port()
     with pytest.raises(DaemonUnavailable) as caught:
@@ -127,8 +128,9 @@ async def test_vae_and_clip_calls_use_comfyui_conventions(service, shared_memory
     assert latent.shape == (2, 4, 8, 6) and latent.dtype == np.float32
     assert image.shape == (2, 64, 48, 3) and image.dtype == np.float32
     assert cond.shape == (1, 77, 8) and pooled.shape == (1, 4) and pooled15 is None
-    np.testing.assert_allclose(latent[:, 0], pixels[..., 0].reshape(2, 8, 8, 6, 8).mean(axis=(2, 4)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        latent[:, 0], pixels[..., 0].reshape(2, 8, 8, 6, 8).mean(axis=(2, 4)), rtol=1e-6
+    )
     calls = dict(service.test_handler.calls)
     assert calls["vae_encode"] == {"model": "pony", "tile": True}
     assert calls["clip_encode"]["model"] == "sd15"
@@ -209,10 +211,12 @@ async def test_timeout_raises_daemon_timeout_and_the_next_call_works(service):
 
 async def test_request_over_the_daemon_limit_is_refused_before_sending():
     handler = ComfyShapedOps()
-    tcp = TcpService(handler, host="127.0.0.1", port=0, token=None,
-                     limits=Limits(max_payload_bytes=1 << 16), ops=OPS)
+    tcp = TcpService(
+        handler, host="127.0.0.1", port=0, token=None, limits=Limits(max_payload_bytes=1 << 16), ops=OPS
+    )
     await tcp.start()
     try:
+
         def run():
             with DaemonClient(*tcp.address, shared_memory=False) as client:
                 with pytest.raises(DaemonError) as caught:
@@ -247,6 +251,7 @@ async def test_client_name_reaches_the_handler(service):
 
 
 # ------------------------------------------------------------------------------- asyncio
+
 
 async def test_async_client_pipelines_and_matches_answers(service):
     async with AsyncDaemonClient(*service.address, shared_memory=False) as client:
@@ -297,6 +302,7 @@ async def test_async_shutdown_sends_the_token(service):
 
 # ------------------------------------------------------------------------------- health
 
+
 async def test_socket_health_check(service):
     assert await asyncio.to_thread(check_daemon_health, *service.address)
     assert not await asyncio.to_thread(check_daemon_health, "127.0.0.1", free_port(), 1.0)
@@ -317,17 +323,21 @@ async def test_websocket_health_check_returns_status_data_or_offline():
 
 # ------------------------------------------------------------------------------ vendoring
 
+
 def test_client_protocol_and_shm_can_be_vendored_without_the_daemon(tmp_path):
     package = tmp_path / "luna_vendored"
     package.mkdir()
     (package / "__init__.py").write_text("")
     for name in ("client.py", "protocol.py", "shm.py"):
         shutil.copy(REPO / "daemon" / name, package / name)
-    code = ("import sys; import luna_vendored.client as c; "
-            "bad = [m for m in ('daemon', 'torch', 'websockets', 'platformdirs') if m in sys.modules]; "
-            "assert not bad, bad; print(c.DaemonClient.__name__)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60)
+    code = (
+        "import sys; import luna_vendored.client as c; "
+        "bad = [m for m in ('daemon', 'torch', 'websockets', 'platformdirs') if m in sys.modules]; "
+        "assert not bad, bad; print(c.DaemonClient.__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "DaemonClient"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.__main__ import build_parser, config_from_args, main, _with_default_command
+from daemon.__main__ import _with_default_command, build_parser, config_from_args, main
 from daemon.config import ConfigError, build_config, load_config_file
 from daemon.paths import resource_path
 
@@ -42,7 +42,8 @@ def test_toml_file_with_model_sets_and_relative_paths(tmp_path):
         '[network]\nport = 20000\nallowed_origins = ["http://localhost:3000"]\n'
         '[scaling]\nmode = "static"\n'
         '[models.default]\nvae = "vae.safetensors"\n'
-        '[models.anime]\nclip_l = "/abs/clip_l.safetensors"\nclip_g = "/abs/clip_g.safetensors"\n')
+        '[models.anime]\nclip_l = "/abs/clip_l.safetensors"\nclip_g = "/abs/clip_g.safetensors"\n'
+    )
     config = build_config(load_config_file(toml))
     assert config.device == "cpu" and config.precision == "fp16" and config.network.port == 20000
     assert config.network.allowed_origins == ("http://localhost:3000",)
@@ -53,9 +54,20 @@ def test_toml_file_with_model_sets_and_relative_paths(tmp_path):
 
 def test_cli_overrides_the_file_and_fills_the_default_set(tmp_path):
     toml = tmp_path / "d.toml"
-    toml.write_text('[network]\nport = 20000\nws_port = 20001\n[scaling]\nidle_timeout = 30\n')
-    config = config_from_args(parse("--config", str(toml), "--port", "0", "--static",
-                                    "--vae", "v.safetensors", "--max-vae-workers", "2"))
+    toml.write_text("[network]\nport = 20000\nws_port = 20001\n[scaling]\nidle_timeout = 30\n")
+    config = config_from_args(
+        parse(
+            "--config",
+            str(toml),
+            "--port",
+            "0",
+            "--static",
+            "--vae",
+            "v.safetensors",
+            "--max-vae-workers",
+            "2",
+        )
+    )
     assert config.network.port == 0 and config.network.ws_port == 20001
     assert config.scaling.idle_timeout == 30.0 and not config.scaling.dynamic
     assert config.scaling.vae.max_workers == 2
@@ -63,22 +75,25 @@ def test_cli_overrides_the_file_and_fills_the_default_set(tmp_path):
     assert config.source.endswith("+ flags")
 
 
-@pytest.mark.parametrize(("overrides", "key"), [
-    ({"scaling.max_vae_workers": 0}, "scaling.max_vae_workers"),
-    ({"scaling.min_clip_workers": 3}, "scaling.min_clip_workers"),
-    ({"scaling.idle_timeout": -1}, "scaling.idle_timeout"),
-    ({"scaling.mode": "turbo"}, "scaling.mode"),
-    ({"daemon.precision": "int8"}, "daemon.precision"),
-    ({"daemon.device": "gpu0"}, "daemon.device"),
-    ({"network.port": 70000}, "network.port"),
-    ({"network.port": 5000, "network.ws_port": 5000}, "network.ws_port"),
-    ({"network.allowed_origins": ["localhost"]}, "network.allowed_origins"),
-    ({"network.require_token": "yes"}, "network.require_token"),
-    ({"models.x.clip_g": "g.safetensors"}, "models.x.clip_g"),
-    ({"models.x.checkpoint": "c", "models.x.clip_l": "l"}, "models.x.checkpoint"),
-    ({"models.bad name.vae": "v"}, "models.bad name"),
-    ({"daemon.colour": "blue"}, "daemon.colour"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"scaling.max_vae_workers": 0}, "scaling.max_vae_workers"),
+        ({"scaling.min_clip_workers": 3}, "scaling.min_clip_workers"),
+        ({"scaling.idle_timeout": -1}, "scaling.idle_timeout"),
+        ({"scaling.mode": "turbo"}, "scaling.mode"),
+        ({"daemon.precision": "int8"}, "daemon.precision"),
+        ({"daemon.device": "gpu0"}, "daemon.device"),
+        ({"network.port": 70000}, "network.port"),
+        ({"network.port": 5000, "network.ws_port": 5000}, "network.ws_port"),
+        ({"network.allowed_origins": ["localhost"]}, "network.allowed_origins"),
+        ({"network.require_token": "yes"}, "network.require_token"),
+        ({"models.x.clip_g": "g.safetensors"}, "models.x.clip_g"),
+        ({"models.x.checkpoint": "c", "models.x.clip_l": "l"}, "models.x.checkpoint"),
+        ({"models.bad name.vae": "v"}, "models.bad name"),
+        ({"daemon.colour": "blue"}, "daemon.colour"),
+    ],
+)
 def test_invalid_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         build_config(overrides)

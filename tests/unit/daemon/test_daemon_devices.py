@@ -31,8 +31,9 @@ def test_auto_prefers_the_secondary_gpu_then_any_gpu_then_cpu():
         assert choice.device.type in ("cpu", "mps") and "no CUDA" in choice.reason
 
 
-@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.device_count() > 7,
-                    reason="machine has a cuda:7")
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.device_count() > 7, reason="machine has a cuda:7"
+)
 def test_a_missing_cuda_device_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError) as err:
         choose_device("cuda:7")

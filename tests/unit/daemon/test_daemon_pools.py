@@ -40,16 +40,29 @@ class Gate:
 
 
 def settings(**kw) -> PoolSettings:
-    base = dict(name="vae", limits=PoolLimits(1, 3), dynamic=True, idle_timeout=60.0,
-                scale_up_queue_threshold=1, scale_up_delay=0.5, safety_margin_bytes=GIB,
-                check_interval=0.01, max_queue=8)
+    base = dict(
+        name="vae",
+        limits=PoolLimits(1, 3),
+        dynamic=True,
+        idle_timeout=60.0,
+        scale_up_queue_threshold=1,
+        scale_up_delay=0.5,
+        safety_margin_bytes=GIB,
+        check_interval=0.01,
+        max_queue=8,
+    )
     base.update(kw)
     return PoolSettings(**base)
 
 
 def make_pool(clock: FakeClock, *, free: int = 64 * GIB, events: list | None = None, **kw) -> WorkerPool:
-    return WorkerPool(settings(**kw), free_memory=lambda: free, clock=clock, run_scaler=False,
-                      on_scaling=(events.append if events is not None else None))
+    return WorkerPool(
+        settings(**kw),
+        free_memory=lambda: free,
+        clock=clock,
+        run_scaler=False,
+        on_scaling=(events.append if events is not None else None),
+    )
 
 
 async def queue_jobs(pool: WorkerPool, n: int) -> tuple[list[Gate], list[asyncio.Task]]:
@@ -92,18 +105,18 @@ async def test_scale_up_needs_queue_pressure_for_the_whole_delay():
     await gates[0].started.wait()
     assert pool.queue_depth == 3
 
-    assert pool.evaluate_scaling() is None          # pressure seen: timer starts
+    assert pool.evaluate_scaling() is None  # pressure seen: timer starts
     clock.advance(0.4)
-    assert pool.evaluate_scaling() is None          # not long enough yet
+    assert pool.evaluate_scaling() is None  # not long enough yet
     clock.advance(0.1)
     event = pool.evaluate_scaling()
     assert event == ScalingEvent("scale_up", "vae", 1, 2, 64.0)
     assert events == [event]
-    assert pool.evaluate_scaling() is None          # the delay restarts after each add
+    assert pool.evaluate_scaling() is None  # the delay restarts after each add
     clock.advance(0.5)
     assert pool.evaluate_scaling().worker_id == 2
     clock.advance(0.5)
-    assert pool.evaluate_scaling() is None          # at max (3)
+    assert pool.evaluate_scaling() is None  # at max (3)
     for g in gates:
         g.release.set()
     assert await asyncio.gather(*tasks) == ["done"] * 4
@@ -119,7 +132,7 @@ async def test_pressure_that_drops_resets_the_delay():
     pool.evaluate_scaling()
     clock.advance(0.3)
     gates[0].release.set()
-    await gates[1].started.wait()          # queue depth is now 1: at the threshold, no pressure
+    await gates[1].started.wait()  # queue depth is now 1: at the threshold, no pressure
     assert pool.queue_depth == 1
     assert pool.evaluate_scaling() is None
     clock.advance(0.3)
@@ -133,7 +146,7 @@ async def test_pressure_that_drops_resets_the_delay():
 async def test_scale_up_refused_when_free_device_memory_is_below_footprint_plus_margin():
     clock, events = FakeClock(), []
     pool = make_pool(clock, free=int(1.5 * GIB), events=events, scale_up_delay=0.0)
-    pool.set_footprint_prior(GIB)          # 1 GiB per worker + 1 GiB margin > 1.5 GiB free
+    pool.set_footprint_prior(GIB)  # 1 GiB per worker + 1 GiB margin > 1.5 GiB free
     await pool.start()
     gates, tasks = await queue_jobs(pool, 3)
     await gates[0].started.wait()
@@ -163,7 +176,7 @@ async def test_idle_worker_is_removed_after_timeout_but_never_below_min():
     down = pool.evaluate_scaling()
     assert down == ScalingEvent("scale_down", "vae", 1, 1, 64.0)
     clock.advance(100)
-    assert pool.evaluate_scaling() is None          # min_workers = 1
+    assert pool.evaluate_scaling() is None  # min_workers = 1
     assert pool.snapshot()["worker_ids"] == [0]
     assert await pool.submit(lambda: "still works") == "still works"
     await pool.close()
@@ -175,7 +188,7 @@ async def test_worker_with_a_long_request_in_flight_is_never_scaled_down():
     await pool.start()
     gates, tasks = await queue_jobs(pool, 3)
     await gates[0].started.wait()
-    pool.evaluate_scaling()                           # worker 1 joins and takes a job
+    pool.evaluate_scaling()  # worker 1 joins and takes a job
     await gates[1].started.wait()
     gates[2].release.set()
     gates[0].release.set()
@@ -186,7 +199,7 @@ async def test_worker_with_a_long_request_in_flight_is_never_scaled_down():
     down = pool.evaluate_scaling()
     busy_id = next(w.id for w in pool._workers.values() if w.busy)
     assert down is not None and down.worker_id != busy_id
-    assert pool.evaluate_scaling() is None            # the busy one stays
+    assert pool.evaluate_scaling() is None  # the busy one stays
     assert pool.active_workers == 1
     gates[1].release.set()
     assert await tasks[1] == "done"
@@ -196,15 +209,25 @@ async def test_worker_with_a_long_request_in_flight_is_never_scaled_down():
 async def test_static_pool_has_one_worker_and_never_scales():
     clock, events = FakeClock(), []
     config = build_config({"scaling.mode": "static"})
-    pool = WorkerPool(PoolSettings.from_config("clip", config), free_memory=lambda: 64 * GIB,
-                      clock=clock, run_scaler=False, on_scaling=events.append)
+    pool = WorkerPool(
+        PoolSettings.from_config("clip", config),
+        free_memory=lambda: 64 * GIB,
+        clock=clock,
+        run_scaler=False,
+        on_scaling=events.append,
+    )
     await pool.start()
     gates, tasks = await queue_jobs(pool, 4)
     await gates[0].started.wait()
     clock.advance(100)
     assert pool.evaluate_scaling() is None
     snap = pool.snapshot()
-    assert (snap["type"], snap["mode"], snap["active_workers"], snap["queue_depth"]) == ("clip", "static", 1, 3)
+    assert (snap["type"], snap["mode"], snap["active_workers"], snap["queue_depth"]) == (
+        "clip",
+        "static",
+        1,
+        3,
+    )
     for g in gates:
         g.release.set()
     await asyncio.gather(*tasks)
@@ -266,14 +289,17 @@ async def test_cancelled_caller_job_is_skipped_by_the_worker():
     gates[0].release.set()
     assert await tasks[0] == "done"
     assert await pool.submit(lambda: "next") == "next"
-    assert gates[1].thread_name == ""          # never ran
+    assert gates[1].thread_name == ""  # never ran
     await pool.close()
 
 
 async def test_real_scaler_loop_scales_up_and_down_with_tiny_timeouts():
     got = asyncio.Queue()
-    pool = WorkerPool(settings(scale_up_delay=0.0, idle_timeout=0.05, check_interval=0.005),
-                      free_memory=lambda: 64 * GIB, on_scaling=got.put_nowait)
+    pool = WorkerPool(
+        settings(scale_up_delay=0.0, idle_timeout=0.05, check_interval=0.005),
+        free_memory=lambda: 64 * GIB,
+        on_scaling=got.put_nowait,
+    )
     await pool.start()
     gates, tasks = await queue_jobs(pool, 3)
     up = await asyncio.wait_for(got.get(), 5)

@@ -14,12 +14,18 @@ def test_lru_evicts_least_recently_used_and_counts():
     a, b, c = (CacheKey("default", None, t) for t in "abc")
     cache.put(a, "A")
     cache.put(b, "B")
-    assert cache.get(a) == "A"          # a is now most recent
-    cache.put(c, "C")                    # evicts b
+    assert cache.get(a) == "A"  # a is now most recent
+    cache.put(c, "C")  # evicts b
     assert cache.get(b) is None
     assert cache.get(c) == "C"
-    assert cache.stats() == {"entries": 2, "max_entries": 2, "hits": 2, "misses": 1,
-                             "evictions": 1, "hit_rate": round(2 / 3, 4)}
+    assert cache.stats() == {
+        "entries": 2,
+        "max_entries": 2,
+        "hits": 2,
+        "misses": 1,
+        "evictions": 1,
+        "hit_rate": round(2 / 3, 4),
+    }
 
 
 def test_keys_differ_by_model_set_and_clip_skip():

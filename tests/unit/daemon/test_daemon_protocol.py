@@ -38,8 +38,9 @@ from daemon.protocol import (
 WIRE_NUMPY_DTYPES = [np.float32, np.float16, np.uint8, np.int32, np.int64]
 
 
-def raw_frame(header: dict | bytes, payload: bytes = b"", *, magic: bytes = MAGIC,
-              payload_len: int | None = None) -> bytes:
+def raw_frame(
+    header: dict | bytes, payload: bytes = b"", *, magic: bytes = MAGIC, payload_len: int | None = None
+) -> bytes:
     body = header if isinstance(header, bytes) else json.dumps(header).encode()
     length = len(payload) if payload_len is None else payload_len
     return PREFIX.pack(magic, len(body), length) + body + payload
@@ -52,13 +53,21 @@ def request_header(**overrides) -> dict:
 
 
 arrays = st.sampled_from(WIRE_NUMPY_DTYPES).flatmap(
-    lambda dtype: hnp.arrays(dtype, hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
-                             elements={"allow_nan": False} if np.dtype(dtype).kind == "f" else None))
+    lambda dtype: hnp.arrays(
+        dtype,
+        hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=6),
+        elements={"allow_nan": False} if np.dtype(dtype).kind == "f" else None,
+    )
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=10)
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=10)
+    max_leaves=10,
+)
 
 
 def assert_same_tensors(got, expected):
@@ -71,9 +80,12 @@ def assert_same_tensors(got, expected):
 
 
 @settings(max_examples=60, deadline=None)
-@given(request_id=st.integers(0, 2**53 - 1), op=st.text(min_size=1, max_size=64),
-       options=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
-       tensors=st.lists(arrays, max_size=4))
+@given(
+    request_id=st.integers(0, 2**53 - 1),
+    op=st.text(min_size=1, max_size=64),
+    options=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    tensors=st.lists(arrays, max_size=4),
+)
 def test_request_round_trips_through_encode_and_decode(request_id, op, options, tensors):
     (decoded,) = decode_all(frame_bytes(encode_request(Request(request_id, op, options, tuple(tensors)))))
     assert isinstance(decoded, Request)
@@ -82,8 +94,9 @@ def test_request_round_trips_through_encode_and_decode(request_id, op, options, 
 
 
 @settings(max_examples=40, deadline=None)
-@given(result=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
-       tensors=st.lists(arrays, max_size=3))
+@given(
+    result=st.dictionaries(st.text(max_size=8), json_values, max_size=4), tensors=st.lists(arrays, max_size=3)
+)
 def test_response_round_trips(result, tensors):
     (decoded,) = decode_all(frame_bytes(encode_response(Response(9, result, tuple(tensors)))))
     assert isinstance(decoded, Response) and decoded.id == 9 and decoded.result == result
@@ -110,9 +123,16 @@ def several_frames() -> tuple[bytes, list]:
         Response(2, {"ok": 1}, (np.full((2, 2), 7, dtype=np.int64),)),
         ErrorResponse(3, ErrorCode.BUSY, "later", True),
     ]
-    data = b"".join(frame_bytes(encode_request(m) if isinstance(m, Request) else
-                                encode_response(m) if isinstance(m, Response) else encode_error(m))
-                    for m in messages)
+    data = b"".join(
+        frame_bytes(
+            encode_request(m)
+            if isinstance(m, Request)
+            else encode_response(m)
+            if isinstance(m, Response)
+            else encode_error(m)
+        )
+        for m in messages
+    )
     return data, messages
 
 
@@ -140,7 +160,7 @@ def test_byte_by_byte_feeding_decodes_the_same_messages():
     decoder = FrameDecoder()
     decoded = []
     for index in range(len(data)):
-        decoded += decoder.feed(data[index:index + 1])
+        decoded += decoder.feed(data[index : index + 1])
     assert_messages_equal(decoded, messages)
 
 
@@ -148,15 +168,16 @@ def test_byte_by_byte_feeding_decodes_the_same_messages():
 @given(chunks=st.lists(st.integers(7, 100_000), min_size=1, max_size=20))
 def test_zero_copy_receive_path_matches_feed_for_any_chunking(chunks):
     big = np.random.default_rng(1).random((130, 131), dtype=np.float32)  # > 64 KiB: direct reads
-    data = frame_bytes(encode_request(Request(1, "x", {}, (big, np.arange(5, dtype=np.int32))))) \
-        + frame_bytes(encode_request(Request(2, "ping")))
+    data = frame_bytes(
+        encode_request(Request(1, "x", {}, (big, np.arange(5, dtype=np.int32))))
+    ) + frame_bytes(encode_request(Request(2, "ping")))
     decoder = FrameDecoder()
     decoded, position, index = [], 0, 0
     while position < len(data):
         buffer = decoder.get_buffer()
         size = min(len(buffer), len(data) - position, chunks[index % len(chunks)])
         index += 1
-        buffer[:size] = data[position:position + size]
+        buffer[:size] = data[position : position + size]
         del buffer
         position += size
         decoded += decoder.buffer_updated(size)
@@ -169,10 +190,10 @@ def test_large_payload_is_received_straight_into_the_tensor_buffer():
     data = frame_bytes(encode_request(Request(1, "x", {}, (big,))))
     header_end = len(data) - big.nbytes
     decoder = FrameDecoder()
-    assert decoder.feed(data[:header_end + 10]) == []
+    assert decoder.feed(data[: header_end + 10]) == []
     buffer = decoder.get_buffer()
     assert len(buffer) == big.nbytes - 10  # exactly the rest of the payload, not a scratch area
-    buffer[:] = data[header_end + 10:]
+    buffer[:] = data[header_end + 10 :]
     del buffer
     (request,) = decoder.buffer_updated(big.nbytes - 10)
     np.testing.assert_array_equal(request.tensors[0], big)
@@ -246,18 +267,21 @@ def test_header_that_is_not_a_json_object_is_a_protocol_error(header):
         FrameDecoder().feed(raw_frame(header))
 
 
-@pytest.mark.parametrize(("descriptor", "fragment"), [
-    ({"dtype": "float64", "shape": [2], "nbytes": 16}, "not allowed"),
-    ({"dtype": "object", "shape": [1], "nbytes": 8}, "not allowed"),
-    ({"dtype": "float32", "shape": [2, 2], "nbytes": 12}, "does not match"),
-    ({"dtype": "float32", "shape": [-1], "nbytes": 4}, "non-negative"),
-    ({"dtype": "float32", "shape": [2.0], "nbytes": 8}, "non-negative"),
-    ({"dtype": "float32", "shape": "2", "nbytes": 8}, "list"),
-    ({"dtype": "uint8", "shape": [1] * 9, "nbytes": 1}, "dimensions"),
-    ({"dtype": "uint8", "shape": [1 << 20, 1 << 20], "nbytes": 1 << 40}, "elements"),
-    ({"dtype": "float32", "shape": [1], "nbytes": 4, "shm": {"segment": "", "offset": 0}}, "shm"),
-    ("float32", "object"),
-])
+@pytest.mark.parametrize(
+    ("descriptor", "fragment"),
+    [
+        ({"dtype": "float64", "shape": [2], "nbytes": 16}, "not allowed"),
+        ({"dtype": "object", "shape": [1], "nbytes": 8}, "not allowed"),
+        ({"dtype": "float32", "shape": [2, 2], "nbytes": 12}, "does not match"),
+        ({"dtype": "float32", "shape": [-1], "nbytes": 4}, "non-negative"),
+        ({"dtype": "float32", "shape": [2.0], "nbytes": 8}, "non-negative"),
+        ({"dtype": "float32", "shape": "2", "nbytes": 8}, "list"),
+        ({"dtype": "uint8", "shape": [1] * 9, "nbytes": 1}, "dimensions"),
+        ({"dtype": "uint8", "shape": [1 << 20, 1 << 20], "nbytes": 1 << 40}, "elements"),
+        ({"dtype": "float32", "shape": [1], "nbytes": 4, "shm": {"segment": "", "offset": 0}}, "shm"),
+        ("float32", "object"),
+    ],
+)
 def test_bad_tensor_descriptor_is_rejected_with_the_request_id(descriptor, fragment):
     payload = b"\0" * 16
     header = request_header(tensors=[descriptor])
@@ -277,25 +301,29 @@ def test_payload_length_that_disagrees_with_the_descriptors_is_rejected():
     assert isinstance(rejected, Rejected) and "payload is 20 bytes" in rejected.message
 
 
-@pytest.mark.parametrize(("header", "code"), [
-    (request_header(v=2), ErrorCode.UNSUPPORTED_VERSION),
-    (request_header(v="1"), ErrorCode.UNSUPPORTED_VERSION),
-    (request_header(id=-1), ErrorCode.BAD_REQUEST),
-    (request_header(id=2**60), ErrorCode.BAD_REQUEST),
-    (request_header(op=""), ErrorCode.BAD_REQUEST),
-    (request_header(op=7), ErrorCode.BAD_REQUEST),
-    (request_header(options=[1]), ErrorCode.BAD_REQUEST),
-    (request_header(tensors=[{}] * 9), ErrorCode.TOO_LARGE),
-    ({"v": 1, "id": 3}, ErrorCode.BAD_REQUEST),
-])
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (request_header(v=2), ErrorCode.UNSUPPORTED_VERSION),
+        (request_header(v="1"), ErrorCode.UNSUPPORTED_VERSION),
+        (request_header(id=-1), ErrorCode.BAD_REQUEST),
+        (request_header(id=2**60), ErrorCode.BAD_REQUEST),
+        (request_header(op=""), ErrorCode.BAD_REQUEST),
+        (request_header(op=7), ErrorCode.BAD_REQUEST),
+        (request_header(options=[1]), ErrorCode.BAD_REQUEST),
+        (request_header(tensors=[{}] * 9), ErrorCode.TOO_LARGE),
+        ({"v": 1, "id": 3}, ErrorCode.BAD_REQUEST),
+    ],
+)
 def test_header_rule_violations_are_rejected_not_fatal(header, code):
     (rejected,) = decode_all(raw_frame(header))
     assert isinstance(rejected, Rejected) and rejected.code is code
 
 
 def test_shared_memory_descriptor_without_a_reader_is_rejected():
-    header = request_header(tensors=[{"dtype": "uint8", "shape": [4], "nbytes": 4,
-                                      "shm": {"segment": "lu1", "offset": 0}}])
+    header = request_header(
+        tensors=[{"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lu1", "offset": 0}}]
+    )
     (rejected,) = decode_all(raw_frame(header))
     assert isinstance(rejected, Rejected) and "not negotiated" in rejected.message
 
@@ -305,10 +333,11 @@ def test_shared_memory_descriptor_is_resolved_through_the_reader():
 
     def reader(ref: ShmRef, nbytes: int) -> memoryview:
         assert ref == ShmRef("lu1_1", 8)
-        return memoryview(store)[ref.offset:ref.offset + nbytes]
+        return memoryview(store)[ref.offset : ref.offset + nbytes]
 
-    header = request_header(tensors=[{"dtype": "int32", "shape": [2], "nbytes": 8,
-                                      "shm": {"segment": "lu1_1", "offset": 8}}])
+    header = request_header(
+        tensors=[{"dtype": "int32", "shape": [2], "nbytes": 8, "shm": {"segment": "lu1_1", "offset": 8}}]
+    )
     decoder = FrameDecoder(shm_reader=reader)
     (request,) = decoder.feed(raw_frame(header))
     np.testing.assert_array_equal(request.tensors[0], store[8:16].view("<i4"))
@@ -319,8 +348,9 @@ def test_unreadable_shared_memory_is_rejected_naming_the_segment():
     def reader(ref, nbytes):
         raise FileNotFoundError("gone")
 
-    header = request_header(tensors=[{"dtype": "uint8", "shape": [4], "nbytes": 4,
-                                      "shm": {"segment": "lu9", "offset": 0}}])
+    header = request_header(
+        tensors=[{"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lu9", "offset": 0}}]
+    )
     (rejected,) = FrameDecoder(shm_reader=reader).feed(raw_frame(header))
     assert isinstance(rejected, Rejected) and "lu9" in rejected.message
 
@@ -336,9 +366,9 @@ def test_placer_moves_big_tensors_out_of_the_payload():
         return None
 
     data = frame_bytes(encode_request(Request(1, "x", {}, (big, small)), place=place))
-    _, header_len, payload_len = PREFIX.unpack(data[:PREFIX.size])
+    _, header_len, payload_len = PREFIX.unpack(data[: PREFIX.size])
     assert payload_len == small.nbytes and len(placed) == 1
-    header = json.loads(data[PREFIX.size:PREFIX.size + header_len])
+    header = json.loads(data[PREFIX.size : PREFIX.size + header_len])
     assert header["tensors"][0]["shm"] == {"segment": "lu_x", "offset": 0}
 
 
@@ -346,8 +376,9 @@ def test_tensors_are_aligned_in_the_payload_and_sent_without_copies():
     odd = np.arange(3, dtype=np.uint8)
     big = np.arange(100_000, dtype=np.float32)
     buffers = encode_request(Request(1, "x", {}, (odd, big)))
-    assert any(isinstance(b, memoryview) and np.shares_memory(np.frombuffer(b, np.uint8), big)
-               for b in buffers)
+    assert any(
+        isinstance(b, memoryview) and np.shares_memory(np.frombuffer(b, np.uint8), big) for b in buffers
+    )
     (request,) = decode_all(frame_bytes(buffers))
     assert request.tensors[1].ctypes.data % 64 == 0
 
@@ -364,8 +395,7 @@ def test_half_precision_wire_dtypes_halve_bytes_and_decode_to_float32(wire_dtype
 
 
 def test_bfloat16_rounding_is_nearest_even_and_keeps_nan_and_inf():
-    values = np.array([1.0, 1.00390625, 1.01171875, -2.5, np.inf, -np.inf, np.nan, 0.0],
-                      dtype=np.float32)
+    values = np.array([1.0, 1.00390625, 1.01171875, -2.5, np.inf, -np.inf, np.nan, 0.0], dtype=np.float32)
     back = bfloat16_bits_to_float32(float32_to_bfloat16_bits(values))
     np.testing.assert_array_equal(back[:6], [1.0, 1.0, 1.015625, -2.5, np.inf, -np.inf])
     assert np.isnan(back[6]) and back[7] == 0.0

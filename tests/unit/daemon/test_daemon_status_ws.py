@@ -72,8 +72,13 @@ async def test_unknown_message_gets_an_error_and_the_connection_lives(ws_server)
 
 async def test_scaling_event_reaches_every_client_field_by_field(ws_server):
     server, uri = await ws_server(interval=3600)
-    event = {"event": "scale_up", "pool": "vae", "worker_id": 2, "active_workers": 3,
-             "vram_available_gb": 4.5}
+    event = {
+        "event": "scale_up",
+        "pool": "vae",
+        "worker_id": 2,
+        "active_workers": 3,
+        "vram_available_gb": 4.5,
+    }
     async with connect(uri) as a, connect(uri) as b:
         await recv_json(a)
         await recv_json(b)

@@ -21,25 +21,33 @@ CASES = json.loads((Path(__file__).parents[4] / "tests/data/comfyui/error_cases.
 
 def rejection(name: str) -> PromptRejected:
     case = CASES[name]
-    return parse_prompt_rejection(case["status"], case["json"] if case["json"] is not None else case["text"],
-                                  instance="gpu0")
+    return parse_prompt_rejection(
+        case["status"], case["json"] if case["json"] is not None else case["text"], instance="gpu0"
+    )
 
 
-@pytest.mark.parametrize("name, node_id, class_type, input_name, reason_type", [
-    ("value_below_min_steps_0", "7", "KSampler", "steps", "value_smaller_than_min"),
-    ("value_not_in_list_sampler", "7", "KSampler", "sampler_name", "value_not_in_list"),
-    ("value_not_in_list_model_file", "1", "UNETLoader", "unet_name", "value_not_in_list"),
-    ("required_input_missing_seed", "7", "KSampler", "seed", "required_input_missing"),
-    ("bad_type_steps_string", "7", "KSampler", "steps", "invalid_input_type"),
-    ("link_to_missing_node", "7", "KSampler", "samples", "exception_during_inner_validation"),
-    ("link_type_mismatch_CLIP_to_MODEL", "7", "KSampler", "model", "return_type_mismatch"),
-])
+@pytest.mark.parametrize(
+    "name, node_id, class_type, input_name, reason_type",
+    [
+        ("value_below_min_steps_0", "7", "KSampler", "steps", "value_smaller_than_min"),
+        ("value_not_in_list_sampler", "7", "KSampler", "sampler_name", "value_not_in_list"),
+        ("value_not_in_list_model_file", "1", "UNETLoader", "unet_name", "value_not_in_list"),
+        ("required_input_missing_seed", "7", "KSampler", "seed", "required_input_missing"),
+        ("bad_type_steps_string", "7", "KSampler", "steps", "invalid_input_type"),
+        ("link_to_missing_node", "7", "KSampler", "samples", "exception_during_inner_validation"),
+        ("link_type_mismatch_CLIP_to_MODEL", "7", "KSampler", "model", "return_type_mismatch"),
+    ],
+)
 def test_captured_validation_failures_name_node_and_input(name, node_id, class_type, input_name, reason_type):
     error = rejection(name)
     assert error.status == 400 and error.error_type == "prompt_outputs_failed_validation"
     (reason,) = error.reasons
     assert (reason.node_id, reason.class_type, reason.input_name, reason.reason_type) == (
-        node_id, class_type, input_name, reason_type)
+        node_id,
+        class_type,
+        input_name,
+        reason_type,
+    )
     assert reason.dependent_outputs == ("9",)
     assert error.instance == "gpu0"
     assert input_name in str(error)
@@ -60,8 +68,14 @@ def test_missing_node_type_is_turned_into_a_reason_with_the_title(name):
     assert reason.describe().startswith("KSampler #7")
 
 
-@pytest.mark.parametrize("name, error_type", [
-    ("no_output_node", "prompt_no_outputs"), ("no_prompt_key", "no_prompt"), ("bad_prompt_id", "invalid_prompt_id")])
+@pytest.mark.parametrize(
+    "name, error_type",
+    [
+        ("no_output_node", "prompt_no_outputs"),
+        ("no_prompt_key", "no_prompt"),
+        ("bad_prompt_id", "invalid_prompt_id"),
+    ],
+)
 def test_top_level_errors_have_their_type_and_no_reasons(name, error_type):
     error = rejection(name)
     assert error.error_type == error_type and error.reasons == ()
@@ -80,10 +94,19 @@ def test_old_string_error_and_list_node_errors():
 
 
 def test_old_string_reasons_keep_the_input_name():
-    reasons = parse_node_errors({"3": {"errors": ["Required input is missing: seed",
-                                                  "Value not in list: sampler_name: 'x' not in [...]"],
-                                       "dependent_outputs": ["9"], "class_type": "KSampler"},
-                                 "5": "Exception when validating node"})
+    reasons = parse_node_errors(
+        {
+            "3": {
+                "errors": [
+                    "Required input is missing: seed",
+                    "Value not in list: sampler_name: 'x' not in [...]",
+                ],
+                "dependent_outputs": ["9"],
+                "class_type": "KSampler",
+            },
+            "5": "Exception when validating node",
+        }
+    )
     assert [(r.node_id, r.input_name) for r in reasons] == [("3", "seed"), ("3", None), ("5", None)]
     assert reasons[0].message == "Required input is missing" and reasons[0].class_type == "KSampler"
     assert reasons[2].message == "Exception when validating node"
@@ -96,8 +119,15 @@ def test_node_errors_of_unexpected_shapes_are_ignored_not_fatal():
 
 
 def test_job_errors_carry_their_diagnostics():
-    failed = ExecutionFailed(prompt_id="p", node_id="8", node_type="VAEDecode", exception_type="RuntimeError",
-                             exception_message="boom\n", traceback=("tb",), executed=("3",))
+    failed = ExecutionFailed(
+        prompt_id="p",
+        node_id="8",
+        node_type="VAEDecode",
+        exception_type="RuntimeError",
+        exception_message="boom\n",
+        traceback=("tb",),
+        executed=("3",),
+    )
     assert str(failed) == "VAEDecode #8 failed: RuntimeError: boom" and failed.prompt_id == "p"
     assert "before it started" in str(JobInterrupted(prompt_id="p", while_pending=True))
     lost = JobLost("gone", prompt_id="p", started=False)

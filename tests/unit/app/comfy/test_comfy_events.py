@@ -10,13 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.comfy.events import (
+    Executed,
+    Executing,
     ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
-    Executed,
-    Executing,
     FeatureFlags,
     LogsEvent,
     MessageParseError,
@@ -36,32 +36,85 @@ PID = "e4a0a183-ee17-4dc2-9f81-f509a0ed0998"
 
 # Verbatim from shared/reference/comfyui-captures/ws_message_examples.json (traceback shortened).
 CAPTURED = {
-    "status_connect": {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}},
-                                                  "sid": "31a1935f234d47088d21c33564f3c100"}},
+    "status_connect": {
+        "type": "status",
+        "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "31a1935f234d47088d21c33564f3c100"},
+    },
     "status": {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 1}}}},
     "execution_start": {"type": "execution_start", "data": {"prompt_id": PID, "timestamp": 1795920324219}},
-    "execution_cached": {"type": "execution_cached", "data": {"nodes": [], "prompt_id": PID, "timestamp": 1795920324222}},
-    "progress_state": {"type": "progress_state", "data": {"prompt_id": PID, "nodes": {"3": {
-        "value": 0.0, "max": 1.0, "state": "running", "node_id": "3", "prompt_id": PID, "display_node_id": "3",
-        "parent_node_id": None, "real_node_id": "3"}}}},
+    "execution_cached": {
+        "type": "execution_cached",
+        "data": {"nodes": [], "prompt_id": PID, "timestamp": 1795920324222},
+    },
+    "progress_state": {
+        "type": "progress_state",
+        "data": {
+            "prompt_id": PID,
+            "nodes": {
+                "3": {
+                    "value": 0.0,
+                    "max": 1.0,
+                    "state": "running",
+                    "node_id": "3",
+                    "prompt_id": PID,
+                    "display_node_id": "3",
+                    "parent_node_id": None,
+                    "real_node_id": "3",
+                }
+            },
+        },
+    },
     "executing": {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": PID}},
     "progress": {"type": "progress", "data": {"value": 1, "max": 4, "prompt_id": PID, "node": "7"}},
-    "executed": {"type": "executed", "data": {"node": "9", "display_node": "9", "output": {"images": [
-        {"filename": "tiny_txt2img_00009_.png", "subfolder": "", "type": "output"}]}, "prompt_id": PID}},
-    "execution_success": {"type": "execution_success", "data": {"prompt_id": PID, "timestamp": 1795920325745}},
+    "executed": {
+        "type": "executed",
+        "data": {
+            "node": "9",
+            "display_node": "9",
+            "output": {
+                "images": [{"filename": "tiny_txt2img_00009_.png", "subfolder": "", "type": "output"}]
+            },
+            "prompt_id": PID,
+        },
+    },
+    "execution_success": {
+        "type": "execution_success",
+        "data": {"prompt_id": PID, "timestamp": 1795920325745},
+    },
     "executing_null": {"type": "executing", "data": {"node": None, "prompt_id": PID}},
-    "feature_flags": {"type": "feature_flags", "data": {"supports_preview_metadata": True, "max_upload_size": 104857600,
-                                                        "extension": {"manager": {"supports_v4": True}}}},
-    "execution_error": {"type": "execution_error", "data": {
-        "prompt_id": "f7756a9a-c5d4-45ef-bd26-fbc71805ccdb", "node_id": "1", "node_type": "CheckpointLoaderSimple",
-        "executed": [], "exception_message": "Error while deserializing header: header too large\n",
-        "exception_type": "safetensors._safetensors_rust.SafetensorError",
-        "traceback": ["  File \"ComfyUI/execution.py\", line 545, in execute\n"],
-        "current_inputs": {"ckpt_name": ["zz_corrupt_for_error_tests.safetensors"]},
-        "current_outputs": ["6", "7", "1", "4", "8", "5", "9"], "timestamp": 1795920193008}},
-    "execution_interrupted": {"type": "execution_interrupted", "data": {
-        "prompt_id": "a8607b8e-7919-4fca-9d4c-9b13c31da947", "node_id": "7", "node_type": "KSampler",
-        "executed": ["6"], "timestamp": 1795920174104}},
+    "feature_flags": {
+        "type": "feature_flags",
+        "data": {
+            "supports_preview_metadata": True,
+            "max_upload_size": 104857600,
+            "extension": {"manager": {"supports_v4": True}},
+        },
+    },
+    "execution_error": {
+        "type": "execution_error",
+        "data": {
+            "prompt_id": "f7756a9a-c5d4-45ef-bd26-fbc71805ccdb",
+            "node_id": "1",
+            "node_type": "CheckpointLoaderSimple",
+            "executed": [],
+            "exception_message": "Error while deserializing header: header too large\n",
+            "exception_type": "safetensors._safetensors_rust.SafetensorError",
+            "traceback": ['  File "ComfyUI/execution.py", line 545, in execute\n'],
+            "current_inputs": {"ckpt_name": ["zz_corrupt_for_error_tests.safetensors"]},
+            "current_outputs": ["6", "7", "1", "4", "8", "5", "9"],
+            "timestamp": 1795920193008,
+        },
+    },
+    "execution_interrupted": {
+        "type": "execution_interrupted",
+        "data": {
+            "prompt_id": "a8607b8e-7919-4fca-9d4c-9b13c31da947",
+            "node_id": "7",
+            "node_type": "KSampler",
+            "executed": ["6"],
+            "timestamp": 1795920174104,
+        },
+    },
 }
 
 
@@ -99,7 +152,9 @@ def test_executed_keeps_the_output_mapping():
 
 
 def test_cached_output_node_may_have_null_output():
-    event = parse_text(json.dumps({"type": "executed", "data": {"node": "9", "output": None, "prompt_id": PID}}))
+    event = parse_text(
+        json.dumps({"type": "executed", "data": {"node": "9", "output": None, "prompt_id": PID}})
+    )
     assert isinstance(event, Executed) and event.output is None
 
 
@@ -119,12 +174,16 @@ def test_old_execution_error_with_dict_outputs_still_parses():
 
 def test_execution_interrupted():
     event = parse("execution_interrupted")
-    assert event == ExecutionInterrupted("a8607b8e-7919-4fca-9d4c-9b13c31da947", "7", "KSampler", ("6",), 1795920174104)
+    assert event == ExecutionInterrupted(
+        "a8607b8e-7919-4fca-9d4c-9b13c31da947", "7", "KSampler", ("6",), 1795920174104
+    )
 
 
 def test_feature_flags_logs_and_unknown_types():
     assert isinstance(parse("feature_flags"), FeatureFlags)
-    logs = parse_text(json.dumps({"type": "logs", "data": {"entries": [{"t": 1.0, "m": "got prompt"}], "size": None}}))
+    logs = parse_text(
+        json.dumps({"type": "logs", "data": {"entries": [{"t": 1.0, "m": "got prompt"}], "size": None}})
+    )
     assert logs == LogsEvent(((1.0, "got prompt"),))
     custom = parse_text(json.dumps({"type": "crystools.monitor", "data": {"cpu_utilization": 3}}))
     assert isinstance(custom, UnknownMessage) and custom.type == "crystools.monitor"
@@ -150,8 +209,14 @@ def test_legacy_preview_type_1_jpeg_and_png():
 
 
 def test_preview_with_metadata_type_4():
-    metadata = {"node_id": "7", "prompt_id": "21f6819f-455f-4b8a-a2e5-7823ac1fa493", "display_node_id": "7",
-                "parent_node_id": None, "real_node_id": "7", "image_type": "image/jpeg"}
+    metadata = {
+        "node_id": "7",
+        "prompt_id": "21f6819f-455f-4b8a-a2e5-7823ac1fa493",
+        "display_node_id": "7",
+        "parent_node_id": None,
+        "real_node_id": "7",
+        "image_type": "image/jpeg",
+    }
     frame = encode_preview(b"\xff\xd8jpegbytes", metadata=metadata)
     assert frame[:8].hex() == "00000004" + f"{len(json.dumps(metadata)):08x}"
     event = parse_binary(frame)
@@ -166,8 +231,17 @@ def test_progress_text_type_3_and_unknown_binary_ids():
     assert isinstance(unknown, UnknownBinary) and unknown.event_type == 12345 and unknown.payload == b"swarm"
 
 
-@pytest.mark.parametrize("frame", [b"", b"\x00\x00", struct.pack(">I", 1), struct.pack(">II", 4, 100) + b"{}",
-                                   struct.pack(">II", 4, 2) + b"[x", struct.pack(">II", 3, 9) + b"1"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x00\x00",
+        struct.pack(">I", 1),
+        struct.pack(">II", 4, 100) + b"{}",
+        struct.pack(">II", 4, 2) + b"[x",
+        struct.pack(">II", 3, 9) + b"1",
+    ],
+)
 def test_truncated_binary_frames_raise_a_typed_error(frame):
     with pytest.raises(MessageParseError):
         parse_binary(frame)
@@ -181,11 +255,31 @@ def test_binary_parser_never_raises_anything_but_its_own_error(frame):
         pass
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
-                    max_leaves=12),
-       st.sampled_from(["status", "execution_start", "execution_cached", "executing", "progress", "progress_state",
-                        "executed", "execution_success", "execution_error", "execution_interrupted", "logs", "x"]))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+        ),
+        max_leaves=12,
+    ),
+    st.sampled_from(
+        [
+            "status",
+            "execution_start",
+            "execution_cached",
+            "executing",
+            "progress",
+            "progress_state",
+            "executed",
+            "execution_success",
+            "execution_error",
+            "execution_interrupted",
+            "logs",
+            "x",
+        ]
+    ),
+)
 def test_text_parser_survives_any_data_shape(data, kind):
     try:
         parse_text(json.dumps({"type": kind, "data": data}))

@@ -34,7 +34,8 @@ def test_toml_file_in_the_user_config_dir_is_loaded():
         'default_style = "realistic"\n'
         '[[instances]]\nname = "a1"\nurl = "https://gpu-box.lan/comfy/"\nstyles = ["anime", "artistic"]\n'
         'headers = { Authorization = "Bearer x" }\n'
-        '[[instances]]\nname = "r1"\nurl = "http://10.0.0.5:8189"\nstyles = ["realistic"]\napi_prefix = ""\n')
+        '[[instances]]\nname = "r1"\nurl = "http://10.0.0.5:8189"\nstyles = ["realistic"]\napi_prefix = ""\n'
+    )
     config = load_instances()
     first, second = config.instances
     assert first.base_url == "https://gpu-box.lan/comfy" and first.ws_url == "wss://gpu-box.lan/comfy/ws"
@@ -45,23 +46,33 @@ def test_toml_file_in_the_user_config_dir_is_loaded():
 
 
 def test_several_instances_may_serve_one_style_and_default_style_defaults_to_the_first():
-    config = parse_instances({"instances": [{"url": "http://a:1", "styles": ["anime"]},
-                                            {"url": "http://b:1", "styles": "anime"}]})
+    config = parse_instances(
+        {"instances": [{"url": "http://a:1", "styles": ["anime"]}, {"url": "http://b:1", "styles": "anime"}]}
+    )
     assert config.default_style == "anime" and len(config.for_style("anime")) == 2
     assert config.instances[0].name == "http://a:1"
 
 
-@pytest.mark.parametrize("data, message", [
-    ({}, "at least one"),
-    ({"instances": [{"styles": ["anime"]}]}, "'url'"),
-    ({"instances": [{"url": "ftp://x", "styles": ["anime"]}]}, "must be http"),
-    ({"instances": [{"url": "http://x:1", "styles": [3]}]}, "styles"),
-    ({"instances": [{"url": "http://x:1", "colour": "red"}]}, "unknown keys"),
-    ({"instances": [{"url": "http://x:1", "headers": {"Origin": "http://evil"}}]}, "403"),
-    ({"instances": [{"url": "http://x:1", "headers": ["a"]}]}, "headers"),
-    ({"instances": [{"name": "a", "url": "http://x:1"}, {"name": "a", "url": "http://y:1"}]}, "duplicate"),
-    ({"default_style": "noir", "instances": [{"url": "http://x:1", "styles": ["anime"]}]}, "served by no"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({}, "at least one"),
+        ({"instances": [{"styles": ["anime"]}]}, "'url'"),
+        ({"instances": [{"url": "ftp://x", "styles": ["anime"]}]}, "must be http"),
+        ({"instances": [{"url": "http://x:1", "styles": [3]}]}, "styles"),
+        ({"instances": [{"url": "http://x:1", "colour": "red"}]}, "unknown keys"),
+        ({"instances": [{"url": "http://x:1", "headers": {"Origin": "http://evil"}}]}, "403"),
+        ({"instances": [{"url": "http://x:1", "headers": ["a"]}]}, "headers"),
+        (
+            {"instances": [{"name": "a", "url": "http://x:1"}, {"name": "a", "url": "http://y:1"}]},
+            "duplicate",
+        ),
+        (
+            {"default_style": "noir", "instances": [{"url": "http://x:1", "styles": ["anime"]}]},
+            "served by no",
+        ),
+    ],
+)
 def test_invalid_config_is_a_clear_error(data, message):
     with pytest.raises(InstanceConfigError, match=message):
         parse_instances(data)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from app.comfy.errors import ExecutionFailed, JobInterrupted, JobLost
 from app.comfy.events import (
+    Executed,
+    Executing,
     ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
     ExecutionStart,
     ExecutionSuccess,
-    Executed,
-    Executing,
     JobQueued,
     PreviewImage,
     Progress,
@@ -32,8 +32,12 @@ async def test_success_path_tracks_nodes_progress_and_outputs():
     tracker = JobTracker()
     job = new_job()
     tracker.register(job)
-    for event in (ExecutionStart("p1"), ExecutionCached("p1", ("4",)), Executing("p1", "3"),
-                  Progress("p1", "3", 2, 4)):
+    for event in (
+        ExecutionStart("p1"),
+        ExecutionCached("p1", ("4",)),
+        Executing("p1", "3"),
+        Progress("p1", "3", 2, 4),
+    ):
         tracker.feed(event)
     progress = job.progress
     assert job.state is JobState.RUNNING and job.started
@@ -41,7 +45,9 @@ async def test_success_path_tracks_nodes_progress_and_outputs():
     assert 0.25 < progress.fraction < 0.5
 
     tracker.feed(Executing("p1", "8"))
-    tracker.feed(Executed("p1", "9", "9", {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}))
+    tracker.feed(
+        Executed("p1", "9", "9", {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]})
+    )
     tracker.feed(ExecutionSuccess("p1"))
     assert job.done and job.state is JobState.SUCCEEDED and job.error is None
     assert job.outputs["9"]["images"][0]["filename"] == "a.png"
@@ -124,21 +130,57 @@ async def test_status_events_belong_to_no_job():
 
 async def test_finish_from_history_reads_the_outcome():
     ok = new_job("ok")
-    ok.finish_from_history(HistoryEntry.parse("ok", {
-        "outputs": {"9": {"images": [{"filename": "x.png", "subfolder": "", "type": "output"}]}},
-        "status": {"status_str": "success", "completed": True, "messages": [["execution_start", {}]]}}))
+    ok.finish_from_history(
+        HistoryEntry.parse(
+            "ok",
+            {
+                "outputs": {"9": {"images": [{"filename": "x.png", "subfolder": "", "type": "output"}]}},
+                "status": {"status_str": "success", "completed": True, "messages": [["execution_start", {}]]},
+            },
+        )
+    )
     assert ok.state is JobState.SUCCEEDED and ok.started and "9" in ok.outputs
 
     broken = new_job("broken")
-    broken.finish_from_history(HistoryEntry.parse("broken", {"outputs": {}, "status": {
-        "status_str": "error", "completed": False,
-        "messages": [["execution_error", {"node_id": "8", "node_type": "VAEDecode", "exception_type": "E",
-                                          "exception_message": "m"}]]}}))
+    broken.finish_from_history(
+        HistoryEntry.parse(
+            "broken",
+            {
+                "outputs": {},
+                "status": {
+                    "status_str": "error",
+                    "completed": False,
+                    "messages": [
+                        [
+                            "execution_error",
+                            {
+                                "node_id": "8",
+                                "node_type": "VAEDecode",
+                                "exception_type": "E",
+                                "exception_message": "m",
+                            },
+                        ]
+                    ],
+                },
+            },
+        )
+    )
     assert broken.state is JobState.FAILED and broken.error.node_type == "VAEDecode"
 
     cancelled = new_job("cancelled")
-    cancelled.finish_from_history(HistoryEntry.parse("cancelled", {"outputs": {}, "status": {
-        "status_str": "error", "completed": False, "messages": [["execution_interrupted", {"node_id": "3"}]]}}))
+    cancelled.finish_from_history(
+        HistoryEntry.parse(
+            "cancelled",
+            {
+                "outputs": {},
+                "status": {
+                    "status_str": "error",
+                    "completed": False,
+                    "messages": [["execution_interrupted", {"node_id": "3"}]],
+                },
+            },
+        )
+    )
     assert cancelled.state is JobState.INTERRUPTED
 
 

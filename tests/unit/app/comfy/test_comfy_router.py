@@ -13,9 +13,17 @@ from app.comfy.instances import InstanceConfig, InstancesConfig
 from app.comfy.router import RouterSettings, StyleRouter
 from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
 
-TIMEOUTS = ComfyTimeouts(ws_open=5.0, history=3.0, reconnect_max_delay=0.02, reconnect_give_up=0.3, watchdog=60.0)
-SETTINGS = RouterSettings(health_interval=0.05, health_backoff_max=0.1, probe_timeout=2.0,
-                          max_in_flight_per_instance=1, no_instance_timeout=2.0, timeouts=TIMEOUTS)
+TIMEOUTS = ComfyTimeouts(
+    ws_open=5.0, history=3.0, reconnect_max_delay=0.02, reconnect_give_up=0.3, watchdog=60.0
+)
+SETTINGS = RouterSettings(
+    health_interval=0.05,
+    health_backoff_max=0.1,
+    probe_timeout=2.0,
+    max_in_flight_per_instance=1,
+    no_instance_timeout=2.0,
+    timeouts=TIMEOUTS,
+)
 
 
 @contextlib.asynccontextmanager
@@ -25,8 +33,9 @@ async def fakes(count: int):
 
 
 def config(*entries: tuple[str, str, tuple[str, ...]], default_style: str = "anime") -> InstancesConfig:
-    return InstancesConfig(tuple(InstanceConfig(name, url, styles) for name, url, styles in entries),
-                           default_style=default_style)
+    return InstancesConfig(
+        tuple(InstanceConfig(name, url, styles) for name, url, styles in entries), default_style=default_style
+    )
 
 
 async def all_healthy(router: StyleRouter) -> None:
@@ -106,13 +115,19 @@ async def test_snapshot_shows_health_queue_vram_and_jobs_in_flight():
             router.add_listener(seen.append)
             snap = await router.check_now()
             instance = snap.by_name("a")
-            assert instance.healthy and instance.vram_total == fake.vram_total and instance.vram_free == 3 * 1024**3
+            assert (
+                instance.healthy
+                and instance.vram_total == fake.vram_total
+                and instance.vram_free == 3 * 1024**3
+            )
             assert instance.comfyui_version == fake.version and instance.devices[0].type == "cuda"
 
             fake.pause()
             task = asyncio.create_task(router.run(txt2img_prompt(), style="anime"))
-            busy = await router.wait_until(lambda s: s.by_name("a").jobs_in_flight == 1
-                                           and s.by_name("a").queue_remaining == 1, timeout=5)
+            busy = await router.wait_until(
+                lambda s: s.by_name("a").jobs_in_flight == 1 and s.by_name("a").queue_remaining == 1,
+                timeout=5,
+            )
             fake.resume()
             await task
             idle = await router.wait_until(lambda s: s.by_name("a").jobs_in_flight == 0, timeout=5)
@@ -129,7 +144,9 @@ async def test_first_free_dispatch_holds_jobs_until_an_instance_frees_up():
             slow.pause()
             first = asyncio.create_task(router.run(txt2img_prompt(seed=1), style="anime"))
             await router.wait_until(lambda s: s.by_name("slow").jobs_in_flight == 1, timeout=5)
-            others = [asyncio.create_task(router.run(txt2img_prompt(seed=s), style="anime")) for s in (2, 3, 4)]
+            others = [
+                asyncio.create_task(router.run(txt2img_prompt(seed=s), style="anime")) for s in (2, 3, 4)
+            ]
             results = await asyncio.gather(*others)
             slow.resume()
             head = await first
@@ -141,8 +158,12 @@ async def test_first_free_dispatch_holds_jobs_until_an_instance_frees_up():
 async def test_no_healthy_instance_for_the_style_raises():
     async with fakes(1) as (fake,):
         url = fake.url
-    settings = RouterSettings(health_interval=0.05, health_backoff_max=0.1, no_instance_timeout=0.2,
-                              timeouts=ComfyTimeouts(connect=0.5, ws_open=0.5, reconnect_max_delay=0.05))
+    settings = RouterSettings(
+        health_interval=0.05,
+        health_backoff_max=0.1,
+        no_instance_timeout=0.2,
+        timeouts=ComfyTimeouts(connect=0.5, ws_open=0.5, reconnect_max_delay=0.05),
+    )
     async with StyleRouter(config(("gone", url, ("anime",))), settings=settings) as router:
         await router.wait_until(lambda s: s.by_name("gone").state == "unhealthy", timeout=5)
         with pytest.raises(NoInstanceAvailable):

@@ -30,7 +30,11 @@ SHIPPED = ("sdxl_txt2img", "sdxl_img2img", "sdxl_txt2img_luna_daemon")
 
 TINY = {
     "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a.safetensors"}},
-    "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "cat", "clip": ["1", 1]}, "_meta": {"title": "Prompt"}},
+    "2": {
+        "class_type": "CLIPTextEncode",
+        "inputs": {"text": "cat", "clip": ["1", 1]},
+        "_meta": {"title": "Prompt"},
+    },
 }
 
 
@@ -76,19 +80,26 @@ def test_a_missing_file_path_is_not_searched_by_name(tmp_path):
 
 
 def test_a_ui_format_workflow_is_refused_with_export_instructions(tmp_path):
-    ui = {"last_node_id": 9, "nodes": [{"id": 3, "type": "KSampler", "widgets_values": [1, "fixed"]}],
-          "links": [[1, 4, 0, 3, 0, "MODEL"]], "version": 0.4}
+    ui = {
+        "last_node_id": 9,
+        "nodes": [{"id": 3, "type": "KSampler", "widgets_values": [1, "fixed"]}],
+        "links": [[1, 4, 0, 3, 0, "MODEL"]],
+        "version": 0.4,
+    }
     path = write(tmp_path / "ui.json", ui)
     with pytest.raises(UiFormatWorkflowError) as info:
         load_template(str(path))
     assert "Export (API)" in str(info.value) and "Save (API Format)" in str(info.value)
 
 
-@pytest.mark.parametrize("data, needle", [
-    ([], "non-empty JSON object"),
-    ({"1": {"inputs": {}}}, "no 'class_type'"),
-    ({"1": {"class_type": "X", "inputs": []}}, "no 'inputs' object"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ([], "non-empty JSON object"),
+        ({"1": {"inputs": {}}}, "no 'class_type'"),
+        ({"1": {"class_type": "X", "inputs": []}}, "no 'inputs' object"),
+    ],
+)
 def test_malformed_workflows_get_a_clear_format_error(tmp_path, data, needle):
     with pytest.raises(WorkflowFormatError, match=needle):
         load_template(str(write(tmp_path / "bad.json", data)))
@@ -114,18 +125,24 @@ def test_a_json_without_map_gets_the_detected_map_and_notes(tmp_path):
 
 def test_a_map_binding_to_a_missing_node_names_the_parameter(tmp_path):
     write(tmp_path / "t.json", TINY)
-    write(tmp_path / "t.luna.toml", '[params.positive]\nkind = "text"\nbind = [{ node = "99", input = "text" }]\n')
+    write(
+        tmp_path / "t.luna.toml",
+        '[params.positive]\nkind = "text"\nbind = [{ node = "99", input = "text" }]\n',
+    )
     with pytest.raises(TemplateError, match="parameter 'positive' is bound to node.*#99"):
         load_template(str(tmp_path / "t.json"))
 
 
-@pytest.mark.parametrize("toml_text, needle", [
-    ('[params.x]\nkind = "colour"\nbind = [{ node = "1", input = "a" }]\n', "kind 'colour'"),
-    ('[params.x]\nkind = "int"\n', "no bind entries"),
-    ('[params.x]\nkind = "int"\nbind = [{ node = "1" }]\n', "needs node and input"),
-    ('[params.loras]\nkind = "loras"\n', "needs a chain, a model_source or a stacker"),
-    ('[params.loras]\nkind = "loras"\nmodel_source = ["1"]\n', "expected \\[node_id, output_index\\]"),
-])
+@pytest.mark.parametrize(
+    "toml_text, needle",
+    [
+        ('[params.x]\nkind = "colour"\nbind = [{ node = "1", input = "a" }]\n', "kind 'colour'"),
+        ('[params.x]\nkind = "int"\n', "no bind entries"),
+        ('[params.x]\nkind = "int"\nbind = [{ node = "1" }]\n', "needs node and input"),
+        ('[params.loras]\nkind = "loras"\n', "needs a chain, a model_source or a stacker"),
+        ('[params.loras]\nkind = "loras"\nmodel_source = ["1"]\n', "expected \\[node_id, output_index\\]"),
+    ],
+)
 def test_bad_maps_are_rejected_with_the_parameter_named(toml_text, needle):
     with pytest.raises(TemplateError, match=needle):
         parse_map(tomllib.loads(toml_text))
@@ -164,15 +181,23 @@ def test_params_at_finds_the_parameters_bound_to_a_node_input():
     assert injection_map.params_at("5") == ["width", "height", "batch_size"]
     assert injection_map.params_at("8", "vae") == []
 
+
 _text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 _name = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True)
 
 
 @settings(max_examples=60, deadline=None)
-@given(names=st.lists(_name, min_size=1, max_size=4, unique=True), description=_text, node=_text.filter(bool),
-       input_name=_text.filter(bool), default=st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), _text))
+@given(
+    names=st.lists(_name, min_size=1, max_size=4, unique=True),
+    description=_text,
+    node=_text.filter(bool),
+    input_name=_text.filter(bool),
+    default=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), _text),
+)
 def test_any_map_round_trips_through_its_toml_text(names, description, node, input_name, default):
-    params = {n: ParamSpec(n, "text", (Binding(node, input_name),), description=description, default=default)
-              for n in names}
+    params = {
+        n: ParamSpec(n, "text", (Binding(node, input_name),), description=description, default=default)
+        for n in names
+    }
     injection_map = InjectionMap(params, description=description)
     assert parse_map(tomllib.loads(dump_map(injection_map))) == injection_map

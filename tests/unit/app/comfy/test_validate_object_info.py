@@ -13,7 +13,12 @@ from app.comfy.inject import LoraSpec, inject
 from app.comfy.rejections import explain_node_errors, explain_rejection, format_issues
 from app.comfy.templates import load_template
 from app.comfy.validate import combo_options, validate_workflow
-from tests.helpers.object_info import DATA_DIR, captured_object_info, luna_nodes_object_info, stock_object_info
+from tests.helpers.object_info import (
+    DATA_DIR,
+    captured_object_info,
+    luna_nodes_object_info,
+    stock_object_info,
+)
 
 STOCK_TEMPLATES = ("sdxl_txt2img", "sdxl_img2img")
 
@@ -42,16 +47,25 @@ def test_the_daemon_template_validates_against_the_luna_nodes_own_input_types():
     info.update(luna_info())
     report = validate_workflow(template.workflow, info, template.injection_map)
     assert report.issues == ()
-    report = validate_workflow(inject(template, {"loras": ["detail_tweaker_xl.safetensors"]}).workflow, info,
-                               template.injection_map)
+    report = validate_workflow(
+        inject(template, {"loras": ["detail_tweaker_xl.safetensors"]}).workflow, info, template.injection_map
+    )
     assert report.ok, format_issues(report.issues)
 
 
 @pytest.mark.parametrize("name", STOCK_TEMPLATES)
 def test_injected_stock_templates_with_loras_still_validate(name):
     template = load_template(name)
-    injected = inject(template, {"loras": [LoraSpec("detail_tweaker_xl.safetensors", 0.7),
-                                           LoraSpec("luna_character_a.safetensors")], "seed": 5})
+    injected = inject(
+        template,
+        {
+            "loras": [
+                LoraSpec("detail_tweaker_xl.safetensors", 0.7),
+                LoraSpec("luna_character_a.safetensors"),
+            ],
+            "seed": 5,
+        },
+    )
     report = validate_workflow(injected.workflow, stock_object_info(), template.injection_map)
     assert report.issues == ()
 
@@ -70,7 +84,11 @@ def test_a_missing_model_is_mapped_to_the_node_title_and_parameter():
     report = validate_workflow(template.workflow, captured_object_info(), template.injection_map)
     [issue] = report.errors
     assert (issue.code, issue.node_id, issue.input_name, issue.params) == (
-        "value_not_in_list", "4", "ckpt_name", ("checkpoint",))
+        "value_not_in_list",
+        "4",
+        "ckpt_name",
+        ("checkpoint",),
+    )
     text = issue.describe()
     assert "'Load Checkpoint' (#4 CheckpointLoaderSimple)" in text and "[parameter checkpoint]" in text
     assert "'sd_xl_base_1.0.safetensors'" in text and "tiny_sd15.safetensors" in text and "missing" in text
@@ -83,24 +101,30 @@ def test_bad_values_are_found_with_their_parameters():
     by_input = {i.input_name: i for i in report.errors}
     assert by_input["steps"].code == "value_smaller_than_min" and by_input["steps"].params == ("steps",)
     assert by_input["cfg"].code == "value_bigger_than_max"
-    assert by_input["sampler_name"].code == "value_not_in_list" and "(44 in all)" in by_input["sampler_name"].message
+    assert (
+        by_input["sampler_name"].code == "value_not_in_list"
+        and "(44 in all)" in by_input["sampler_name"].message
+    )
     assert by_input["width"].code == "value_smaller_than_min" and by_input["width"].params == ("width",)
 
 
 def test_graph_errors_are_found():
     template = load_template("sdxl_txt2img")
     wf = copy.deepcopy(template.workflow)
-    wf["8"]["inputs"]["samples"] = ["99", 0]           # link to a missing node
-    wf["8"]["inputs"]["vae"] = ["4", 7]                # output index out of range
-    wf["3"]["inputs"]["model"] = ["4", 1]              # CLIP into MODEL
-    del wf["3"]["inputs"]["seed"]                      # required input missing
-    wf["3"]["inputs"]["steps"] = "four"                # not an INT
-    wf["5"]["inputs"]["colour"] = "red"                # unknown input: warning only
+    wf["8"]["inputs"]["samples"] = ["99", 0]  # link to a missing node
+    wf["8"]["inputs"]["vae"] = ["4", 7]  # output index out of range
+    wf["3"]["inputs"]["model"] = ["4", 1]  # CLIP into MODEL
+    del wf["3"]["inputs"]["seed"]  # required input missing
+    wf["3"]["inputs"]["steps"] = "four"  # not an INT
+    wf["5"]["inputs"]["colour"] = "red"  # unknown input: warning only
     report = validate_workflow(wf, stock_object_info(), template.injection_map)
     assert set(codes(report)) == {
-        ("bad_linked_input", "8", "samples"), ("bad_linked_input", "8", "vae"),
-        ("return_type_mismatch", "3", "model"), ("required_input_missing", "3", "seed"),
-        ("invalid_input_type", "3", "steps"), ("unknown_input", "5", "colour"),
+        ("bad_linked_input", "8", "samples"),
+        ("bad_linked_input", "8", "vae"),
+        ("return_type_mismatch", "3", "model"),
+        ("required_input_missing", "3", "seed"),
+        ("invalid_input_type", "3", "steps"),
+        ("unknown_input", "5", "colour"),
     }
     assert [i.input_name for i in report.warnings] == ["colour"]
     mismatch = next(i for i in report.issues if i.code == "return_type_mismatch")
@@ -113,7 +137,11 @@ def test_a_bound_input_the_instance_does_not_know_is_an_error_naming_the_paramet
     del info["EmptyLatentImage"]["input"]["required"]["batch_size"]
     report = validate_workflow(template.workflow, info, template.injection_map)
     [issue] = report.errors
-    assert (issue.code, issue.input_name, issue.params) == ("unknown_bound_input", "batch_size", ("batch_size",))
+    assert (issue.code, issue.input_name, issue.params) == (
+        "unknown_bound_input",
+        "batch_size",
+        ("batch_size",),
+    )
 
 
 def test_a_workflow_without_output_node_is_reported():
@@ -139,17 +167,26 @@ def test_a_server_rejection_is_mapped_to_titles_and_parameters():
     workflow = copy.deepcopy(template.workflow)
     workflow["7"], workflow["3"] = workflow["3"], workflow["7"]
     from app.comfy.templates import Binding, InjectionMap, ParamSpec
+
     injection_map = InjectionMap({"steps": ParamSpec("steps", "int", (Binding("7", "steps"),))})
     [issue] = explain_rejection(captured_rejection("value_below_min_steps_0"), workflow, injection_map)
     assert (issue.code, issue.node_title, issue.input_name, issue.params) == (
-        "value_smaller_than_min", "KSampler", "steps", ("steps",))
-    assert issue.describe() == "'KSampler' (#7 KSampler) input 'steps' [parameter steps]: Value 0 smaller than min of 1"
+        "value_smaller_than_min",
+        "KSampler",
+        "steps",
+        ("steps",),
+    )
+    assert (
+        issue.describe()
+        == "'KSampler' (#7 KSampler) input 'steps' [parameter steps]: Value 0 smaller than min of 1"
+    )
 
 
 def test_missing_model_and_missing_node_rejections_say_what_to_do():
     template = load_template("sdxl_txt2img")
-    [model] = explain_rejection(captured_rejection("value_not_in_list_model_file"), template.workflow,
-                                template.injection_map)
+    [model] = explain_rejection(
+        captured_rejection("value_not_in_list_model_file"), template.workflow, template.injection_map
+    )
     assert model.input_name == "unet_name" and "model file missing" in model.message
     [node] = explain_rejection(captured_rejection("missing_node_class"), template.workflow)
     assert node.node_id == "7" and "install the custom node" in node.message
@@ -163,10 +200,20 @@ def test_top_level_rejections_without_nodes_still_explain_themselves():
 
 def test_node_errors_on_a_200_become_warnings():
     template = load_template("sdxl_txt2img")
-    node_errors = {"3": {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
-                                     "details": "scheduler: 'x' not in [...]",
-                                     "extra_info": {"input_name": "scheduler"}}],
-                         "dependent_outputs": ["9"], "class_type": "KSampler"}}
+    node_errors = {
+        "3": {
+            "errors": [
+                {
+                    "type": "value_not_in_list",
+                    "message": "Value not in list",
+                    "details": "scheduler: 'x' not in [...]",
+                    "extra_info": {"input_name": "scheduler"},
+                }
+            ],
+            "dependent_outputs": ["9"],
+            "class_type": "KSampler",
+        }
+    }
     [issue] = explain_node_errors(node_errors, template.workflow, template.injection_map)
     assert issue.severity == "warning" and issue.params == ("scheduler",)
 
@@ -183,10 +230,16 @@ def test_an_image_not_yet_listed_by_an_upload_widget_is_only_a_warning():
 
 def test_an_old_server_string_error_still_explains_itself():
     template = load_template("sdxl_txt2img")
-    [issue] = explain_rejection(parse_prompt_rejection(400, {"error": "no prompt", "node_errors": []}),
-                                template.workflow)
+    [issue] = explain_rejection(
+        parse_prompt_rejection(400, {"error": "no prompt", "node_errors": []}), template.workflow
+    )
     assert issue.node_id is None and "no prompt" in issue.describe()
-    legacy = parse_prompt_rejection(400, {"error": "invalid prompt", "node_errors": {
-        "3": {"errors": ["Required input is missing: seed"], "class_type": "KSampler"}}})
+    legacy = parse_prompt_rejection(
+        400,
+        {
+            "error": "invalid prompt",
+            "node_errors": {"3": {"errors": ["Required input is missing: seed"], "class_type": "KSampler"}},
+        },
+    )
     [issue] = explain_rejection(legacy, template.workflow, template.injection_map)
     assert (issue.node_title, issue.input_name, issue.params) == ("KSampler", "seed", ("seed",))

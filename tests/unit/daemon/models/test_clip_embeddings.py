@@ -36,7 +36,9 @@ def setup(tmp_path_factory, tokenizer):
     # Two vectors in a subfolder: "red" then "cat".
     save_file({"emb_params": rows(l_file, "red", "cat")}, str(embeddings / "sub" / "redcat.safetensors"))
     # SDXL-style file with per-encoder vectors.
-    save_file({"clip_l": rows(l_file, "dog"), "clip_g": rows(g_file, "dog")}, str(embeddings / "puppy.safetensors"))
+    save_file(
+        {"clip_l": rows(l_file, "dog"), "clip_g": rows(g_file, "dog")}, str(embeddings / "puppy.safetensors")
+    )
     (embeddings / "pickled.pt").write_bytes(b"\x80\x04pickle")
     save_file({"emb_params": torch.zeros(1, 64)}, str(embeddings / "narrow.safetensors"))
     sd15 = load_text_encoder(clip_l=l_file.path, dtype="fp32", embeddings_dir=embeddings, tokenizer=tokenizer)
@@ -49,12 +51,16 @@ def setup(tmp_path_factory, tokenizer):
 
 def test_single_vector_embedding_equals_the_word_it_copies(setup):
     sd15, _, _ = setup
-    torch.testing.assert_close(sd15.encode("a embedding:kitty").cond, sd15.encode("a cat").cond, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        sd15.encode("a embedding:kitty").cond, sd15.encode("a cat").cond, rtol=0, atol=1e-6
+    )
 
 
 def test_multi_vector_embedding_in_a_subfolder(setup):
     sd15, _, _ = setup
-    torch.testing.assert_close(sd15.encode("embedding:sub/redcat sat").cond, sd15.encode("red cat sat").cond, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        sd15.encode("embedding:sub/redcat sat").cond, sd15.encode("red cat sat").cond, rtol=0, atol=1e-6
+    )
 
 
 def test_sdxl_embedding_uses_each_encoders_own_vectors(setup):
@@ -66,8 +72,12 @@ def test_sdxl_embedding_uses_each_encoders_own_vectors(setup):
 
 def test_weighted_embedding_and_trailing_comma(setup):
     sd15, _, _ = setup
-    torch.testing.assert_close(sd15.encode("(a embedding:kitty:1.3)").cond, sd15.encode("(a cat:1.3)").cond, rtol=0, atol=1e-5)
-    torch.testing.assert_close(sd15.encode("a embedding:kitty, red").cond, sd15.encode("a cat , red").cond, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        sd15.encode("(a embedding:kitty:1.3)").cond, sd15.encode("(a cat:1.3)").cond, rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(
+        sd15.encode("a embedding:kitty, red").cond, sd15.encode("a cat , red").cond, rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,9 @@ def sd15(files, tokenizer) -> TextEncoder:
 
 @pytest.fixture(scope="module")
 def sdxl(files, tokenizer) -> TextEncoder:
-    return load_text_encoder(clip_l=files["l"].path, clip_g=files["g"].path, dtype="fp32", tokenizer=tokenizer)
+    return load_text_encoder(
+        clip_l=files["l"].path, clip_g=files["g"].path, dtype="fp32", tokenizer=tokenizer
+    )
 
 
 def _window_ids(tokenizer, text, pad):
@@ -59,7 +61,9 @@ def _ref_hidden(module, tokens):
 def test_sd15_cond_is_the_final_normed_last_layer_and_pooled_is_unprojected(sd15, files, tokenizer):
     out = sd15.encode("a photo of a cat")
     assert isinstance(out, Conditioning) and sd15.kind == "sd15"
-    assert out.cond.shape == (1, 77, 128) and out.cond.dtype == torch.float32 and out.cond.device.type == "cpu"
+    assert (
+        out.cond.shape == (1, 77, 128) and out.cond.dtype == torch.float32 and out.cond.device.type == "cpu"
+    )
     ref = _ref_hidden(files["l"].reference, _window_ids(tokenizer, "a photo of a cat", PAD_CLIP_L))
     torch.testing.assert_close(out.cond, ref.last_hidden_state, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.pooled, ref.pooler_output, rtol=1e-4, atol=1e-5)
@@ -72,7 +76,9 @@ def test_sd15_clip_skip_minus_two_is_the_penultimate_layer_with_final_norm(sd15,
     with torch.inference_mode():
         expected = ref_model.final_layer_norm(ref.hidden_states[-2])
     torch.testing.assert_close(out.cond, expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out.pooled, ref.pooler_output, rtol=1e-4, atol=1e-5)  # pooled: last layer always
+    torch.testing.assert_close(
+        out.pooled, ref.pooler_output, rtol=1e-4, atol=1e-5
+    )  # pooled: last layer always
 
 
 def test_sd15_clip_skip_minus_one_equals_the_default(sd15):
@@ -121,7 +127,9 @@ def test_sdxl_clip_skip_minus_one_is_the_last_layer_without_final_norm(sdxl, fil
 
 def test_openclip_and_hf_clip_g_files_give_identical_conditioning(files, tokenizer):
     a = load_text_encoder(clip_l=files["l"].path, clip_g=files["g"].path, dtype="fp32", tokenizer=tokenizer)
-    b = load_text_encoder(clip_l=files["l"].path, clip_g=files["g_hf"].path, dtype="fp32", tokenizer=tokenizer)
+    b = load_text_encoder(
+        clip_l=files["l"].path, clip_g=files["g_hf"].path, dtype="fp32", tokenizer=tokenizer
+    )
     for text in ("a (cat:1.3)", LONG_PROMPT):
         x, y = a.encode(text), b.encode(text)
         assert torch.equal(x.cond, y.cond) and torch.equal(x.pooled, y.pooled)
@@ -199,9 +207,13 @@ def test_sdxl_checkpoint_gives_the_same_tensors_as_separate_files(files, tokeniz
         assert torch.equal(a.cond, b.cond) and torch.equal(a.pooled, b.pooled)
 
 
-def test_sd15_checkpoint_without_text_model_prefix_matches_the_separate_file(files, tokenizer, tmp_path, sd15):
+def test_sd15_checkpoint_without_text_model_prefix_matches_the_separate_file(
+    files, tokenizer, tmp_path, sd15
+):
     old_style = clip_state_in_layout(files["l"].hf_state, "hf_old")
-    path = make_tiny_checkpoint(tmp_path / "sd15.safetensors", "sd15", clip_l_state=old_style, dtype=torch.float16)
+    path = make_tiny_checkpoint(
+        tmp_path / "sd15.safetensors", "sd15", clip_l_state=old_style, dtype=torch.float16
+    )
     from_ckpt = load_text_encoder(checkpoint=path, dtype="fp32", tokenizer=tokenizer)
     assert from_ckpt.kind == "sd15"
     a, b = from_ckpt.encode("a cat"), sd15.encode("a cat")
@@ -209,7 +221,9 @@ def test_sd15_checkpoint_without_text_model_prefix_matches_the_separate_file(fil
 
 
 def test_fp32_files_are_converted_to_bf16_and_footprint_is_measured(files, tokenizer):
-    enc = load_text_encoder(clip_l=files["l"].path, clip_g=files["g"].path, tokenizer=tokenizer, strict_dtype=True)
+    enc = load_text_encoder(
+        clip_l=files["l"].path, clip_g=files["g"].path, tokenizer=tokenizer, strict_dtype=True
+    )
     assert enc.dtype == torch.bfloat16 and enc.device == torch.device("cpu")
     for part in enc.parts:
         assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in part.model.parameters())
@@ -242,7 +256,10 @@ def test_missing_key_in_a_file_is_named(files, tmp_path):
     del state["text_model.encoder.layers.0.self_attn.v_proj.weight"]
     path = tmp_path / "broken.safetensors"
     save_file(state, str(path))
-    with pytest.raises(ModelLoadError, match=r"broken.safetensors: missing keys text_model\.encoder\.layers\.0\.self_attn\.v_proj\.weight"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"broken.safetensors: missing keys text_model\.encoder\.layers\.0\.self_attn\.v_proj\.weight",
+    ):
         load_text_encoder(clip_l=path)
 
 

@@ -19,7 +19,9 @@ def tokenizer() -> ClipTokenizer:
 
 
 def _tokens(tokenizer, pad: int, text: str = PROMPT) -> torch.Tensor:
-    windows = split_into_windows([(tokenizer.encode(text), 1.0), (tokenizer.encode("short"), 1.0)], pad_token=pad)
+    windows = split_into_windows(
+        [(tokenizer.encode(text), 1.0), (tokenizer.encode("short"), 1.0)], pad_token=pad
+    )
     return torch.tensor([list(w.tokens) for w in windows] * 2)  # batch of 2 rows
 
 
@@ -106,7 +108,13 @@ def test_layers_after_the_requested_one_are_skipped_without_changing_it(clip_l, 
 def test_sizes_are_read_from_shapes(clip_g):
     ours, _ = _ours(hf_clip_state(clip_g), "g")
     c = ours.config
-    assert (c.hidden_size, c.num_layers, c.intermediate_size, c.vocab_size, c.max_positions) == (128, 3, 256, 49408, 77)
+    assert (c.hidden_size, c.num_layers, c.intermediate_size, c.vocab_size, c.max_positions) == (
+        128,
+        3,
+        256,
+        49408,
+        77,
+    )
 
 
 def test_bf16_conversion_on_load_stays_close_to_fp32(clip_l, tokenizer):
@@ -176,11 +184,21 @@ def test_wrapper_prefixes_from_other_tools_are_found(clip_g, tokenizer):
     tokens = _tokens(tokenizer, PAD_CLIP_G)
     with torch.inference_mode():
         a, b, c = (m(tokens, pooled="projected") for m in (reference, other, third))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
+    assert (
+        torch.equal(a[0], b[0])
+        and torch.equal(a[1], b[1])
+        and torch.equal(a[0], c[0])
+        and torch.equal(a[1], c[1])
+    )
 
 
 def test_a_file_with_several_text_encoders_is_refused(clip_l, clip_g):
     state = {"conditioner.embedders.0.transformer." + k: v for k, v in hf_clip_state(clip_l).items()}
-    state.update({"conditioner.embedders.1.model." + k: v for k, v in clip_state_in_layout(hf_clip_state(clip_g), "openclip").items()})
+    state.update(
+        {
+            "conditioner.embedders.1.model." + k: v
+            for k, v in clip_state_in_layout(hf_clip_state(clip_g), "openclip").items()
+        }
+    )
     with pytest.raises(ModelLoadError, match="several text encoders.*checkpoint="):
         detect_layout(state, what="sdxl.safetensors")

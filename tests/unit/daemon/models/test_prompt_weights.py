@@ -111,7 +111,9 @@ def test_parser_never_crashes_and_keeps_all_non_syntax_text(prompt):
     joined = "".join(s.text for s in segments)
     if ":" not in prompt:
         # Without weights only grouping parentheses can disappear: everything else survives.
-        assert [c for c in joined if c not in "()"] == [c for c in prompt.replace("\\(", "(").replace("\\)", ")") if c not in "()"]
+        assert [c for c in joined if c not in "()"] == [
+            c for c in prompt.replace("\\(", "(").replace("\\)", ")") if c not in "()"
+        ]
     assert all(math.isfinite(s.weight) for s in segments)  # negative weights are allowed, as in ComfyUI
 
 

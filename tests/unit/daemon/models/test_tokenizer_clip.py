@@ -88,7 +88,9 @@ def reference(merges, tmp_path_factory):
     vocab_path = folder / "vocab.json"
     merges_path = folder / "merges.txt"
     vocab_path.write_text(json.dumps(_reference_vocab(merges)), encoding="utf-8")
-    merges_path.write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n", encoding="utf-8")
+    merges_path.write_text(
+        "#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n", encoding="utf-8"
+    )
     vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     merge_pairs = [tuple(line.split()) for line in merges_path.read_text(encoding="utf-8").splitlines()[1:]]
     return CLIPTokenizer(vocab=vocab, merges=merge_pairs)
@@ -181,7 +183,11 @@ def test_long_group_is_split_across_windows():
     long_word = (list(range(2000, 2000 + MAX_WORD_LENGTH)), 1.2)
     first, second = split_into_windows([filler, long_word], pad_token=PAD_CLIP_L)
     assert _ids(first)[-3:] == [2000, 2001, END_TOKEN]
-    assert _ids(second)[: MAX_WORD_LENGTH - 2 + 2] == [START_TOKEN, *range(2002, 2000 + MAX_WORD_LENGTH), END_TOKEN]
+    assert _ids(second)[: MAX_WORD_LENGTH - 2 + 2] == [
+        START_TOKEN,
+        *range(2002, 2000 + MAX_WORD_LENGTH),
+        END_TOKEN,
+    ]
 
 
 def test_very_long_prompt_gives_ceil_windows(tokenizer):

@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from daemon.models.io import ModelLoadError
-from daemon.models.io import cpu_has_native
+from daemon.models.io import ModelLoadError, cpu_has_native
 from daemon.models.vae import VAEInputError, load_vae
 from tests.helpers.tiny_models import make_tiny_vae
 

@@ -49,7 +49,7 @@ def test_decode_matches_diffusers(tiny, layout):
     latent = torch.randn(2, 4, 8, 6, generator=torch.Generator().manual_seed(1))
     image = vae.decode(latent)
     assert image.shape == (2, 64, 48, 3) and image.dtype == torch.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.min() >= 0.0 and image.max() <= 1.0
     torch.testing.assert_close(image, reference_decode(made.reference, latent), atol=ATOL, rtol=0)
 
 
@@ -83,8 +83,9 @@ CLIP_G_STUB = {"token_embedding.weight": torch.zeros(4, 8)}
 def test_vae_inside_a_full_checkpoint_equals_the_standalone_file(tiny, tmp_path, kind, dtype):
     made = tiny[0]
     clip_g = CLIP_G_STUB if kind == "sdxl" else None
-    checkpoint = make_tiny_checkpoint(tmp_path / "model.safetensors", kind, made.ldm_state, CLIP_L_STUB, clip_g,
-                                      dtype=dtype)
+    checkpoint = make_tiny_checkpoint(
+        tmp_path / "model.safetensors", kind, made.ldm_state, CLIP_L_STUB, clip_g, dtype=dtype
+    )
     standalone_path = tmp_path / "vae.safetensors"
     save_file({k: v.to(dtype) for k, v in made.ldm_state.items()}, str(standalone_path))
     from_checkpoint = load_vae(checkpoint, dtype="fp32")
@@ -105,7 +106,13 @@ def test_checkpoint_without_a_vae_is_refused_by_name(tmp_path):
 def test_old_diffusers_attention_names_load_identically(tiny, tmp_path):
     """Early diffusers files call the attention tensors query/key/value/proj_attn."""
     made = tiny[1]
-    renames = {"group_norm": "group_norm", "to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    renames = {
+        "group_norm": "group_norm",
+        "to_q": "query",
+        "to_k": "key",
+        "to_v": "value",
+        "to_out.0": "proj_attn",
+    }
     old_state = {}
     for key, tensor in made.reference.state_dict().items():
         for new, old in renames.items():
@@ -114,7 +121,9 @@ def test_old_diffusers_attention_names_load_identically(tiny, tmp_path):
     path = tmp_path / "old_diffusers.safetensors"
     save_file(old_state, str(path))
     latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(load_vae(path, dtype="fp32").decode(latent), load_vae(made.path, dtype="fp32").decode(latent))
+    assert torch.equal(
+        load_vae(path, dtype="fp32").decode(latent), load_vae(made.path, dtype="fp32").decode(latent)
+    )
 
 
 def test_fp16_file_is_converted_to_the_requested_dtype(tmp_path):
@@ -178,11 +187,17 @@ def test_phase_decomposed_upsample_equals_nearest_upsample_then_conv(dtype, atol
 def test_ldm_file_with_linear_shaped_attention_weights_loads_identically(tiny, tmp_path):
     made = tiny[0]
     state = {
-        k: (v.reshape(v.shape[0], v.shape[1]) if ".mid.attn_1." in k and k.endswith(".weight") and v.ndim == 4 else v)
+        k: (
+            v.reshape(v.shape[0], v.shape[1])
+            if ".mid.attn_1." in k and k.endswith(".weight") and v.ndim == 4
+            else v
+        )
         for k, v in made.ldm_state.items()
     }
     assert state["decoder.mid.attn_1.q.weight"].ndim == 2
     path = tmp_path / "flat_attention.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(14))
-    assert torch.equal(load_vae(path, dtype="fp32").decode(latent), load_vae(made.path, dtype="fp32").decode(latent))
+    assert torch.equal(
+        load_vae(path, dtype="fp32").decode(latent), load_vae(made.path, dtype="fp32").decode(latent)
+    )
