@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 
@@ -20,3 +21,43 @@ def luna_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("LUNA_HOME", str(home))
     return home
+
+
+#: Loggers this project owns: a WARNING from one of them in a test is a finding, not noise.
+OWN_LOGGERS = ("luna", "app", "daemon", "luna_shared_daemon")
+
+
+class _WarningCollector(logging.Handler):
+    """Keeps every WARNING-or-worse record our own loggers emit during one test."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "expect_log_warnings: the test provokes WARNING log records from our own loggers on purpose",
+    )
+
+
+@pytest.fixture(autouse=True)
+def fail_on_own_warning_logs(request):
+    """A test fails when our loggers warn, unless it is marked ``expect_log_warnings`` or reads caplog."""
+    collector = _WarningCollector()
+    loggers = [logging.getLogger(name) for name in OWN_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(collector)
+    try:
+        yield collector
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collector)
+    expected = request.node.get_closest_marker("expect_log_warnings") or "caplog" in request.fixturenames
+    if collector.records and not expected:
+        lines = "\n".join(f"  {r.name} {r.levelname}: {r.getMessage()}" for r in collector.records[:10])
+        pytest.fail(f"unexpected WARNING log records from our own loggers:\n{lines}", pytrace=False)

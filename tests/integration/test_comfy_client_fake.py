@@ -365,6 +365,7 @@ async def test_dead_instance_loses_unfinished_jobs_after_the_bound(fake):
     assert not caught.value.started and "unreachable" in caught.value.reason
 
 
+@pytest.mark.expect_log_warnings
 async def test_unreachable_instance_refuses_submit():
     async with FakeComfyUI() as fake:
         url = fake.url
@@ -454,6 +455,7 @@ async def test_forced_rejection_reaches_the_caller_as_prompt_rejected(fake, clie
     assert (await client.run(txt2img_prompt())).images  # only the next one was rejected
 
 
+@pytest.mark.expect_log_warnings
 async def test_without_a_websocket_jobs_are_tracked_by_polling(fake):
     fake.accept_websockets = False  # e.g. a reverse proxy that does not pass upgrades
     timeouts = ComfyTimeouts(ws_open=0.1, poll=0.02, reconnect_max_delay=0.05, reconnect_give_up=30.0)

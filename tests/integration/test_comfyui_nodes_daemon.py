@@ -177,6 +177,7 @@ def test_sd15_clip_encode_has_only_pooled_output_and_honours_clip_skip(
     assert not torch.allclose(cond, default_layer)  # the skip reached the daemon
 
 
+@pytest.mark.expect_log_warnings
 def test_unknown_model_set_is_a_clear_daemon_error_and_auto_falls_back(
     live_daemon, local_models, connections
 ):

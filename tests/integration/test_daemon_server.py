@@ -159,6 +159,7 @@ async def test_every_bad_input_gets_a_typed_error_and_the_next_request_succeeds(
             await client.close()
 
 
+@pytest.mark.expect_log_warnings
 async def test_broken_model_file_is_reported_and_the_daemon_keeps_running(tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"this is not a safetensors file")

@@ -309,6 +309,7 @@ async def test_bad_headers_get_an_error_and_the_next_request_succeeds(
     await assert_good_request_succeeds(connection)
 
 
+@pytest.mark.expect_log_warnings
 async def test_handler_errors_become_typed_errors_and_the_connection_lives(start_service, conn_factory):
     service, _ = await start_service()
     connection = await conn_factory(service)
@@ -514,6 +515,7 @@ async def test_close_waits_for_in_flight_work_within_the_grace_and_refuses_new_w
 # ---------------------------------------------------------------------------------- auth
 
 
+@pytest.mark.expect_log_warnings
 async def test_token_is_required_before_any_op(start_service, conn_factory):
     service, handler = await start_service(token=TOKEN)
     connection = await conn_factory(service)
@@ -529,6 +531,7 @@ async def test_token_is_required_before_any_op(start_service, conn_factory):
     assert handler.peers[-1].authenticated and handler.peers[-1].client_name == "node"
 
 
+@pytest.mark.expect_log_warnings
 async def test_blocking_client_with_and_without_the_token(start_service):
     service, _ = await start_service(token=TOKEN)
 

@@ -3,6 +3,8 @@
 import io
 import socket
 
+import pytest
+
 from app.cli import main
 from daemon.paths import user_dirs
 
@@ -32,6 +34,7 @@ def test_instances_reports_a_down_instance_once_without_router_warnings(caplog):
     assert not [r for r in caplog.records if "is unhealthy" in r.getMessage()]
 
 
+@pytest.mark.expect_log_warnings
 def test_verbose_shows_the_router_warnings():
     _configure_one_dead_instance()
     out, err = io.StringIO(), io.StringIO()

@@ -149,6 +149,7 @@ def test_auto_vae_encode_falls_back_to_the_local_vae_and_logs_why(dead_port, tin
     assert f"127.0.0.1:{dead_port}" in caplog.text and "falling back to the local VAE" in caplog.text
 
 
+@pytest.mark.expect_log_warnings
 def test_auto_vae_decode_falls_back_and_tiling_on_uses_the_tiled_call(dead_port, tiny_vae):
     local = ComfyVAEAdapter(tiny_vae)
     samples = {"samples": torch.randn(1, 4, 4, 5, generator=torch.Generator().manual_seed(5))}
@@ -179,6 +180,7 @@ def test_auto_vae_decode_falls_back_and_tiling_on_uses_the_tiled_call(dead_port,
 # -------------------------------------------------------------------------- auto: CLIP fallback
 
 
+@pytest.mark.expect_log_warnings
 def test_auto_clip_falls_back_sd15_without_size_keys(dead_port, text_encoders):
     sd15 = text_encoders["sd15"]
     local = ComfyCLIPAdapter(sd15)
@@ -200,6 +202,7 @@ def test_auto_clip_falls_back_sd15_without_size_keys(dead_port, text_encoders):
 
 
 @pytest.mark.parametrize("adapter", [ComfyCLIPAdapter, LegacyComfyCLIPAdapter])
+@pytest.mark.expect_log_warnings
 def test_auto_clip_falls_back_sdxl_with_size_keys_and_clip_skip(dead_port, text_encoders, adapter):
     sdxl = text_encoders["sdxl"]
     local = adapter(sdxl)

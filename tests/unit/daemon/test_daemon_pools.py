@@ -143,6 +143,7 @@ async def test_pressure_that_drops_resets_the_delay():
     await pool.close()
 
 
+@pytest.mark.expect_log_warnings
 async def test_scale_up_refused_when_free_device_memory_is_below_footprint_plus_margin():
     clock, events = FakeClock(), []
     pool = make_pool(clock, free=int(1.5 * GIB), events=events, scale_up_delay=0.0)

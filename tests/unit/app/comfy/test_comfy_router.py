@@ -68,6 +68,7 @@ async def test_unknown_style_uses_the_default_style():
     assert (noir.instance, realistic.instance) == ("anime-1", "real-1")
 
 
+@pytest.mark.expect_log_warnings
 async def test_failed_instance_is_skipped_until_it_recovers():
     async with fakes(2) as (first, second):
         cfg = config(("a", first.url, ("anime",)), ("b", second.url, ("anime",)))
@@ -91,6 +92,7 @@ async def test_failed_instance_is_skipped_until_it_recovers():
     assert after.instance == "a"
 
 
+@pytest.mark.expect_log_warnings
 async def test_job_is_resubmitted_with_the_same_seed_when_its_instance_dies_before_starting():
     async with fakes(2) as (doomed, spare):
         doomed.die_on("execution_start")
@@ -155,6 +157,7 @@ async def test_first_free_dispatch_holds_jobs_until_an_instance_frees_up():
     assert len(slow.prompts) == 1 and len(fast.prompts) == 3
 
 
+@pytest.mark.expect_log_warnings
 async def test_no_healthy_instance_for_the_style_raises():
     async with fakes(1) as (fake,):
         url = fake.url

@@ -94,6 +94,7 @@ def test_unknown_precision_and_missing_device_are_load_errors(tiny_path):
             load_vae(tiny_path, device="cuda:1")
 
 
+@pytest.mark.expect_log_warnings
 def test_weights_are_on_the_requested_device_and_dtype(tiny_path):
     vae = load_vae(tiny_path, device="cpu", dtype="fp16", strict_dtype=True)
     assert vae.device == torch.device("cpu") and vae.dtype == torch.float16
