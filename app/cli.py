@@ -6,6 +6,7 @@ Subcommands (``luna --help`` for the details)::
     luna templates list | show TEMPLATE | detect TEMPLATE | validate TEMPLATE [--url URL | --style STYLE] [--set ...]
     luna templates convert UI_WORKFLOW (--url URL | --style STYLE)
     luna instances [--json]
+    luna [gui [--self-test] [--no-daemon]]   (no command: the operator window)
 
 TEMPLATE is a file path or a template name (see ``workflows/README.md``). Progress goes to
 stderr; with ``--json`` stdout carries exactly one JSON document, also on failure.
@@ -728,7 +729,22 @@ def build_parser() -> argparse.ArgumentParser:
     instances = sub.add_parser("instances", help="health, queue and VRAM of every configured instance")
     instances.add_argument("--json", action="store_true")
     instances.add_argument("--connect-timeout", type=float, default=3.0)
+    add_gui_command(sub)
     return parser
+
+
+def add_gui_command(sub: Any) -> None:
+    """``luna gui`` (also what plain ``luna`` runs): the operator window."""
+    gui = sub.add_parser("gui", help="open the operator window (the default without a command)")
+    gui.add_argument(
+        "--self-test",
+        action="store_true",
+        help="build the window offscreen, start the daemon, check every panel once, exit 0 or name the failure",
+    )
+    gui.add_argument("--self-test-timeout", type=float, default=120.0, metavar="SECONDS")
+    gui.add_argument(
+        "--no-daemon", action="store_true", help="do not start (or attach to) the daemon at start"
+    )
 
 
 async def _dispatch(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -826,9 +842,10 @@ def main(
     out, err = stdout or sys.stdout, stderr or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(out)
-        return EXIT_OK
+    if args.command in (None, "gui"):
+        from app.gui.app import run_gui  # Qt is imported only for the window
+
+        return run_gui(args, stdout=out, stderr=err)
     console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
     try:
         with _library_logging(err, verbose=args.verbose):

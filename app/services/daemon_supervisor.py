@@ -52,7 +52,7 @@ from app.supervision.child import (
     StopPolicy,
 )
 from daemon import auth
-from daemon.client import AsyncDaemonClient, DaemonError, DaemonUnavailable
+from daemon.wire.client import AsyncDaemonClient, DaemonError, DaemonUnavailable
 from daemon.wire.ready import DaemonExit, ReadyInfo, ReadyLineError, parse_ready_line
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,10 @@ DAEMON_SERIES = "daemon"
 
 
 def is_system_memory(status: object) -> bool:
-    """True when the daemon's ``vram_*`` figures are system RAM (it runs on the CPU)."""
-    source = str(getattr(status, "memory_source", None) or "")
+    """True when the daemon's ``vram_*`` figures are system RAM (it runs on the CPU); the
+    memory source is only in the first status after connecting, the device in every one."""
+    static = getattr(status, "static", None)
+    source = str(getattr(static, "memory_source", None) or "")
     device = str(getattr(status, "device", "") or "").lower()
     return device.startswith("cpu") or "system" in source.lower()
 

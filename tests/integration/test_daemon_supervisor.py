@@ -25,7 +25,7 @@ from app.services.daemon_supervisor import (
     daemon_command,
 )
 from app.services.settings import DaemonSettings
-from daemon.client import AsyncDaemonClient
+from daemon.wire.client import AsyncDaemonClient
 from tests.helpers.daemon_fixtures import REPO_ROOT, daemon_process
 
 pytestmark = pytest.mark.integration

@@ -1,0 +1,77 @@
+"""The ComfyUI instances table: name, URL, styles, health, queue, VRAM, current job and progress.
+
+Renders the tuples of :class:`app.services.instances_monitor.InstanceRow` the instances adapter
+emits; rows are updated in place (no model reset per tick). GUI thread; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
+
+from app.gui.widgets import format as fmt
+from app.services.instances_monitor import InstanceRow
+
+COLUMNS = ("Name", "URL", "Styles", "Health", "Queue", "VRAM", "Current job", "Progress")
+HEALTH_COLOURS = {"healthy": "#81c784", "unhealthy": "#e57373", "unknown": "#bdbdbd"}
+
+
+class InstancesTable(QTableWidget):
+    """One row per configured instance; ``cell_text(name, column)`` reads a cell back."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(0, len(COLUMNS), parent)
+        self.setObjectName("instancesTable")
+        self.setHorizontalHeaderLabels(COLUMNS)
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.verticalHeader().setVisible(False)
+        header = self.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self._row_of: dict[str, int] = {}
+
+    def on_rows(self, rows: Sequence[InstanceRow]) -> None:
+        names = [row.name for row in rows]
+        if names != list(self._row_of):
+            self.setRowCount(len(rows))
+            self._row_of = {name: index for index, name in enumerate(names)}
+        for row in rows:
+            self._fill(self._row_of[row.name], row)
+
+    def cell_text(self, name: str, column: str) -> str:
+        item = self.item(self._row_of[name], COLUMNS.index(column))
+        return item.text() if item is not None else ""
+
+    def _fill(self, index: int, row: InstanceRow) -> None:
+        health = row.health if row.error is None else f"{row.health}: {row.error}"
+        if row.vram_total_gb:
+            vram = fmt.gigabytes(row.vram_used_gb, row.vram_total_gb)
+        else:
+            vram = "—"
+        job = row.current_job[:8] if row.current_job else "idle"
+        values = (
+            row.name,
+            row.url,
+            ", ".join(row.styles),
+            health,
+            fmt.text(row.queue),
+            vram,
+            job,
+            fmt.percent(row.progress) if row.current_job else "—",
+        )
+        for column, value in enumerate(values):
+            item = self.item(index, column)
+            if item is None:
+                item = QTableWidgetItem()
+                self.setItem(index, column, item)
+            if item.text() != value:
+                item.setText(value)
+        health_item = self.item(index, COLUMNS.index("Health"))
+        health_item.setForeground(QColor(HEALTH_COLOURS.get(row.health, "#bdbdbd")))
+        health_item.setToolTip(row.error or "")
+        self.item(index, COLUMNS.index("Current job")).setToolTip(row.current_job or "")
+        self.item(index, COLUMNS.index("Progress")).setTextAlignment(Qt.AlignmentFlag.AlignRight)
