@@ -28,12 +28,15 @@ from app.services.settings import OperatorSettings, SettingsError, load_settings
 log = logging.getLogger(__name__)
 
 
-def _application() -> QApplication:
+def application() -> QApplication:
     app = QApplication.instance()
     if app is None:
         app = QApplication(sys.argv[:1])
         app.setApplicationName("Luna Narrates Operator")
         app.setOrganizationName("Luna")
+    # The asyncio main coroutine decides when the app ends (after the daemon is stopped);
+    # Qt quitting on its own when the window closes would stop the loop under it.
+    app.setQuitOnLastWindowClosed(False)
     assert isinstance(app, QApplication)
     return app
 
@@ -59,7 +62,7 @@ def _configure_logging(verbose: bool) -> None:
 
 async def operator_main(settings: OperatorSettings, options: BuildOptions, startup_error: str = "") -> int:
     """Build, show, run until the window is closed, stop everything in order."""
-    app = _application()
+    app = application()
     operator = build_operator(settings, options)
     install_excepthook(operator.messages)
     if startup_error:
@@ -86,7 +89,7 @@ async def shutdown(operator: Operator) -> None:
 def run_gui(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """``luna`` / ``luna gui``: returns the process exit status."""
     _configure_logging(getattr(args, "verbose", False))
-    _application()
+    application()
     if getattr(args, "self_test", False):
         from app.gui.self_test import run_self_test
 
@@ -106,8 +109,8 @@ def run_on_qt_loop(coro: Coroutine[Any, Any, int]) -> int:
     no ``asyncio.run(loop_factory=…)``)."""
     with asyncio.Runner(loop_factory=qasync.QEventLoop) as runner:
         status = runner.run(coro)
-    # Destroy the widgets while Qt and Python are both alive: leaving them to the interpreter's
-    # final garbage collection crashes PySide6 ("bool_dealloc") after a clean run.
+    # Destroy the widgets while Qt and Python are both alive rather than in the interpreter's
+    # final garbage collection, where the order of Qt and Python teardown is undefined.
     app = QApplication.instance()
     if app is not None:
         for widget in app.topLevelWidgets():

@@ -58,6 +58,7 @@ class DashboardPanel(QWidget):
         vertical.addWidget(_boxed("ComfyUI instances", instances))
         vertical.setStretchFactor(0, 3)
         vertical.setStretchFactor(1, 1)
+        vertical.setSizes([640, 260])
         layout = QVBoxLayout(self)
         layout.addWidget(controls)
         layout.addWidget(vertical, 1)

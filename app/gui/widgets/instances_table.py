@@ -33,6 +33,7 @@ class InstancesTable(QTableWidget):
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
         self._row_of: dict[str, int] = {}
+        self.setMinimumHeight(150)
 
     def on_rows(self, rows: Sequence[InstanceRow]) -> None:
         names = [row.name for row in rows]

@@ -110,6 +110,8 @@ class SettingsDialog(QDialog):
         self.host.setObjectName("daemon.host")
         self.port = _spin(0, 65535, daemon.port, "daemon.port")
         self.ws_port = _spin(0, 65535, daemon.ws_port, "daemon.ws_port")
+        for box in (self.port, self.ws_port):
+            box.setSpecialValueText("0 (any free port)")
         self.device = QComboBox()
         self.device.setObjectName("daemon.device")
         self.device.setEditable(True)

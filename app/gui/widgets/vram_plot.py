@@ -48,7 +48,7 @@ class VramPlot(QWidget):
         if system_memory == self._system_memory:
             return
         self._system_memory = system_memory
-        label = "memory used (daemon: system RAM)" if system_memory else "VRAM used"
+        label = "VRAM used · daemon: system RAM" if system_memory else "VRAM used"
         self.plot.getPlotItem().setLabel("left", label, units="GiB")
 
     def axis_label(self) -> str:
