@@ -42,6 +42,11 @@ Server knobs (constructor keywords or attributes): ``models``; ``tokenize`` (Fal
 Inspection: ``requests`` (every :class:`RecordedRequest`: method, path, JSON body, headers),
 ``chat_requests`` (the chat bodies only), ``disconnects`` (how many streams the client closed
 early) and the ``disconnected`` event (set at the first such close; tests wait on it).
+
+Standalone, in its own process (benchmarks, subprocess tests, trying ``luna story`` by hand):
+``python -m tests.helpers.fake_openai [--port N] [--reply TEXT] [--delay S] [--refuse-json-schema]``
+prints ``FAKE_OPENAI_READY <base url>`` and serves (every answer ``Reply(TEXT)``, or ``Slow`` with
+``--delay``) until stdin closes.
 """
 
 from __future__ import annotations
@@ -181,7 +186,7 @@ class FakeOpenAI:
         app.router.add_route("*", "/{tail:.*}", self._not_found)  # recorded, like every request
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, self.port)  # 0 unless set: a free port
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -402,3 +407,27 @@ def _error_response(
 ) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return web.json_response(body, status=status, headers=headers)
+
+
+async def _serve_standalone(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible server")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reply", default="The fake narrator speaks.")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--refuse-json-schema", action="store_true")
+    args = parser.parse_args(argv)
+    fake = FakeOpenAI(default_text=args.reply, refuse_json_schema=args.refuse_json_schema)
+    fake.responder = lambda body: Slow(args.reply, args.delay) if args.delay else Reply(args.reply)
+    fake.port = args.port
+    await fake.start()
+    print(f"FAKE_OPENAI_READY {fake.url}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # until stdin closes
+    await fake.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_standalone())

@@ -193,6 +193,7 @@ class LlmClient:
     async def _with_retries(self, what: str, deadline: float, attempt_call: Callable[[], Any]) -> Any:
         """Run ``attempt_call`` with the retry policy; the whole thing ends by ``deadline``."""
         attempt = 0
+        limit = self._remaining(deadline)
         while True:
             attempt += 1
             try:
@@ -200,7 +201,7 @@ class LlmClient:
                     return await attempt_call()
             except TimeoutError as exc:
                 raise LlmTimeout(
-                    f"{what} did not answer within {self.timeouts.total:g} s — is the server overloaded? "
+                    f"{what} did not answer within {limit:.3g} s — is the server overloaded? "
                     "Raise timeouts.total in llm.toml or use a smaller model"
                 ) from exc
             except httpx.ReadTimeout as exc:

@@ -341,3 +341,36 @@ async def test_count_tokens_estimates_when_the_server_cannot_and_asks_only_once(
         assert (first, second) == (10, 20) and llm.token_count_source == "estimate"
         tried = [r.path for r in server.requests]
         assert tried == ["/tokenize", "/extras/tokenize/count", "/api/extra/tokencount"]
+
+
+async def test_a_plain_answer_past_the_total_limit_times_out(fake):
+    fake.script(Slow("late", delay_s=2.0))
+    async with LlmClient(LlmBackend("fake", fake.url, model="m"), timeouts=LlmTimeouts(total=0.3)) as llm:
+        with pytest.raises(LlmTimeout, match=r"within 0.3 s"):
+            await llm.complete(ask())
+
+
+async def test_the_fake_server_runs_standalone_in_its_own_process():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[4]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.helpers.fake_openai",
+        "--reply",
+        "from afar",
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+        assert line[0] == "FAKE_OPENAI_READY"
+        async with LlmClient(LlmBackend("standalone", line[1]), retries=FAST) as llm:
+            assert "".join([c.text async for c in llm.stream(ask())]) == "from afar"
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 10)
