@@ -13,6 +13,8 @@ failed. The bundle smoke test (issue "bundle") runs it. Runs on the qasync loop.
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +27,7 @@ from app.gui.widgets.settings_dialog import SettingsDialog
 from app.services.daemon_supervisor import SupervisorOptions
 from app.services.settings import OperatorSettings
 
+DAEMON_ARGS_ENV = "LUNA_SELF_TEST_DAEMON_ARGS"
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -71,8 +74,10 @@ async def _step(out: TextIO, name: str, action: Awaitable[None]) -> None:
 
 async def run_self_test(*, timeout: float = 120.0, out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="luna-self-test-") as config_dir:
+        # Extra daemon flags for a run by hand or a test of the failure path (e.g. a bad flag).
+        extra = tuple(shlex.split(os.environ.get(DAEMON_ARGS_ENV, "")))
         options = BuildOptions(
-            supervisor=SupervisorOptions(ready_timeout=timeout, max_restarts=0),
+            supervisor=SupervisorOptions(ready_timeout=timeout, max_restarts=0, extra_args=extra),
             router=RouterSettings(health_interval=1.0, probe_timeout=1.0),
             config_dir=Path(config_dir),
             remember_window=False,
