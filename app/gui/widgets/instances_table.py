@@ -10,7 +10,14 @@ from collections.abc import Sequence
 
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QProgressBar,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
 
 from app.gui.widgets import format as fmt
 from app.services.instances_monitor import InstanceRow
@@ -31,7 +38,9 @@ class InstancesTable(QTableWidget):
         self.verticalHeader().setVisible(False)
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(COLUMNS.index("Health"), QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(COLUMNS.index("Progress"), QHeaderView.ResizeMode.Fixed)
+        self.setColumnWidth(COLUMNS.index("Progress"), 140)
         self._row_of: dict[str, int] = {}
         self.setMinimumHeight(150)
 
@@ -44,7 +53,11 @@ class InstancesTable(QTableWidget):
             self._fill(self._row_of[row.name], row)
 
     def cell_text(self, name: str, column: str) -> str:
-        item = self.item(self._row_of[name], COLUMNS.index(column))
+        row = self._row_of[name]
+        if column == "Progress":
+            bar = self.cellWidget(row, COLUMNS.index("Progress"))
+            return bar.text() if isinstance(bar, QProgressBar) and bar.isVisibleTo(self) else "—"
+        item = self.item(row, COLUMNS.index(column))
         return item.text() if item is not None else ""
 
     def _fill(self, index: int, row: InstanceRow) -> None:
@@ -62,7 +75,6 @@ class InstancesTable(QTableWidget):
             fmt.text(row.queue),
             vram,
             job,
-            fmt.percent(row.progress) if row.current_job else "—",
         )
         for column, value in enumerate(values):
             item = self.item(index, column)
@@ -75,4 +87,18 @@ class InstancesTable(QTableWidget):
         health_item.setForeground(QColor(HEALTH_COLOURS.get(row.health, "#bdbdbd")))
         health_item.setToolTip(row.error or "")
         self.item(index, COLUMNS.index("Current job")).setToolTip(row.current_job or "")
-        self.item(index, COLUMNS.index("Progress")).setTextAlignment(Qt.AlignmentFlag.AlignRight)
+        self._progress(index, row)
+
+    def _progress(self, index: int, row: InstanceRow) -> None:
+        column = COLUMNS.index("Progress")
+        bar = self.cellWidget(index, column)
+        if not isinstance(bar, QProgressBar):
+            bar = QProgressBar()
+            bar.setRange(0, 100)
+            bar.setFormat("%p %")
+            bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            self.setCellWidget(index, column, bar)
+        running = row.current_job is not None and row.progress is not None
+        bar.setVisible(running)
+        if running:
+            bar.setValue(round(row.progress * 100))

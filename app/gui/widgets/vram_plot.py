@@ -37,7 +37,7 @@ class VramPlot(QWidget):
         item.setXRange(-history.window_seconds, 0, padding=0)
         item.setYRange(0, 1, padding=0)
         item.setLabel("bottom", "time", units="s")
-        item.setLabel("left", "VRAM used", units="GiB")
+        item.setLabel("left", "VRAM used (GiB)")
         self.legend = item.addLegend(offset=(10, 10))
         self.curves: dict[str, pg.PlotDataItem] = {}
         self._y_max = 1.0
@@ -48,8 +48,9 @@ class VramPlot(QWidget):
         if system_memory == self._system_memory:
             return
         self._system_memory = system_memory
-        label = "VRAM used · daemon: system RAM" if system_memory else "VRAM used"
-        self.plot.getPlotItem().setLabel("left", label, units="GiB")
+        # No units= here: pyqtgraph would SI-prefix "GiB" (e.g. "mGiB") for small values.
+        label = "GiB used · daemon: system RAM" if system_memory else "VRAM used (GiB)"
+        self.plot.getPlotItem().setLabel("left", label)
 
     def axis_label(self) -> str:
         return self.plot.getPlotItem().getAxis("left").labelText
