@@ -101,9 +101,11 @@ class Operator:
     async def start(self) -> None:
         self._started = True
         self.vram.start()
-        await self.instances.start()
+        # The daemon child first: it takes the longest to be ready (torch import), so it starts
+        # beside everything else.
         if self.options.autostart_daemon and self.settings.daemon.autostart:
             self.supervisor.start()
+        await self.instances.start()
 
     async def aclose(self) -> None:
         """Feed, router, then the daemon child; remembers the window state."""

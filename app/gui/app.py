@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TextIO
 
+import psutil
 import qasync
 from PySide6.QtWidgets import QApplication
 
@@ -70,12 +73,33 @@ async def operator_main(settings: OperatorSettings, options: BuildOptions, start
     quit_requested = asyncio.Event()
     operator.window.close_requested.connect(quit_requested.set)
     app.aboutToQuit.connect(quit_requested.set)
+    restore_signals = _quit_on_signals(quit_requested)
     operator.window.show()
+    log.info("window shown %.2f s after the process started", time.time() - psutil.Process().create_time())
     await operator.start()
     await quit_requested.wait()
     await shutdown(operator)
+    restore_signals()
     operator.window.deleteLater()
     return 0
+
+
+def _quit_on_signals(quit_requested: asyncio.Event) -> Callable[[], None]:
+    """Ctrl+C / SIGTERM quit like closing the window (daemon stopped first). Plain handlers: the
+    loop's add_signal_handler is not dependable under qasync; the VRAM tick gives Python control
+    at least once a second, so the handler runs promptly."""
+    loop = asyncio.get_running_loop()
+    previous = {}
+    for name in ("SIGINT", "SIGTERM"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, lambda *_: loop.call_soon_threadsafe(quit_requested.set))
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 async def shutdown(operator: Operator) -> None:

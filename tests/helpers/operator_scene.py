@@ -135,3 +135,32 @@ async def clip_prompts(ready: ReadyInfo, prompts: tuple[str, ...]) -> None:
             await client.clip_encode(text)
     finally:
         await client.close()
+
+
+@contextlib.asynccontextmanager
+async def fake_comfyui_process(render_delay: float = 0.0) -> AsyncIterator[str]:
+    """A fake ComfyUI in its own process (its CPU stays out of the measured one); yields its URL."""
+    import subprocess
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.helpers.fake_comfyui",
+        "--render-delay",
+        str(render_delay),
+        cwd=str(Path(__file__).resolve().parents[2]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+        assert line and line[0] == "FAKE_COMFYUI_READY", line
+        yield line[1]
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
