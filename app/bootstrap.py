@@ -179,6 +179,7 @@ def build_operator(settings: OperatorSettings, options: BuildOptions | None = No
         clip_card=clip_card,
         vram_plot=vram_plot,
         timeline=timeline,
+        event_list=timeline.list,
         instances=table,
     )
     widgets = Widgets(

@@ -59,11 +59,28 @@ async def take(out_dir: Path) -> int:
                     step += 1
                     await asyncio.sleep(1.0)
 
+            async def pools_scaled_up() -> None:
+                # Grab the pool cards while the VAE pool has all its workers (the next status after
+                # the scale-up that reached the maximum).
+                scaled = loop.create_future()
+
+                def on_status(status) -> None:
+                    if status.vae_pool.active_workers == status.vae_pool.max_workers and not scaled.done():
+                        scaled.set_result(None)
+
+                operator.feed.status_received.connect(on_status)
+                try:
+                    await asyncio.wait_for(scaled, 30)
+                finally:
+                    operator.feed.status_received.disconnect(on_status)
+                save(widgets.vae_card, out_dir / "vae_pool.png")
+                save(widgets.clip_card, out_dir / "clip_pool.png")
+
             async def load() -> None:
                 await clip_prompts(ready, ("a lighthouse at dusk", "a lighthouse at dusk", "a red fox"))
                 await vae_burst(ready, clients=8, rounds=4)
                 await asyncio.sleep(8.0)
-                await vae_burst(ready, clients=6, rounds=3)
+                await asyncio.gather(vae_burst(ready, clients=8, rounds=6), pools_scaled_up())
                 await clip_prompts(ready, ("a red fox", "a lighthouse at dusk"))
 
             render = asyncio.create_task(
@@ -73,9 +90,9 @@ async def take(out_dir: Path) -> int:
             window.show_tab("dashboard")
             save(window, out_dir / "main_window.png")
             save(widgets.daemon_card, out_dir / "daemon_card.png")
-            save(widgets.vae_card.parentWidget(), out_dir / "pool_cards.png")
             save(widgets.vram_plot, out_dir / "vram_graph.png")
-            save(widgets.timeline, out_dir / "scaling_timeline.png")
+            save(widgets.timeline.parentWidget(), out_dir / "scaling_timeline.png")
+            save(widgets.timeline.list.parentWidget(), out_dir / "scaling_events.png")
             save(widgets.instances, out_dir / "instances_table.png")
             window.show_tab("log")
             save(window, out_dir / "daemon_log.png")

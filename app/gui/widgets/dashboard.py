@@ -1,4 +1,5 @@
-"""The dashboard panel: layout only — daemon card, pool cards, VRAM graph, timeline, instances.
+"""The dashboard panel: layout only — daemon card, pool cards, scaling events, memory graph,
+scaling timeline, instances table.
 
 Receives its child widgets ready-made from :mod:`app.bootstrap` and arranges them; no logic,
 no I/O. GUI thread.
@@ -19,7 +20,7 @@ def _boxed(title: str, widget: QWidget) -> QGroupBox:
 
 
 class DashboardPanel(QWidget):
-    """Cards on the left, graph + timeline on the right, instances table underneath."""
+    """Cards and the event list on the left, graph + timeline on the right, instances underneath."""
 
     def __init__(
         self,
@@ -30,6 +31,7 @@ class DashboardPanel(QWidget):
         clip_card: QWidget,
         vram_plot: QWidget,
         timeline: QWidget,
+        event_list: QWidget,
         instances: QWidget,
         parent: QWidget | None = None,
     ):
@@ -43,12 +45,12 @@ class DashboardPanel(QWidget):
         pools.addWidget(vae_card)
         pools.addWidget(clip_card)
         card_column.addLayout(pools)
-        card_column.addStretch(1)
+        card_column.addWidget(_boxed("Scaling events", event_list), 1)
         graphs = QWidget()
         graph_column = QVBoxLayout(graphs)
         graph_column.setContentsMargins(0, 0, 0, 0)
-        graph_column.addWidget(_boxed("Memory (last 90 s)", vram_plot), 3)
-        graph_column.addWidget(_boxed("Scaling events", timeline), 2)
+        graph_column.addWidget(_boxed("Memory (last 90 s)", vram_plot), 1)
+        graph_column.addWidget(_boxed("Scaling timeline (▲ up, ▼ down)", timeline))
         top = QSplitter(Qt.Orientation.Horizontal)
         top.addWidget(cards)
         top.addWidget(graphs)

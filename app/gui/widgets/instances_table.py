@@ -56,7 +56,8 @@ class InstancesTable(QTableWidget):
         row = self._row_of[name]
         if column == "Progress":
             bar = self.cellWidget(row, COLUMNS.index("Progress"))
-            return bar.text() if isinstance(bar, QProgressBar) and bar.isVisibleTo(self) else "—"
+            if isinstance(bar, QProgressBar):
+                return bar.text()
         item = self.item(row, COLUMNS.index(column))
         return item.text() if item is not None else ""
 
@@ -77,12 +78,7 @@ class InstancesTable(QTableWidget):
             job,
         )
         for column, value in enumerate(values):
-            item = self.item(index, column)
-            if item is None:
-                item = QTableWidgetItem()
-                self.setItem(index, column, item)
-            if item.text() != value:
-                item.setText(value)
+            self._text(index, column, value)
         health_item = self.item(index, COLUMNS.index("Health"))
         health_item.setForeground(QColor(HEALTH_COLOURS.get(row.health, "#bdbdbd")))
         health_item.setToolTip(row.error or "")
@@ -90,15 +86,28 @@ class InstancesTable(QTableWidget):
         self._progress(index, row)
 
     def _progress(self, index: int, row: InstanceRow) -> None:
+        # A progress bar while a job runs; a plain dash otherwise (the view shows any cell
+        # widget it holds, so an idle row must not keep one).
         column = COLUMNS.index("Progress")
         bar = self.cellWidget(index, column)
+        if row.current_job is None or row.progress is None:
+            if bar is not None:
+                self.removeCellWidget(index, column)
+            self._text(index, column, "—")
+            return
         if not isinstance(bar, QProgressBar):
             bar = QProgressBar()
             bar.setRange(0, 100)
             bar.setFormat("%p %")
             bar.setAlignment(Qt.AlignmentFlag.AlignCenter)
             self.setCellWidget(index, column, bar)
-        running = row.current_job is not None and row.progress is not None
-        bar.setVisible(running)
-        if running:
-            bar.setValue(round(row.progress * 100))
+            self._text(index, column, "")
+        bar.setValue(round(row.progress * 100))
+
+    def _text(self, index: int, column: int, value: str) -> None:
+        item = self.item(index, column)
+        if item is None:
+            item = QTableWidgetItem()
+            self.setItem(index, column, item)
+        if item.text() != value:
+            item.setText(value)

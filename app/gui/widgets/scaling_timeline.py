@@ -1,4 +1,5 @@
-"""Scaling events on a timeline under the VRAM graph, plus a readable list of the latest ones.
+"""Scaling events on a timeline under the VRAM graph, plus a readable list of the latest ones
+(``list``, which the dashboard places beside the cards).
 
 Each :class:`daemon.wire.status.ScalingEvent` becomes a marker on a pyqtgraph strip sharing the
 graph's time axis (▲ scale_up, ▼ scale_down; VAE and CLIP on their own rows) and a line in the
@@ -46,7 +47,8 @@ class ScalingTimeline(QWidget):
         self._clock = clock
         self.entries: deque[TimelineEntry] = deque(maxlen=max_listed)
         self.strip = pg.PlotWidget(background="#1e1e1e")
-        self.strip.setMaximumHeight(90)
+        self.strip.setMinimumHeight(90)
+        self.strip.setMaximumHeight(120)
         item = self.strip.getPlotItem()
         item.hideButtons()
         item.setMouseEnabled(x=False, y=False)
@@ -59,13 +61,12 @@ class ScalingTimeline(QWidget):
         self.downs = pg.ScatterPlotItem(symbol="t", size=12, brush=pg.mkBrush("#e57373"), pen=None)
         item.addItem(self.ups)
         item.addItem(self.downs)
+        # The list is owned and filled here but placed by the dashboard (beside the cards).
         self.list = QListWidget()
         self.list.setObjectName("scalingEventList")
-        self.list.setMaximumHeight(110)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.strip)
-        layout.addWidget(self.list)
 
     def on_scaling(self, event: Any) -> None:
         entry = TimelineEntry(self._clock(), time.time(), event)
