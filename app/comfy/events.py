@@ -301,8 +301,6 @@ ComfyEvent = (
 )
 """Every event of an instance's stream and of a job's stream (what listeners receive)."""
 
-TERMINAL_EVENTS = (ExecutionSuccess, ExecutionError, ExecutionInterrupted)
-
 
 # --- parsing ----------------------------------------------------------------------------------
 
