@@ -381,3 +381,28 @@ async def test_a_ui_format_file_is_converted_on_the_instance_that_runs_it(tmp_pa
     assert outcome.template == "saved_from_ui" and received.extra_data["extra_pnginfo"]["workflow"] == ui
     notes = [e.text for e in events if isinstance(e, TemplateNote)]
     assert "converted from the UI format with gpu0's node definitions" in notes
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_post_cut_off_by_a_crash_is_not_resubmitted_while_the_instance_cannot_be_asked(tmp_path):
+    async with fakes(2) as (doomed, spare), service_over(doomed, spare) as (service, _):
+        doomed.swallow_prompt_replies()
+        handle = service.start(RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path))
+        await doomed.wait_for_prompts(1)
+        await doomed.crash()  # it may have queued the job; it never says
+        with pytest.raises(RenderLost) as caught:
+            await handle.result()
+    assert spare.prompts == [] and "not resubmitting" in str(caught.value)
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_post_cut_off_by_a_restart_is_resubmitted_once_the_instance_says_it_lost_it(tmp_path):
+    settings = dataclasses.replace(SETTINGS, timeouts=dataclasses.replace(TIMEOUTS, reconnect_give_up=5.0))
+    async with fakes(2) as (doomed, spare), service_over(doomed, spare, settings=settings) as (service, _):
+        doomed.swallow_prompt_replies()
+        handle = service.start(RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path))
+        await doomed.wait_for_prompts(1)
+        await doomed.restart()  # the queue lived in memory: the job is gone, it never ran
+        outcome = await handle.result()
+    assert outcome.instance == "gpu1" and [p.prompt_id for p in spare.prompts] == [outcome.prompt_id]
+    assert doomed.history == {} and doomed.queue_remaining == 0
