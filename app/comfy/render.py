@@ -87,6 +87,7 @@ __all__ = [
     "RenderInvalid",
     "RenderLost",
     "RenderOutcome",
+    "RenderOutputError",
     "RenderRejected",
     "RenderRequest",
     "RenderServerError",
@@ -314,6 +315,12 @@ class RenderTimedOut(RenderError):
 
 class RenderServerError(RenderError):
     """The instance broke the API or an output could not be downloaded."""
+
+
+class RenderOutputError(RenderError):
+    """The job succeeded but its files could not be written (folder not writable, disk full)."""
+
+    default_kind = "output"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,7 +622,15 @@ class RenderService:
             )
         ]
         out_dir = request.output_dir or self.output_dir or default_output_dir()
-        files = write_outputs(result, Path(out_dir).expanduser())
+        try:
+            files = write_outputs(result, Path(out_dir).expanduser())
+        except OSError as exc:
+            raise RenderOutputError(
+                f"job {result.prompt_id} finished on {result.instance} but its files could not be "
+                f"written to {out_dir}: {exc}",
+                prompt_id=result.prompt_id,
+                instance=result.instance,
+            ) from exc
         return RenderOutcome(
             template=attempt.template.name,
             prompt_id=result.prompt_id,

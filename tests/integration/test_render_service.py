@@ -38,6 +38,7 @@ from app.comfy.render import (
     RenderExecutionFailed,
     RenderInvalid,
     RenderLost,
+    RenderOutputError,
     RenderRejected,
     RenderRequest,
     RenderService,
@@ -406,3 +407,12 @@ async def test_a_post_cut_off_by_a_restart_is_resubmitted_once_the_instance_says
         outcome = await handle.result()
     assert outcome.instance == "gpu1" and [p.prompt_id for p in spare.prompts] == [outcome.prompt_id]
     assert doomed.history == {} and doomed.queue_remaining == 0
+
+
+async def test_an_output_folder_that_cannot_be_written_is_a_typed_error(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the folder should be", encoding="utf-8")
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        with pytest.raises(RenderOutputError) as caught:
+            await service.render(RenderRequest("sdxl_txt2img", SMALL, output_dir=blocker / "renders"))
+    assert caught.value.prompt_id == fake.prompts[0].prompt_id and "could not be written" in str(caught.value)
