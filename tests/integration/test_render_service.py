@@ -416,3 +416,22 @@ async def test_an_output_folder_that_cannot_be_written_is_a_typed_error(tmp_path
         with pytest.raises(RenderOutputError) as caught:
             await service.render(RenderRequest("sdxl_txt2img", SMALL, output_dir=blocker / "renders"))
     assert caught.value.prompt_id == fake.prompts[0].prompt_id and "could not be written" in str(caught.value)
+
+
+async def test_a_request_pinned_to_an_instance_runs_there_and_nowhere_else(tmp_path):
+    async with fakes(2) as (first, second), service_over(first, second) as (service, _):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", SMALL, instance="gpu1", output_dir=tmp_path)
+        )
+    assert outcome.instance == "gpu1" and first.prompts == [] and len(second.prompts) == 1
+    assert mine(first, "/api/object_info") == 0
+
+
+async def test_a_request_pinned_to_an_unconfigured_url_adds_that_instance(tmp_path):
+    async with fakes(2) as (configured, elsewhere), service_over(configured) as (service, router):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", SMALL, instance=elsewhere.url + "/", output_dir=tmp_path)
+        )
+        names = [i.name for i in router.snapshot().instances]
+    assert outcome.instance == elsewhere.url and outcome.url == elsewhere.url
+    assert configured.prompts == [] and len(elsewhere.prompts) == 1 and names == ["gpu0", elsewhere.url]
