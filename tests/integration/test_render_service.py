@@ -435,3 +435,25 @@ async def test_a_request_pinned_to_an_unconfigured_url_adds_that_instance(tmp_pa
         names = [i.name for i in router.snapshot().instances]
     assert outcome.instance == elsewhere.url and outcome.url == elsewhere.url
     assert configured.prompts == [] and len(elsewhere.prompts) == 1 and names == ["gpu0", elsewhere.url]
+
+
+async def test_a_render_handle_streams_its_events_and_replays_them(tmp_path):
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        handle = service.start(RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path))
+        live = [event async for event in handle]
+        outcome = await handle.result()
+        replay = [event async for event in handle]
+    kinds = [type(e) for e in live]
+    assert kinds.index(PromptPrepared) < kinds.index(JobQueued) < kinds.index(ExecutionSuccess)
+    assert replay == live and handle.prompt_id == outcome.prompt_id
+
+
+async def test_a_failing_event_callback_does_not_lose_the_render(tmp_path, caplog):
+    def broken(event):
+        raise RuntimeError("display crashed")
+
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path), on_event=broken
+        )
+    assert outcome.files and "on_event callback failed" in caplog.text
