@@ -25,8 +25,10 @@ instance first (its answer — possibly a renamed file — is what the prompt re
 parameter that names an existing local file is uploaded too, as ``luna render --set
 init_image=photo.png`` always did.
 
-Runs on the router's asyncio event loop; no threads, no Qt. Progress reaches the caller as typed
-events (:data:`RenderEvent` and the job's :data:`~app.comfy.events.ComfyEvent` stream).
+The service and its handles run on the router's asyncio event loop; no threads, no Qt. Progress
+reaches the caller as typed events (:data:`RenderEvent` and the job's
+:data:`~app.comfy.events.ComfyEvent` stream). The request, outcome, event and error types are
+plain immutable data, usable on any thread (e.g. handed to the GUI through its adapters).
 """
 
 from __future__ import annotations
@@ -475,6 +477,7 @@ class RenderHandle:
         return self._task is not None and self._task.done()
 
     async def events(self) -> AsyncIterator[RenderEvent | ComfyEvent]:
+        """Every event of the render so far, then each new one; ends when the render has."""
         index = 0
         while True:
             while index < len(self._log):
@@ -555,7 +558,6 @@ class RenderService:
             for note in template.notes:
                 handle._emit(TemplateNote(note))
             values = parse_values(template, request.values)
-        if template is not None:
             _check_names(template, request.images)
         await self.router.start()
         pinned, style = await self._target(request, handle)
