@@ -78,6 +78,7 @@ from app.paths import user_dirs
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EventCallback",
     "ImageUploaded",
     "PromptPrepared",
     "RenderBadInput",
