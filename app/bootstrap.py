@@ -21,6 +21,7 @@ from app.gui.adapters.instances import InstancesAdapter
 from app.gui.adapters.messages import MessageHub
 from app.gui.adapters.status_feed import FeedFactory, StatusFeedAdapter, default_feed_factory
 from app.gui.adapters.supervisor import SupervisorAdapter
+from app.gui.adapters.tasks import TaskSet
 from app.gui.adapters.vram import VramAdapter
 from app.gui.main_window import MainWindow
 from app.gui.widgets.daemon_card import DaemonCard
@@ -97,6 +98,7 @@ class Operator:
         self.window = window
         self.widgets = widgets
         self._started = False
+        self._tasks = TaskSet(messages.error)
 
     async def start(self) -> None:
         self._started = True
@@ -115,6 +117,7 @@ class Operator:
             except OSError as exc:
                 log.info("could not save the window state: %s", exc)
         self.vram.stop()
+        await self._tasks.cancel_all()
         await self.feed.aclose()
         await self.instances.aclose()
         await self.supervisor.aclose()
@@ -142,7 +145,11 @@ class Operator:
         if daemon_changed:
             notes.append("restart the daemon (Ctrl+Shift+R) to apply the daemon changes")
         if instances_changed:
-            notes.append("ComfyUI instance changes apply at the next start of the app")
+            router = StyleRouter(settings.instances, settings=self.options.router)
+            self._tasks.spawn(
+                self.instances.replace_router(router), "router-replace", "Applying the instances"
+            )
+            notes.append("ComfyUI instances applied")
         self.messages.info("; ".join(notes))
 
 

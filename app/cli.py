@@ -762,8 +762,11 @@ def main(
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in (None, "gui"):
-        from app.gui.app import run_gui  # Qt is imported only for the window
-
+        try:
+            from app.gui.app import run_gui  # Qt is imported only for the window
+        except ImportError as exc:
+            print(f"luna: the operator window needs PySide6, qasync and pyqtgraph ({exc})", file=err)
+            return EXIT_USAGE
         return run_gui(args, stdout=out, stderr=err)
     console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
     try:

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from app.bootstrap import build_operator
+from app.comfy.instances import InstancesConfig, load_instances
 from app.services.daemon_supervisor import Phase
 from tests.gui.conftest import wait_signal, wait_until
 from tests.helpers.fake_comfyui import txt2img_prompt
@@ -119,3 +120,26 @@ def test_instances_table_shows_health_progress_and_an_instance_going_down_and_ba
             await operator.aclose()
 
     qloop.run_until_complete(asyncio.wait_for(scenario(), 90))
+
+
+@pytest.mark.expect_log_warnings  # the instance that is down
+def test_saved_instance_settings_are_applied_to_the_running_table(qloop, qtbot, tmp_path):
+    async def scenario() -> None:
+        async with operator_scene(tmp_path, instances=1, with_down_instance=True) as scene:
+            operator = build_operator(scene.settings, replace(scene.options, autostart_daemon=False))
+            qtbot.addWidget(operator.window)
+            table = operator.widgets.instances
+            await operator.start()
+            await wait_until(lambda: table.rowCount() == 2, operator.instances.rows_changed)
+            healthy = scene.settings.instances.instances[0]
+            kept = InstancesConfig((replace(healthy, name="gpu-box"),), default_style="anime")
+            operator.apply_settings(replace(operator.settings, instances=kept))
+            await wait_until(
+                lambda: table.rowCount() == 1 and table.cell_text("gpu-box", "Health") == "healthy",
+                operator.instances.rows_changed,
+            )
+            assert "ComfyUI instances applied" in operator.window.notice_bar.last_notice.text
+            assert load_instances(scene.options.config_dir / "instances.toml") == kept
+            await operator.aclose()
+
+    qloop.run_until_complete(asyncio.wait_for(scenario(), 60))

@@ -33,6 +33,15 @@ class InstancesAdapter(QObject):
         await self.router.start()
         self._on_rows(self.monitor.rows())
 
+    async def replace_router(self, router: StyleRouter) -> None:
+        """Switch to a router over new instance settings: the old one is closed first."""
+        await self.aclose()
+        self.router = router
+        self.monitor = InstancesMonitor(router)
+        self.monitor.add_listener(self._on_rows)
+        self._health.clear()
+        await self.start()
+
     def _on_rows(self, rows: tuple[InstanceRow, ...]) -> None:
         self.last_rows = rows
         for row in rows:
