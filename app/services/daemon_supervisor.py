@@ -396,6 +396,18 @@ class DaemonSupervisor:
             log.warning("cannot read the daemon token: %s", exc)
             return None
 
+    async def _port_accepts(self) -> bool:
+        """Whether something accepts TCP connections on the configured port."""
+        try:
+            async with asyncio.timeout(self.options.attach_probe_timeout):
+                _, writer = await asyncio.open_connection(self.settings.host, self.settings.port)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
     async def _probe_running(self) -> ReadyInfo | None:
         """A ReadyInfo for a daemon already answering on the configured port, else None."""
         if self.settings.port == 0:
@@ -412,16 +424,22 @@ class DaemonSupervisor:
         try:
             async with asyncio.timeout(self.options.attach_probe_timeout * 2):
                 status = await client.status()
-        except DaemonUnavailable:
-            return None
+        except DaemonUnavailable as exc:
+            if not await self._port_accepts():
+                return None  # nothing listens: ours to start
+            error: Exception = exc
         except (DaemonError, OSError, TimeoutError, ValueError) as exc:
-            raise SupervisorError(
-                f"port {self.settings.port} on {self.settings.host} is in use but does not answer as a "
-                f"Luna daemon ({exc}); change the daemon port in Settings"
-            ) from None
+            error = exc
+        else:
+            error = None
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
+        if error is not None:
+            raise SupervisorError(
+                f"port {self.settings.port} on {self.settings.host} is in use but does not answer as a "
+                f"Luna daemon ({error}); change the daemon port in Settings"
+            )
         ports = status.get("ports") or {}
         ws_port = ports.get("ws") or self.settings.ws_port
         return ReadyInfo(self.settings.host, self.settings.port, int(ws_port), int(status.get("pid") or 0))

@@ -20,6 +20,7 @@ from app.services.daemon_supervisor import (
     DaemonSupervisor,
     LogLine,
     Phase,
+    SupervisorError,
     SupervisorOptions,
     SupervisorState,
     daemon_command,
@@ -210,3 +211,22 @@ async def test_a_killed_supervisor_process_takes_its_daemon_child_with_it(tmp_pa
         if parent.returncode is None:
             parent.kill()
             await parent.wait()
+
+
+async def test_a_port_held_by_another_program_is_reported_not_attached(tmp_path):
+    async def not_a_daemon(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_a_daemon, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        supervisor = DaemonSupervisor(replace(CPU, port=port), options=FAST, config_dir=tmp_path)
+        with pytest.raises(SupervisorError) as caught:
+            await supervisor.start()
+        assert f"port {port} on 127.0.0.1 is in use but does not answer as a Luna daemon" in str(caught.value)
+        assert supervisor.state.phase is Phase.STOPPED and supervisor.child_pid is None
+    finally:
+        server.close()
+        await server.wait_closed()
