@@ -26,6 +26,7 @@ from PySide6.QtWidgets import QApplication
 
 from app.bootstrap import BuildOptions, Operator, build_operator
 from app.gui.adapters.messages import MessageHub
+from app.paths import user_dirs
 from app.services.settings import OperatorSettings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,25 @@ def install_excepthook(messages: MessageHub) -> None:
 
 
 def _configure_logging(verbose: bool) -> None:
+    """INFO (DEBUG with -v) to stderr when there is one (a windowed Windows build has none) and
+    to ``operator.log`` in the user log dir (``LUNA_HOME`` honoured)."""
     root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.DEBUG if verbose else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    if root.handlers:
+        return
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = []
+    if sys.stderr is not None:
+        handlers.append(logging.StreamHandler())
+    try:
+        logs = user_dirs().logs
+        logs.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logs / "operator.log", encoding="utf-8"))
+    except OSError:
+        pass  # no log file is no reason not to open the window
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
 
 
 async def operator_main(settings: OperatorSettings, options: BuildOptions, startup_error: str = "") -> int:
