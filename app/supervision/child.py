@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import json
 import logging
 import os
 import signal
@@ -106,6 +107,22 @@ class ReadyWhenLine:
 
     parse: Callable[[str], Any]
     stream: OutputStream | Literal["any"] = "any"
+
+    @classmethod
+    def json_after(cls, prefix: str, stream: OutputStream | Literal["any"] = "any") -> ReadyWhenLine:
+        """Ready at a line ``PREFIX {json}`` (e.g. the daemon's ``LUNA_DAEMON_READY {...}``); the
+        parsed JSON becomes :attr:`Ready.info`. A line with the prefix but broken JSON is ignored."""
+        marker = prefix.rstrip() + " "
+
+        def parse(line: str) -> Any:
+            if not line.startswith(marker):
+                return None
+            try:
+                return json.loads(line[len(marker) :])
+            except ValueError:
+                return None
+
+        return cls(parse, stream)
 
 
 @dataclass(frozen=True)

@@ -326,3 +326,12 @@ async def test_a_probed_child_that_exits_is_reported_as_exited_not_as_a_timeout(
     )
     with pytest.raises(ChildGaveUp, match="exited with code 9 before it was ready"):
         await child.start()
+
+
+async def test_a_prefixed_json_ready_line_like_the_daemons_gives_its_payload():
+    child = ManagedChild(spec("serve"), ready=ReadyWhenLine.json_after("CHILD_JSON_READY", stream="stderr"))
+    async with child:
+        assert child.ready_info == {"pid": child.pid, "port": 1234}
+    parse = ReadyWhenLine.json_after("LUNA_DAEMON_READY").parse
+    assert parse('LUNA_DAEMON_READY {"port": 19283}') == {"port": 19283}
+    assert parse("LUNA_DAEMON_READY {broken") is None and parse("other line") is None
