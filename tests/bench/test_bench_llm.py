@@ -34,7 +34,7 @@ pytestmark = [
     ),
 ]
 
-ROUNDS = 6
+ROUNDS = 8
 MAX_TOKENS = 96
 N_CTX = 2048
 SYSTEM = "You are the narrator of an interactive fantasy story. Write vivid prose in the second person."
@@ -124,7 +124,9 @@ def test_bench_embedded_llm_client_vs_direct_llama_cpp():
         process = psutil.Process()
         rss_before = process.memory_info().rss
         load_started = time.perf_counter()
-        llama = Llama(model_path=str(model), n_ctx=N_CTX, n_threads=threads, verbose=False)
+        llama = Llama(
+            model_path=str(model), n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False
+        )
         load = time.perf_counter() - load_started
         ours: list[tuple[float, float, int]] = []
         theirs: list[tuple[float, float, int]] = []
