@@ -142,6 +142,8 @@ Readiness = ReadyWhenLine | ReadyWhenProbe | None
 
 @dataclass(frozen=True)
 class Starting:
+    """A process is about to be spawned (``attempt`` counts every spawn of this supervision run)."""
+
     name: str
     attempt: int
     argv: tuple[str, ...]
@@ -149,6 +151,8 @@ class Starting:
 
 @dataclass(frozen=True)
 class Ready:
+    """The readiness check passed; ``info`` is what it returned (e.g. the daemon's ready JSON)."""
+
     name: str
     pid: int
     info: Any
@@ -157,6 +161,8 @@ class Ready:
 
 @dataclass(frozen=True)
 class Output:
+    """One line of the child's stdout or stderr (newline stripped, cut at ``max_line_chars``)."""
+
     name: str
     stream: OutputStream
     line: str
@@ -174,6 +180,8 @@ class Exited:
 
 @dataclass(frozen=True)
 class Restarting:
+    """The child failed (``reason``); it is started again after ``delay`` seconds (``attempt`` of the cap)."""
+
     name: str
     attempt: int
     delay: float
@@ -182,6 +190,8 @@ class Restarting:
 
 @dataclass(frozen=True)
 class GaveUp:
+    """Supervision ended without a running child: ``reason`` and the last output lines say why."""
+
     name: str
     reason: str
     last_output: tuple[str, ...] = ()
@@ -189,6 +199,8 @@ class GaveUp:
 
 @dataclass(frozen=True)
 class Stopped:
+    """Supervision ended because :meth:`ManagedChild.stop` was called."""
+
     name: str
 
 
@@ -196,6 +208,8 @@ ChildEvent = Starting | Ready | Output | Exited | Restarting | GaveUp | Stopped
 
 
 class ChildState(enum.Enum):
+    """Where supervision stands (see :attr:`ManagedChild.state`)."""
+
     IDLE = "idle"
     STARTING = "starting"
     READY = "ready"
