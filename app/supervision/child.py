@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,12 +79,14 @@ class ChildSpec:
 class RestartPolicy:
     """Restart after a crash: at most ``max_restarts`` in a row (0 = never restart), waiting
     ``backoff_initial_s`` doubled each time up to ``backoff_max_s``. A child that stayed ready for
-    ``stable_after_s`` starts a fresh count."""
+    ``stable_after_s`` starts a fresh count. An exit code in ``fatal_exit_codes`` gives up at once."""
 
     max_restarts: int = 3
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     stable_after_s: float = 60.0
+    #: Exit codes that mean "this start can never succeed" (bad config, port taken): no restart.
+    fatal_exit_codes: frozenset[int] = frozenset()
 
     def delay(self, failures: int) -> float:
         return min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, failures - 1)))
@@ -261,6 +263,42 @@ class _Subscriber:
         self.wakeup.set()
 
 
+class EventStream:
+    """An async iterator over one subscription of :meth:`ManagedChild.events`."""
+
+    def __init__(self, child: ManagedChild, subscriber: _Subscriber, until_end: bool) -> None:
+        self._child = child
+        self._subscriber = subscriber
+        self._until_end = until_end
+        self._done = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ChildEvent:
+        if self._done:
+            raise StopAsyncIteration
+        subscriber = self._subscriber
+        try:
+            while not subscriber.items:
+                subscriber.wakeup.clear()
+                await subscriber.wakeup.wait()
+        except BaseException:
+            await self.aclose()
+            raise
+        event = subscriber.items.popleft()
+        if self._until_end and isinstance(event, Stopped | GaveUp):
+            await self.aclose()  # this event is the last one delivered
+        return event
+
+    async def aclose(self) -> None:
+        """Unsubscribe; the iteration ends."""
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(ValueError):
+                self._child._subscribers.remove(self._subscriber)
+
+
 def popen_options(platform: str, *, job: WindowsJob | None = None) -> dict[str, Any]:
     """The subprocess keywords that make a child die with us on ``platform`` (``sys.platform``)."""
     if platform == "win32":
@@ -350,21 +388,13 @@ class ManagedChild:
 
         return unsubscribe
 
-    async def events(self, *, until_end: bool = True, max_queued: int = 10_000) -> AsyncIterator[ChildEvent]:
-        """Iterate events from now on; with ``until_end`` the iteration ends after :class:`Stopped` / :class:`GaveUp`."""
+    def events(self, *, until_end: bool = True, max_queued: int = 10_000) -> EventStream:
+        """Events from this call on (subscribed at once, so none is missed before the first
+        ``await``); with ``until_end`` the iteration ends after :class:`Stopped` / :class:`GaveUp`.
+        ``async for event in child.events(): ...``; ``aclose()`` (or leaving the loop) unsubscribes."""
         subscriber = _Subscriber(max_queued)
         self._subscribers.append(subscriber)
-        try:
-            while True:
-                while not subscriber.items:
-                    subscriber.wakeup.clear()
-                    await subscriber.wakeup.wait()
-                event = subscriber.items.popleft()
-                yield event
-                if until_end and isinstance(event, Stopped | GaveUp):
-                    return
-        finally:
-            self._subscribers.remove(subscriber)
+        return EventStream(self, subscriber, until_end)
 
     def _emit(self, event: ChildEvent) -> None:
         for callback in list(self._callbacks):
@@ -463,6 +493,9 @@ class ManagedChild:
                 if ran_ready_s >= self.restart_policy.stable_after_s:
                     failures = 0
                 failures += 1
+                if outcome == "failed" and self.returncode in self.restart_policy.fatal_exit_codes:
+                    self._give_up(f"{reason}, which means it cannot start as configured; not restarted")
+                    return
                 if failures > self.restart_policy.max_restarts or outcome == "fatal":
                     tries = f"{failures} failure{'s' if failures != 1 else ''} in a row"
                     self._give_up(
