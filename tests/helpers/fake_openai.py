@@ -24,7 +24,8 @@ Answers (every one works for both plain and streamed requests unless said):
   answer, ``Reply('{"oops": ')`` malformed JSON, ``Reply('{"x": 1}')`` JSON of the wrong shape.
 * :class:`Error` ``(status, body=None, retry_after=None)`` — an HTTP error (429 with
   ``Retry-After``, 500, …) with an OpenAI-style error body.
-* :class:`Slow` ``(text, delay_s)`` — a stream with ``delay_s`` between chunks (plain: one delay).
+* :class:`Slow` ``(text, delay_s, first_delay_s=None)`` — a stream with ``delay_s`` between
+  chunks (``first_delay_s`` before the first one, default the same; plain: one ``delay_s``).
 * :class:`Cut` ``(text, after_chunks=2)`` — the connection is dropped mid-answer (stream: after
   that many content chunks; plain: halfway through the body).
 * :class:`Endless` ``(piece=" and on", honour_max_tokens=False)`` — a stream that never ends
@@ -96,6 +97,7 @@ class Error:
 class Slow:
     text: str
     delay_s: float = 0.05
+    first_delay_s: float | None = None  # before the first chunk (default: delay_s)
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,14 @@ class FakeOpenAI:
             return _error_response(401, "Incorrect API key provided", "invalid_request_error")
         return None
 
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less when the server closes (then True): close() never waits on a delay."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         return web.json_response({"detail": "Not Found"}, status=404)
@@ -312,8 +322,8 @@ class FakeOpenAI:
         else:
             text = answer.text  # type: ignore[union-attr]
             finish = answer.finish_reason if isinstance(answer, Reply) else "stop"
-        if isinstance(answer, Slow):
-            await asyncio.sleep(answer.delay_s)
+        if isinstance(answer, Slow) and await self._sleep(answer.delay_s):
+            return _error_response(503, "the fake server is closing", "server_error")
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
         payload = json.dumps(
             {
@@ -379,7 +389,10 @@ class FakeOpenAI:
                         _drop(request)
                         return response
                     if isinstance(answer, Slow):
-                        await asyncio.sleep(answer.delay_s)
+                        first = answer.first_delay_s if answer.first_delay_s is not None else answer.delay_s
+                        if await self._sleep(first if index == 0 else answer.delay_s):
+                            _drop(request)
+                            return response
                     await response.write(frame({"content": piece}, None))
                 if isinstance(answer, Cut):
                     _drop(request)

@@ -97,6 +97,7 @@ def test_the_server_command_line(tmp_path):
         "--host": "127.0.0.1",
         "--port": "5555",
         "--n_threads": "3",
+        "--n_threads_batch": "3",
         "--n_ctx": "2048",
     }
     assert not llm.is_starter and EmbeddedLlm().is_starter

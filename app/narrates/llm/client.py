@@ -369,8 +369,12 @@ class LlmClient:
         runaway_limit = request.max_tokens * RUNAWAY_FACTOR + 32
         delivered: list[str] = []
         attempt = 0
+        pause = 0.0  # backoff before re-asking after a stream that broke before any text
         while True:
             attempt += 1
+            if pause:
+                await asyncio.sleep(min(pause, self._remaining(deadline)))
+                pause = 0.0
             try:
                 response = await self._open_stream(body, what, deadline)
             except _Retryable as retryable:
@@ -425,6 +429,7 @@ class LlmClient:
             except _TRANSPORT_ERRORS as exc:
                 if not delivered and attempt < self.retries.attempts and not finished:
                     log.info("%s: stream broke before any text (%r); retrying", what, exc)
+                    pause = self.retries.delay(attempt)
                     continue
                 raise LlmUnavailable(
                     f"{what}: the stream broke after {len(''.join(delivered))} characters ({type(exc).__name__}) — "
@@ -435,6 +440,7 @@ class LlmClient:
                 await response.aclose()
             if not finished:
                 if not delivered and attempt < self.retries.attempts:
+                    pause = self.retries.delay(attempt)
                     continue
                 raise LlmUnavailable(
                     f"{what}: the stream ended before the answer was complete "

@@ -1,7 +1,7 @@
 """The embedded LLM: llama-cpp-python's OpenAI-compatible server run as a managed child process.
 
 Owns :class:`EmbeddedLlm`, which starts ``python -m llama_cpp.server --model GGUF --host
-127.0.0.1 --port FREE --n_threads max(1, cores-1)`` under
+127.0.0.1 --port FREE --n_threads max(1, cores-1)`` (prompt processing gets as many threads) under
 :class:`~app.supervision.child.ManagedChild` (ready when ``GET /v1/models`` answers; restarted
 after a crash, up to a cap; no orphan even if the app is killed) and yields an
 :class:`~app.narrates.llm.types.LlmBackend` with ``origin="embedded"``; :func:`default_gguf`,
@@ -138,6 +138,7 @@ class EmbeddedLlm:
         *,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         ready_timeout_s: float = 120.0,
@@ -150,6 +151,9 @@ class EmbeddedLlm:
         self.requested_model = Path(model_path).expanduser() if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
+        # Prompt processing gets the same bound: llama.cpp's threads spin-wait on each other, and
+        # one more thread than free cores makes the first token seconds late on a busy machine.
+        self.n_threads_batch = n_threads_batch or self.n_threads
         self.host = host
         self.port = port
         self.ready_timeout_s = ready_timeout_s
@@ -187,6 +191,8 @@ class EmbeddedLlm:
             str(port),
             "--n_threads",
             str(self.n_threads),
+            "--n_threads_batch",
+            str(self.n_threads_batch),
             "--n_ctx",
             str(self.n_ctx),
             *self.extra_args,
