@@ -162,8 +162,6 @@ class DaemonSupervisor:
         self.log_tail: deque[LogLine] = deque(maxlen=self.options.log_lines)
         self._child: ManagedChild | None = None
         self._starter: asyncio.Task | None = None
-        self._pending_stop: asyncio.Task | None = None
-        self._refused = False
         self._lock = asyncio.Lock()
         self._up = asyncio.Event()
 
@@ -235,18 +233,15 @@ class DaemonSupervisor:
                 self._set(SupervisorState(Phase.STOPPED, "detached" if detach_attached else ""))
                 return
             child, self._child = self._child, None
-            if self._pending_stop is not None:
-                await self._pending_stop
             if child is None:
                 if phase is not Phase.STOPPED:
                     self._set(SupervisorState(Phase.STOPPED))
                 return
             self._set(replace(self.state, phase=Phase.STOPPING, detail=""))
             await child.stop()
-            for task in (self._starter, self._pending_stop):
-                if task is not None:
-                    with contextlib.suppress(asyncio.CancelledError, ChildError):
-                        await task
+            if self._starter is not None:
+                with contextlib.suppress(asyncio.CancelledError, ChildError):
+                    await self._starter
             self._set(SupervisorState(Phase.STOPPED, restarts=self.state.restarts))
 
     async def restart(self) -> SupervisorState:
@@ -292,6 +287,8 @@ class DaemonSupervisor:
                 backoff_initial_s=options.restart_backoff,
                 backoff_max_s=options.restart_backoff_max,
                 stable_after_s=options.stable_after,
+                # Bad config or a taken port: the same start fails the same way.
+                fatal_exit_codes=frozenset({int(DaemonExit.START_FAILED)}),
             ),
             stop=StopPolicy(graceful_timeout_s=options.stop_grace),
             graceful_stop=self._graceful_stop,
@@ -299,7 +296,6 @@ class DaemonSupervisor:
             output_lines=options.log_lines,
         )
         self._child = child
-        self._refused = False
         self._set(SupervisorState(Phase.STARTING, "launching the daemon", restarts=self.state.restarts))
         self._starter = asyncio.get_running_loop().create_task(
             self._run_child(child), name="daemon-child-start"
@@ -318,16 +314,9 @@ class DaemonSupervisor:
             self._emit(line)
         elif isinstance(event, Ready):
             self._set(SupervisorState(Phase.RUNNING, "", event.info, self.state.restarts))
-        elif isinstance(event, Exited):
-            if not event.expected and event.returncode == int(DaemonExit.START_FAILED):
-                # Bad config or a taken port: the same start fails the same way, so no restart.
-                self._refused = True
-                self._pending_stop = asyncio.get_running_loop().create_task(
-                    self._give_up_refused(event.returncode), name="daemon-refused"
-                )
-            elif not event.expected:
-                self.state = replace(self.state, last_exit=event.returncode)
-        elif isinstance(event, Restarting) and not self._refused:
+        elif isinstance(event, Exited) and not event.expected:
+            self.state = replace(self.state, last_exit=event.returncode)
+        elif isinstance(event, Restarting):
             self._set(
                 SupervisorState(
                     Phase.RESTARTING,
@@ -340,29 +329,19 @@ class DaemonSupervisor:
             )
         elif isinstance(event, GaveUp):
             self._child = None
+            refused = self.state.last_exit == int(DaemonExit.START_FAILED)
+            reason = (
+                "the daemon refused to start (configuration or port problem)" if refused else event.reason
+            )
             self._set(
                 SupervisorState(
                     Phase.GAVE_UP,
-                    _explain(event.reason, self.log_tail),
+                    _explain(reason, self.log_tail),
                     None,
                     self.state.restarts,
                     self.state.last_exit,
                 )
             )
-
-    async def _give_up_refused(self, code: int) -> None:
-        child, self._child = self._child, None
-        if child is not None:
-            await child.stop()
-        self._set(
-            SupervisorState(
-                Phase.GAVE_UP,
-                _explain("the daemon refused to start (configuration or port problem)", self.log_tail),
-                None,
-                self.state.restarts,
-                code,
-            )
-        )
 
     async def _graceful_stop(self, _child: ManagedChild) -> None:
         """The child manager's first stop step: the authenticated shutdown op."""
