@@ -143,3 +143,36 @@ def test_saved_instance_settings_are_applied_to_the_running_table(qloop, qtbot, 
             await operator.aclose()
 
     qloop.run_until_complete(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.expect_log_warnings  # giving up is a warning by design
+def test_a_daemon_that_cannot_start_shows_why_in_the_status_bar_and_can_be_started_again(
+    qloop, qtbot, tmp_path
+):
+    import socket
+
+    async def scenario() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            async with operator_scene(tmp_path, instances=1, with_down_instance=False) as scene:
+                daemon = replace(scene.settings.daemon, ws_port=taken.getsockname()[1])
+                operator = build_operator(replace(scene.settings, daemon=daemon), scene.options)
+                qtbot.addWidget(operator.window)
+                await operator.start()
+                (state,) = await wait_signal(
+                    operator.supervisor.state_changed, lambda s: s.phase is Phase.GAVE_UP
+                )
+                notice = operator.window.notice_bar.last_notice
+                assert notice.level == "error" and notice.text.startswith(
+                    "Daemon supervisor gave up: the daemon refused"
+                )
+                assert "status WebSocket" in notice.text  # the daemon's own reason
+                controls = operator.widgets.controls
+                assert controls.start_button.isEnabled() and not controls.stop_button.isEnabled()
+                assert operator.widgets.daemon_card.value("supervisor").startswith(
+                    "gave_up: the daemon refused"
+                )
+                await operator.aclose()
+
+    qloop.run_until_complete(asyncio.wait_for(scenario(), 60))
