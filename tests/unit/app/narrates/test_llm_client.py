@@ -374,3 +374,12 @@ async def test_the_fake_server_runs_standalone_in_its_own_process():
     finally:
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_count_tokens_on_a_server_that_is_down_estimates_and_asks_again_later():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with LlmClient(LlmBackend("down", f"http://127.0.0.1:{port}/v1", model="m")) as llm:
+        assert await llm.count_tokens("x" * 36) == 10
+        assert llm.token_count_source is None  # not remembered: the server may come back
