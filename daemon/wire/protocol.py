@@ -60,7 +60,6 @@ _NATIVE_TO_WIRE: dict[np.dtype, str] = {
 # Ops answered by the transport itself; the rest go to the op handler.
 OP_HELLO = "hello"
 OP_PING = "ping"
-TRANSPORT_OPS = (OP_HELLO, OP_PING)
 HANDLER_OPS = ("status", "models", "clip_encode", "vae_encode", "vae_decode", "shutdown")
 
 
@@ -389,15 +388,6 @@ def encode_error(error: ErrorResponse) -> list[Any]:
         },
     }
     return _encode_frame(header, (), None, None)
-
-
-def encode_message(message: Message, **kwargs: Any) -> list[Any]:
-    """Encode any message type."""
-    if isinstance(message, Request):
-        return encode_request(message, **kwargs)
-    if isinstance(message, Response):
-        return encode_response(message, **kwargs)
-    return encode_error(message)
 
 
 def frame_bytes(buffers: Sequence[Any]) -> bytes:
