@@ -251,6 +251,27 @@ async def test_client_name_reaches_the_handler(service):
     assert (await asyncio.to_thread(run))["peer"] == "comfyui-8188"
 
 
+@pytest.mark.parametrize("shared_memory", [False, True])
+async def test_a_held_answer_array_is_never_written_over_by_later_requests(service, shared_memory):
+    first = np.full(1 << 20, 1.0, np.float32)  # 4 MiB: recycled buffers / shared memory
+
+    def run():
+        with DaemonClient(*service.address, shared_memory=shared_memory) as client:
+            assert client.uses_shared_memory is shared_memory
+            _, (held,) = client.request("echo", {}, (first,))
+            view = held[::2]  # anything made from it keeps the memory out of reuse too
+            del held
+            later = [client.request("echo", {}, (first * k,))[1][0] for k in (2, 3)]
+            np.testing.assert_array_equal(view, 1.0)
+            np.testing.assert_array_equal(later[0], 2.0)
+            np.testing.assert_array_equal(later[1], 3.0)
+            view[:] = 5.0  # writable, and ours alone
+            return view
+
+    view = await asyncio.to_thread(run)
+    np.testing.assert_array_equal(view, 5.0)
+
+
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux /dev/shm only")
 async def test_close_unlinks_every_segment_even_while_an_answer_array_is_held(service):
     values = np.arange(1 << 18, dtype=np.float32)
