@@ -81,7 +81,9 @@ def _one_float_tensor(op: str, tensors: list[np.ndarray], what: str) -> np.ndarr
 
 
 def _to_torch(array: np.ndarray) -> torch.Tensor:
-    """float32 CPU tensor owning its memory (wire/shm buffers may be read-only or reused)."""
+    """float32 CPU tensor over the request's array, without a copy when it is writable float32
+    C order: a view on the decoder's payload or the client's shared-memory lease is safe to
+    alias, since neither is reused while the tensor lives. Anything else is copied."""
     if array.dtype != np.float32 or not array.flags.writeable or not array.flags.c_contiguous:
         array = np.array(array, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(array).all():
