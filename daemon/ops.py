@@ -14,7 +14,6 @@ inside pool jobs on worker threads, so the loop never touches torch compute.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from daemon.auth import tokens_match
 from daemon.model_registry import CLIP_KIND, ModelRegistry
 from daemon.pools import PoolClosed, PoolFull, WorkerPool
 from daemon.prompt_cache import CacheKey, PromptCache
@@ -208,11 +208,7 @@ class DaemonOps:
 
     def _shutdown(self, options: dict, peer: Peer) -> dict:
         token = options.get("token")
-        allowed = peer.authenticated or (
-            self._shutdown_token is not None
-            and isinstance(token, str)
-            and hmac.compare_digest(token.encode(), self._shutdown_token.encode())
-        )
+        allowed = peer.authenticated or tokens_match(token, self._shutdown_token)
         if not allowed:
             raise OpError(
                 ErrorCode.UNAUTHORIZED,

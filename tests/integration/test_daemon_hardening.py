@@ -1,0 +1,375 @@
+"""Issue 9: header values of the wrong type, shapes with a zero beside a huge dimension, tokens
+that are not valid UTF-8, idle anonymous connections, shared-memory names outside the protocol's
+format. Each case sends the bad input to a real TcpService (or the real daemon) on port 0, checks
+the typed answer, and then shows that a good request from ANOTHER client is still answered."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from daemon.tcp_service import TcpService
+from daemon.wire.protocol import (
+    MAGIC,
+    PREFIX,
+    ErrorCode,
+    ErrorResponse,
+    Limits,
+    Request,
+    Response,
+)
+from daemon.wire.shm import ShmArena, probe_create
+from tests.helpers.daemon_fixtures import daemon_config, running_daemon
+from tests.integration.test_daemon_tcp_service import (
+    OPS,
+    TOKEN,
+    NumpyOps,
+    RawConnection,
+    assert_good_request_succeeds,
+)
+
+pytestmark = pytest.mark.integration
+
+LONE_SURROGATE = "\ud800"
+
+
+def raw_frame(header: dict, payload: bytes = b"") -> bytes:
+    # json.dumps escapes a lone surrogate as "\ud800": legal JSON that is not valid UTF-8 text.
+    body = json.dumps(header).encode()
+    return PREFIX.pack(MAGIC, len(body), len(payload)) + body + payload
+
+
+class Harness:
+    """A TcpService with NumpyOps on port 0 and connections that are always closed."""
+
+    def __init__(self) -> None:
+        self.services: list[TcpService] = []
+        self.connections: list[RawConnection] = []
+
+    async def start(self, *, token: str | None = None, limits: Limits | None = None) -> TcpService:
+        service = TcpService(
+            NumpyOps(),
+            host="127.0.0.1",
+            port=0,
+            token=token,
+            limits=limits or Limits(read_timeout=5.0),
+            ops=OPS,
+        )
+        await service.start()
+        self.services.append(service)
+        return service
+
+    async def connect(self, service: TcpService, *, token: str | None = None) -> RawConnection:
+        connection = await RawConnection.open(service.address)
+        self.connections.append(connection)
+        if token is not None:
+            hello = await connection.call(Request(1, "hello", {"token": token}))
+            assert isinstance(hello, Response) and hello.result["authenticated"]
+        return connection
+
+    async def close(self) -> None:
+        for connection in self.connections:
+            await connection.close()
+        for service in self.services:
+            await service.close(grace=1.0)
+
+
+@pytest.fixture
+async def harness():
+    h = Harness()
+    yield h
+    await h.close()
+
+
+def tensor_header(descriptor: dict, request_id: int = 8) -> dict:
+    return {"v": 1, "id": request_id, "op": "echo", "options": {}, "tensors": [descriptor]}
+
+
+# ------------------------------------------------------------------ 1. types before membership
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"dtype": ["float32"]},
+        {"dtype": {"float32": 1}},
+        {"dtype": 7},
+        {"dtype": None},
+        {"shape": {"a": 1}},
+        {"shape": [[1]]},
+        {"shape": [True]},
+        {"nbytes": [4]},
+        {"nbytes": "4"},
+        {"shm": {"segment": ["lu0123456789_1"], "offset": 0}},
+        {"shm": {"segment": "lu0123456789_1", "offset": [0]}},
+        {"shm": []},
+    ],
+)
+async def test_header_values_of_the_wrong_type_are_bad_request_and_the_connection_lives(harness, field):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    await attacker.send(raw_frame(tensor_header({"dtype": "float32", "shape": [1], "nbytes": 4, **field})))
+    answer = await attacker.receive()
+    assert answer == ErrorResponse(8, ErrorCode.BAD_REQUEST, answer.message, False)
+    await assert_good_request_succeeds(attacker)  # same connection: kept
+    await assert_good_request_succeeds(bystander)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"v": [1], "id": 8, "op": "echo"},
+        {"v": {"1": 1}, "id": 8, "op": "echo"},
+        {"v": 1, "id": 8, "op": ["echo"]},
+        {"v": 1, "id": 8, "op": {"echo": 1}},
+        {"v": 1, "id": 8, "op": "echo", "options": ["x"]},
+        {"v": 1, "id": 8, "op": "echo", "tensors": {"0": {}}},
+        {"v": 1, "id": 8, "op": "echo", "options": {"wire_dtype": ["float16"]}},
+        {"v": 1, "id": 8, "op": "echo", "options": {"wire_dtype": {"float16": 1}}},
+        {"v": 1, "id": 8, "op": "hello", "options": {"versions": [[1]]}},
+        {"v": 1, "id": 8, "op": "hello", "options": {"versions": {"1": 1}}},
+        {"v": 1, "id": 8, "op": "hello", "options": {"token": ["x"]}},
+        {"v": 1, "id": 8, "op": "hello", "options": {"shm": ["lu0123456789"]}},
+        {"v": 1, "id": 8, "ok": False, "error": {"code": ["BUSY"]}},
+    ],
+)
+async def test_every_header_field_checks_its_type_first(harness, header):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    await attacker.send(raw_frame(header))
+    answer = await attacker.receive()
+    assert isinstance(answer, ErrorResponse) and answer.id == 8
+    assert answer.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNSUPPORTED_VERSION)
+    await assert_good_request_succeeds(attacker)
+    await assert_good_request_succeeds(bystander)
+
+
+# ------------------------------------------------------------------ 2. every dimension bounded
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [[0, 2**63], [0, 2**40, 2**40], [2**63, 0], [0, 2**28 + 1], [0, 2**20, 2**20], [0] * 7 + [2**64]],
+)
+async def test_empty_shape_beside_a_huge_dimension_is_bad_request(harness, shape):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    await attacker.send(raw_frame(tensor_header({"dtype": "float32", "shape": shape, "nbytes": 0})))
+    answer = await attacker.receive()
+    assert answer.code is ErrorCode.BAD_REQUEST and answer.id == 8
+    assert "dimension" in answer.message or "spans" in answer.message
+    await assert_good_request_succeeds(attacker)
+    await assert_good_request_succeeds(bystander)
+
+
+async def test_an_honest_empty_tensor_still_round_trips(harness):
+    service = await harness.start()
+    connection = await harness.connect(service)
+    answer = await connection.call(Request(3, "echo", {}, (np.zeros((0, 3, 1024), np.float32),)))
+    assert isinstance(answer, Response) and answer.tensors[0].shape == (0, 3, 1024)
+
+
+# ------------------------------------------------------------------ 3. tokens that are not UTF-8
+
+
+@pytest.mark.expect_log_warnings  # "wrong token from …"
+async def test_hello_with_a_lone_surrogate_token_is_unauthorized_and_the_connection_lives(harness):
+    service = await harness.start(token=TOKEN)
+    bystander = await harness.connect(service, token=TOKEN)
+    attacker = await harness.connect(service)
+    for token in (LONE_SURROGATE, TOKEN[:-1] + LONE_SURROGATE, "\udfff" * 40):
+        await attacker.send(raw_frame({"v": 1, "id": 8, "op": "hello", "options": {"token": token}}))
+        answer = await attacker.receive()
+        assert answer == ErrorResponse(8, ErrorCode.UNAUTHORIZED, answer.message, False)
+    refused = await attacker.call(Request(9, "echo"))
+    assert refused.code is ErrorCode.UNAUTHORIZED  # still not authenticated
+    hello = await attacker.call(Request(10, "hello", {"token": TOKEN}))
+    assert hello.result["authenticated"] is True  # and the connection is still usable
+    await assert_good_request_succeeds(bystander)
+
+
+async def test_peer_strings_with_lone_surrogates_never_break_an_answer(harness):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    await attacker.send(
+        raw_frame({"v": 1, "id": 8, "op": "hello", "options": {"client": "node" + LONE_SURROGATE}})
+    )
+    hello = await attacker.receive()
+    assert isinstance(hello, Response)
+    await attacker.send(raw_frame({"v": 1, "id": 9, "op": "nope" + LONE_SURROGATE}))
+    unknown = await attacker.receive()
+    assert unknown.code is ErrorCode.BAD_REQUEST and unknown.id == 9
+    await assert_good_request_succeeds(attacker)
+    await assert_good_request_succeeds(bystander)
+    assert service.snapshot()["connections_open"] == 2
+
+
+async def test_shutdown_with_a_lone_surrogate_token_is_unauthorized_on_the_real_daemon():
+    async with running_daemon(daemon_config()) as server:
+        address = (server.ready.host, server.ready.port)
+        bystander = await RawConnection.open(address)
+        attacker = await RawConnection.open(address)
+        try:
+            await attacker.send(
+                raw_frame({"v": 1, "id": 8, "op": "shutdown", "options": {"token": LONE_SURROGATE}})
+            )
+            answer = await attacker.receive()
+            assert answer == ErrorResponse(8, ErrorCode.UNAUTHORIZED, answer.message, False)
+            status = await bystander.call(Request(2, "status"))
+            assert isinstance(status, Response) and status.result["status"] == "ok"
+            assert isinstance(await attacker.call(Request(3, "ping")), Response)
+        finally:
+            await attacker.close()
+            await bystander.close()
+
+
+# ------------------------------------------------------------------ 8. idle anonymous connections
+
+
+async def test_connections_that_never_authenticate_are_dropped_and_free_their_slots(harness):
+    service = await harness.start(token=TOKEN, limits=Limits(max_connections=4, auth_timeout=0.3))
+    member = await harness.connect(service, token=TOKEN)  # authenticated before the squatters
+    squatters = [await harness.connect(service) for _ in range(3)]
+    assert isinstance(await squatters[0].call(Request(5, "ping")), Response)  # ping needs no token
+    refused = await harness.connect(service)  # 5th connection: over the limit
+    assert await refused.is_closed_by_server() and refused.ready[0].code is ErrorCode.BUSY
+    for squatter in squatters:
+        assert await squatter.is_closed_by_server()
+        error = squatter.ready[-1]
+        assert error.id == 0 and error.code is ErrorCode.UNAUTHORIZED and "authenticated" in error.message
+    # The member has been connected longer than auth_timeout too: authenticated, it stays.
+    await assert_good_request_succeeds(member)
+    newcomer = await harness.connect(service, token=TOKEN)
+    await assert_good_request_succeeds(newcomer)
+
+
+async def test_without_a_token_idle_connections_are_not_timed_out(harness):
+    service = await harness.start(limits=Limits(auth_timeout=0.05, read_timeout=0.05))
+    idle = await harness.connect(service)
+    stalled = await harness.connect(service)
+    await stalled.send(b"LU")
+    assert await stalled.is_closed_by_server()  # well past both timeouts now
+    await assert_good_request_succeeds(idle)
+
+
+# ------------------------------------------------------------------ 9. shared-memory names
+
+
+BAD_SEGMENT_NAMES = [
+    "Local\\Foo",
+    "Global\\lu0123456789_1",
+    "lu0123456789_1/../x",
+    "/lu0123456789_1",
+    "lu0123456789_",
+    "lu0123456789_1g",
+    "lu0123456789_1\x00",
+    "lu0123456789-1",
+    "LU0123456789_1",
+    "lu012345678_1",
+    "lu0123456789_" + "1" * 17,
+    "lu0123456789_١",  # an Arabic-Indic digit: not hex
+]
+
+
+@pytest.mark.parametrize("segment", BAD_SEGMENT_NAMES)
+async def test_segment_names_outside_the_protocol_format_are_bad_request(harness, segment):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    descriptor = {"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": segment, "offset": 0}}
+    await attacker.send(raw_frame(tensor_header(descriptor)))
+    answer = await attacker.receive()
+    assert answer == ErrorResponse(8, ErrorCode.BAD_REQUEST, answer.message, False)
+    assert "<prefix>_<hex>" in answer.message  # refused by its format, before any mapping
+    reply = {"segment": segment, "offset": 0, "capacity": 64}
+    await attacker.send(raw_frame({"v": 1, "id": 9, "op": "echo", "options": {"shm_reply": reply}}))
+    answer = await attacker.receive()
+    assert answer.id == 9 and answer.code is ErrorCode.BAD_REQUEST and "<prefix>_<hex>" in answer.message
+    await assert_good_request_succeeds(attacker)
+    await assert_good_request_succeeds(bystander)
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        {"prefix": "Lo", "probe": {"segment": "Local\\Foo", "nonce": "00" * 16}},
+        {"prefix": "lu", "probe": {"segment": "lu_1", "nonce": "00" * 16}},
+        {"prefix": "lu0123456789", "probe": {"segment": "lu0123456789_1/x", "nonce": "00" * 16}},
+        {"prefix": "lu0123456789", "probe": {"segment": "lu9876543210_1", "nonce": "00" * 16}},
+        {"prefix": "lu0123456789", "probe": {"segment": "lu0123456789_1", "nonce": "zz" * 16}},
+        {"prefix": "lu0123456789", "probe": {"segment": "lu0123456789_1", "nonce": "00"}},
+        {"prefix": "lu0123456789", "probe": "lu0123456789_1"},
+        "lu0123456789",
+    ],
+)
+async def test_malformed_shm_offers_in_hello_are_bad_request(harness, offer):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    await attacker.send(raw_frame({"v": 1, "id": 8, "op": "hello", "options": {"shm": offer}}))
+    answer = await attacker.receive()
+    assert answer == ErrorResponse(8, ErrorCode.BAD_REQUEST, answer.message, False)
+    await assert_good_request_succeeds(attacker)
+    await assert_good_request_succeeds(bystander)
+
+
+async def test_a_negotiated_connection_cannot_name_another_connections_segment(harness):
+    service = await harness.start()
+    bystander = await harness.connect(service)
+    attacker = await harness.connect(service)
+    mine, victim = ShmArena(), ShmArena()
+    probe = probe_create(mine)
+    assert probe is not None
+    try:
+        segment, nonce = probe
+        offer = {"prefix": mine.prefix, "probe": {"segment": segment.name, "nonce": nonce}}
+        hello = await attacker.call(Request(1, "hello", {"shm": offer}))
+        assert hello.result["shm"] is True
+        secret = victim.lease(7, 1 << 16)
+        assert secret is not None
+        secret.segment.buf[:4] = b"mine"
+        place = {"segment": secret.segment.name, "offset": 0}  # well formed, someone else's prefix
+        descriptor = {"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": place}
+        await attacker.send(raw_frame(tensor_header(descriptor)))
+        answer = await attacker.receive()
+        assert answer.code is ErrorCode.BAD_REQUEST and "does not belong" in answer.message
+        reply = {**place, "capacity": 1 << 16}
+        answer = await attacker.call(Request(9, "echo", {"shm_reply": reply}, (np.ones(1 << 15, np.uint8),)))
+        assert answer.code is ErrorCode.BAD_REQUEST and "does not belong" in answer.message
+        assert bytes(secret.segment.buf[:4]) == b"mine"
+        await assert_good_request_succeeds(attacker)
+        await assert_good_request_succeeds(bystander)
+    finally:
+        probe[0].close()
+        probe[0].unlink()
+        mine.close()
+        victim.close()
+
+
+def test_probe_answer_and_attachments_refuse_names_outside_the_format():
+    from daemon.wire.shm import ShmAttachments, probe_answer
+
+    arena = ShmArena()
+    try:
+        lease = arena.lease(1, 64)
+        attachments = ShmAttachments(arena.prefix)
+        try:
+            assert attachments.segment(lease.segment.name).size >= 64
+            for name in BAD_SEGMENT_NAMES + [arena.prefix + "x", arena.prefix]:
+                with pytest.raises(ValueError, match="does not belong"):
+                    attachments.segment(name)
+        finally:
+            attachments.close()
+        for prefix in ("Lo", "lu", "lu0123456789_", arena.prefix.upper(), "../etc"):
+            with pytest.raises(ValueError):
+                ShmAttachments(prefix)
+        assert not probe_answer("Lo", "Local\\Foo", "00" * 16)
+        assert not probe_answer(arena.prefix, arena.prefix + "/../x", "00" * 16)
+    finally:
+        arena.close()
