@@ -141,6 +141,7 @@ class DaemonServer:
             port=config.network.ws_port,
             interval=config.status_interval,
             allowed_origins=config.network.allowed_origins,
+            token=self.token if config.network.token_required else None,
         )
         self.vae_pool = self._make_pool("vae")
         self.clip_pool = self._make_pool("clip")

@@ -8,7 +8,12 @@ Owns the monitoring channel the seed describes, message for message:
   (message types: ``daemon/wire/status.py``);
 * ``{"type":"scaling","data":{"event","pool","worker_id","active_workers","vram_available_gb"}}``
   whenever a pool scales;
-* ``GET /healthz`` answers ``200 ok`` over plain HTTP (for supervisors and curl).
+* ``GET /healthz`` answers ``200 ok`` over plain HTTP (for supervisors and curl), and nothing else.
+
+With a ``token`` (the daemon requires its token, as it does on any non-loopback bind) the
+handshake must present it, as ``Authorization: Bearer <token>`` (what
+:class:`~daemon.wire.status_feed.AsyncStatusFeed` sends) or ``?token=<token>``; anything else is
+refused with HTTP 401 before any status is built (constant-time compare, ``daemon.auth``).
 
 Clients that only listen stay connected for as long as they like (the old hand-written server
 dropped them after about a second). Each client has its own bounded send queue drained by its
@@ -35,11 +40,13 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from daemon.auth import tokens_match
 from daemon.tcp_service import bind_listener
 from daemon.wire.status import (
     GET_STATUS,
@@ -95,6 +102,7 @@ class StatusWebSocket:
         allowed_origins: Sequence[str] = (),
         max_pending: int = 32,
         get_status_interval: float = 0.25,
+        token: str | None = None,
         logger: logging.Logger | None = None,
     ):
         self._status_provider = status_provider
@@ -105,6 +113,10 @@ class StatusWebSocket:
         self._origins: list[str | None] = [None, *allowed_origins]
         self._max_pending = max_pending
         self._get_status_interval = get_status_interval
+        # Set when the daemon requires its token (any non-loopback bind): the handshake must carry
+        # it as "Authorization: Bearer <token>" or "?token=<token>", else 401.
+        self._token = token or None
+        self.refused_unauthorized = 0
         self.get_status_coalesced = 0
         self._log = logger or logging.getLogger("luna.daemon.ws")
         self._server: Server | None = None
@@ -182,9 +194,34 @@ class StatusWebSocket:
     # ------------------------------------------------------------------ connections
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?")[0] == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+        path, _, query = request.path.partition("?")
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")  # says nothing but "alive"
+        if self._token is not None and not self._authorized(request, query):
+            self.refused_unauthorized += 1
+            self._log.info("status client from %s refused: no valid token", connection.remote_address)
+            response = connection.respond(
+                HTTPStatus.UNAUTHORIZED,
+                "this daemon requires its token: send 'Authorization: Bearer <token>' or ?token=\n",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="luna-daemon"'
+            return response
         return None
+
+    def _authorized(self, request: Request, query: str) -> bool:
+        """The handshake carries the token as a Bearer header or a ``token`` query parameter."""
+        presented: list[str] = []
+        for value in request.headers.get_all("Authorization"):
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                presented.append(credentials.strip())
+        try:
+            presented += parse_qs(query, keep_blank_values=True, max_num_fields=16).get("token", [])
+        except ValueError:  # more than 16 query fields: nobody's real handshake
+            return False
+        # Every candidate is compared (constant time each), so timing does not tell which matched.
+        matches = [tokens_match(candidate, self._token) for candidate in presented[:8]]
+        return any(matches)
 
     async def _handle(self, connection: ServerConnection) -> None:
         client = _Client(connection, self._max_pending)

@@ -373,3 +373,39 @@ def test_probe_answer_and_attachments_refuse_names_outside_the_format():
         assert not probe_answer(arena.prefix, arena.prefix + "/../x", "00" * 16)
     finally:
         arena.close()
+
+
+# ------------------------------------------------------------------ 8. status WebSocket token
+
+
+async def test_non_loopback_daemon_requires_the_token_on_the_status_websocket(luna_home):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus
+
+    from tests.helpers.daemon_fixtures import WsRecorder
+
+    async with running_daemon(daemon_config(**{"network.host": "0.0.0.0"})) as server:
+        token = (luna_home / "config" / "daemon.token").read_text().strip()
+        uri = f"ws://127.0.0.1:{server.ready.ws_port}"
+        member = WsRecorder(await connect(uri, additional_headers={"Authorization": f"Bearer {token}"}))
+        try:
+            first = (await member.next("status"))["data"]
+            assert first["pid"] > 0 and "config" in first
+            for attempt in (uri, f"{uri}/?token=guess", f"{uri}/?token={token[:-1]}"):
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(attempt):
+                        pass
+                assert refused.value.response.status_code == 401
+            await member.next("status")  # the member still gets its ticks
+            async with connect(f"{uri}/?token={token}") as browser_like:
+                assert json.loads(await browser_like.recv())["type"] == "status"
+        finally:
+            await member.close()
+
+
+async def test_loopback_daemon_keeps_the_status_websocket_open_without_a_token():
+    from tests.helpers.daemon_fixtures import ws_recorder
+
+    async with running_daemon(daemon_config()) as server:
+        async with ws_recorder(server.ready.host, server.ready.ws_port) as ws:
+            assert (await ws.next("status"))["data"]["status"] == "ok"

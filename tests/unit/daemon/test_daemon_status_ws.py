@@ -219,3 +219,72 @@ def test_client_queue_keeps_only_the_newest_status_but_every_scaling_event():
     pending, dropped = asyncio.run(run())
     assert pending == [("scaling", "up"), (STATUS, "s10")]
     assert dropped == 10
+
+
+# ------------------------------------------------------------------ token (non-loopback binds)
+
+WS_TOKEN = "ws-token-for-tests-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "headers"),
+    [
+        ("", None),
+        ("", {"Authorization": "Bearer wrong"}),
+        ("", {"Authorization": f"Basic {WS_TOKEN}"}),
+        ("", {"Authorization": "Bearer " + WS_TOKEN[:-1]}),
+        ("?token=wrong", None),
+        ("?token=%ED%A0%80", None),  # the UTF-8 bytes of a lone surrogate
+        ("?token=" + WS_TOKEN[:-1] + "%00", None),
+        ("?" + "&".join(f"f{i}=1" for i in range(40)) + f"&token={WS_TOKEN}", None),
+    ],
+)
+async def test_without_the_token_the_handshake_is_refused_401_and_a_member_keeps_its_ticks(
+    ws_server, suffix, headers
+):
+    provider = Counter()
+    server, uri = await ws_server(interval=0.05, token=WS_TOKEN, provider=provider)
+    member_headers = {"Authorization": f"Bearer {WS_TOKEN}"}
+    async with connect(uri, additional_headers=member_headers) as member:
+        first = parse_status_message(await asyncio.wait_for(member.recv(), 5))
+        assert first.static is not None  # the member sees the static facts
+        built = provider.full_calls
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(uri + "/" + suffix, additional_headers=headers):
+                pass
+        response = refused.value.response
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"pid" not in response.body and b"config" not in response.body
+        assert provider.full_calls == built  # nothing about the daemon was built for the stranger
+        assert server.refused_unauthorized == 1 and server.client_count == 1
+        for _ in range(2):  # the member is not disturbed
+            assert (await recv_json(member))["type"] == "status"
+
+
+async def test_the_token_is_accepted_as_a_bearer_header_or_a_query_parameter(ws_server):
+    _, uri = await ws_server(interval=3600, token=WS_TOKEN)
+    async with connect(uri, additional_headers={"Authorization": f"bearer  {WS_TOKEN} "}) as ws:
+        assert (await recv_json(ws))["type"] == "status"
+    async with connect(f"{uri}/?token={WS_TOKEN}") as ws:
+        assert (await recv_json(ws))["type"] == "status"
+
+
+async def test_healthz_stays_open_under_a_token_and_tells_nothing(ws_server):
+    _, uri = await ws_server(interval=3600, token=WS_TOKEN)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(uri.replace("ws://", "http://") + "/healthz", timeout=5)
+    assert response.status_code == 200 and response.text == "ok\n"
+
+
+async def test_the_apps_status_feed_authenticates_with_the_token(ws_server):
+    from daemon.wire.status_feed import AsyncStatusFeed
+
+    server, uri = await ws_server(interval=3600, token=WS_TOKEN)
+    host, port = uri.removeprefix("ws://").rsplit(":", 1)
+    async with AsyncStatusFeed(host, int(port), token=WS_TOKEN) as feed:
+        async with asyncio.timeout(5):
+            async for event in feed:
+                if isinstance(event, DaemonStatus):
+                    break
+    assert event.static is not None and server.refused_unauthorized == 0
