@@ -5,6 +5,7 @@ the typed answer, and then shows that a good request from ANOTHER client is stil
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -409,3 +410,42 @@ async def test_loopback_daemon_keeps_the_status_websocket_open_without_a_token()
     async with running_daemon(daemon_config()) as server:
         async with ws_recorder(server.ready.host, server.ready.ws_port) as ws:
             assert (await ws.next("status"))["data"]["status"] == "ok"
+
+
+# ------------------------------------------------------------------ 6. long words, deep nesting
+
+
+async def test_the_longest_word_allowed_is_encoded_while_other_clients_are_answered(tmp_path):
+    import random
+    import string
+
+    from daemon.ops import MAX_PROMPT_CHARS
+    from daemon.wire.client import AsyncDaemonClient, DaemonError
+    from tests.helpers.daemon_fixtures import tiny_clip_files
+
+    files = tiny_clip_files(tmp_path)
+    config = daemon_config(**{"models.default.clip_l": str(files["clip_l"])})
+    rng = random.Random(1)
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(MAX_PROMPT_CHARS))
+    async with running_daemon(config) as server:
+        address = (server.ready.host, server.ready.port)
+        async with (
+            AsyncDaemonClient(*address, shared_memory=False) as attacker,
+            AsyncDaemonClient(*address, shared_memory=False) as bystander,
+        ):
+            await bystander.clip_encode("warm up")  # the model is loaded
+            long_job = asyncio.ensure_future(attacker.request("clip_encode", {"text": word}))
+            try:
+                for _ in range(5):
+                    assert await bystander.ping() > 0
+                cond, _ = await bystander.clip_encode("a lighthouse")
+                assert cond.shape == (1, 77, cond.shape[2])
+                result, tensors = await asyncio.wait_for(long_job, 120)
+            finally:
+                long_job.cancel()
+            assert result["kind"] == "sd15" and tensors[0].shape[1] % 77 == 0 and tensors[0].shape[1] > 77
+            nested = "(" * 5000 + "x" + ":1)" * 5000
+            with pytest.raises(DaemonError) as refused:
+                await attacker.clip_encode(nested)
+            assert refused.value.code is ErrorCode.BAD_REQUEST and "deeper than" in refused.value.message
+            assert await bystander.ping() > 0
