@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -449,3 +453,46 @@ async def test_the_longest_word_allowed_is_encoded_while_other_clients_are_answe
                 await attacker.clip_encode(nested)
             assert refused.value.code is ErrorCode.BAD_REQUEST and "deeper than" in refused.value.message
             assert await bystander.ping() > 0
+
+
+# ------------------------------------------------------------------ 7. SIGTERM under a long job
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signal")
+async def test_sigterm_with_a_decode_running_exits_within_the_grace(tmp_path):
+    from daemon.wire.client import AsyncDaemonClient, DaemonError
+    from tests.helpers.daemon_fixtures import daemon_process, tiny_vae_file, ws_recorder
+
+    grace, block = 1.0, 120.0
+    args = ("--port", "0", "--ws-port", "0", "--device", "cpu", "--precision", "fp32")
+    args += ("--vae", str(tiny_vae_file(tmp_path)), "--status-interval", "0.05")
+    args += ("--shutdown-grace", str(grace))
+    env = {"LUNA_TEST_DECODE_BLOCK": str(block)}
+    async with daemon_process(*args, env=env, module="tests.helpers.slow_daemon") as (proc, ready):
+        address = (ready.host, ready.port)
+        async with (
+            AsyncDaemonClient(*address, shared_memory=False) as client,
+            AsyncDaemonClient(*address, shared_memory=False) as bystander,
+            ws_recorder(ready.host, ready.ws_port) as ws,
+        ):
+            latent = np.zeros((1, 4, 8, 8), np.float32)
+            decode = asyncio.ensure_future(client.vae_decode(latent))
+            try:
+                await ws.next("status", where=lambda data: data["vae_pool"]["busy_workers"] == 1)
+                assert await bystander.ping() > 0  # the stuck worker stalls nobody else
+                started = time.monotonic()
+                os.kill(ready.pid, signal.SIGTERM)  # the pid the READY line names
+                with pytest.raises(DaemonError) as dropped:
+                    await asyncio.wait_for(decode, grace + 10)
+                assert dropped.value.code is ErrorCode.SHUTTING_DOWN and dropped.value.retryable
+                await asyncio.wait_for(proc.wait(), grace + 10)
+                elapsed = time.monotonic() - started
+            finally:
+                decode.cancel()
+        _, err = await proc.communicate()
+    log = err.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert "stopping: signal SIGTERM" in log and "stopped" in log and "still running" in log
+    # within the grace plus the exit itself: far below the job's block
+    assert elapsed < grace + 5.0, f"exit took {elapsed:.1f}s"
+    print(f"SIGTERM with a {block:.0f} s decode running: exit after {elapsed:.2f} s (grace {grace} s)")
