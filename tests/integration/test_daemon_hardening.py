@@ -496,3 +496,45 @@ async def test_sigterm_with_a_decode_running_exits_within_the_grace(tmp_path):
     # within the grace plus the exit itself: far below the job's block
     assert elapsed < grace + 5.0, f"exit took {elapsed:.1f}s"
     print(f"SIGTERM with a {block:.0f} s decode running: exit after {elapsed:.2f} s (grace {grace} s)")
+
+
+# ------------------------------------------------------------------ 5. get_status flood vs TCP
+
+
+async def test_a_get_status_flood_costs_a_few_status_builds_and_tcp_pings_are_answered():
+    from websockets.asyncio.client import connect
+
+    from daemon.wire.client import AsyncDaemonClient
+
+    async with running_daemon(daemon_config(**{"daemon.status_interval": 3600})) as server:
+        builds = {"full": 0}
+        provider = server.ws._status_provider
+
+        def counting(*, full: bool):
+            builds["full"] += full
+            return provider(full=full)
+
+        server.ws._status_provider = counting
+        uri = f"ws://{server.ready.host}:{server.ready.ws_port}"
+        async with (
+            connect(uri) as flooder,
+            AsyncDaemonClient(server.ready.host, server.ready.port, shared_memory=False) as bystander,
+        ):
+            await flooder.recv()  # the status on connect
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+
+            async def flood() -> None:
+                for _ in range(3000):
+                    await flooder.send('{"type":"get_status"}')
+
+            flooding = asyncio.ensure_future(flood())
+            pings = 0
+            while not flooding.done():
+                assert await bystander.ping() > 0
+                pings += 1
+            await flooding
+            elapsed = loop.time() - started
+        assert pings > 0
+        # at most one full status per 0.25 s interval (+ the reply at its end), never 3000
+        assert builds["full"] <= elapsed / 0.25 + 3, (builds, elapsed)

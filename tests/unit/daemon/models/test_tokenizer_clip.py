@@ -23,6 +23,7 @@ from daemon.models.tokenizer import (
     read_merges,
     split_into_windows,
 )
+from tests.helpers.reference_bpe import quadratic_reference_bpe as _quadratic_reference_bpe
 
 MERGES_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
@@ -198,27 +199,6 @@ def test_very_long_prompt_gives_ceil_windows(tokenizer):
 
 
 # -- bounded BPE (issue 9): the same tokens as the reference, without its quadratic loop -------
-
-
-def _quadratic_reference_bpe(ranks: dict, symbols: str) -> list[str]:
-    """The reference algorithm (OpenAI simple_tokenizer / transformers' slow CLIPTokenizer),
-    written out here: merge the lowest-ranked pair everywhere, rescan, repeat."""
-    word = [*symbols[:-1], symbols[-1] + "</w>"]
-    while len(word) > 1:
-        pairs = [(ranks[p], p) for p in zip(word, word[1:]) if p in ranks]
-        if not pairs:
-            break
-        _, (first, second) = min(pairs)
-        merged, i = [], 0
-        while i < len(word):
-            if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
-                merged.append(first + second)
-                i += 2
-            else:
-                merged.append(word[i])
-                i += 1
-        word = merged
-    return word
 
 
 def test_every_merge_ranks_after_the_merges_that_made_its_parts(merges):
