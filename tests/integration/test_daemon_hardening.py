@@ -6,6 +6,7 @@ the typed answer, and then shows that a good request from ANOTHER client is stil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -503,6 +504,7 @@ async def test_sigterm_with_a_decode_running_exits_within_the_grace(tmp_path):
 
 async def test_a_get_status_flood_costs_a_few_status_builds_and_tcp_pings_are_answered():
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     from daemon.wire.client import AsyncDaemonClient
 
@@ -524,17 +526,49 @@ async def test_a_get_status_flood_costs_a_few_status_builds_and_tcp_pings_are_an
             loop = asyncio.get_running_loop()
             started = loop.time()
 
-            async def flood() -> None:
-                for _ in range(3000):
-                    await flooder.send('{"type":"get_status"}')
+            async def flood() -> int:
+                sent = 0
+                with contextlib.suppress(ConnectionClosed):
+                    for _ in range(100_000):
+                        await flooder.send('{"type":"get_status"}')
+                        sent += 1
+                    await flooder.recv()
+                return sent
 
             flooding = asyncio.ensure_future(flood())
             pings = 0
             while not flooding.done():
                 assert await bystander.ping() > 0
                 pings += 1
-            await flooding
+            sent = await flooding
             elapsed = loop.time() - started
-        assert pings > 0
-        # at most one full status per 0.25 s interval (+ the reply at its end), never 3000
+        assert pings > 0 and sent > 200
+        assert flooder.close_code == 1008  # the flood closed the flooder, nobody else
+        # at most one full status per 0.25 s interval (+ the reply at its end), never one each
         assert builds["full"] <= elapsed / 0.25 + 3, (builds, elapsed)
+        assert await bystander.ping() > 0
+
+
+# ------------------------------------------------------------------ neighbours: answer size
+
+
+async def test_a_small_latent_batch_that_would_decode_to_gigabytes_is_bad_request():
+    from daemon.wire.client import AsyncDaemonClient, DaemonError
+
+    async with running_daemon(daemon_config()) as server:
+        address = (server.ready.host, server.ready.port)
+        async with (
+            AsyncDaemonClient(*address, shared_memory=False) as attacker,
+            AsyncDaemonClient(*address, shared_memory=False) as bystander,
+        ):
+            latent = np.zeros((22, 4, 256, 256), np.float32)  # 23 MB in, 1.1 G values out
+            with pytest.raises(DaemonError) as refused:
+                await attacker.vae_decode(latent)
+            assert (
+                refused.value.code is ErrorCode.BAD_REQUEST
+                and "one answer may carry" in refused.value.message
+            )
+            assert await bystander.ping() > 0
+            with pytest.raises(DaemonError) as not_loaded:  # a fitting batch gets past the check
+                await attacker.vae_decode(latent[:2])
+            assert not_loaded.value.code is ErrorCode.NOT_LOADED
