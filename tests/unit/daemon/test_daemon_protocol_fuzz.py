@@ -17,7 +17,7 @@ from daemon.wire.protocol import (
 )
 from tests.helpers.fuzz_frames import frame, headers, payload_lengths
 
-DECODER_EXAMPLES = 600  # README "Robustness" quotes this figure
+DECODER_EXAMPLES = 300  # README "Robustness" quotes this figure
 PING = frame_bytes(encode_request(Request(4242, "ping")))
 ANSWERABLE = {ErrorCode.BAD_REQUEST, ErrorCode.TOO_LARGE, ErrorCode.UNSUPPORTED_VERSION}
 
