@@ -572,3 +572,26 @@ async def test_a_small_latent_batch_that_would_decode_to_gigabytes_is_bad_reques
             with pytest.raises(DaemonError) as not_loaded:  # a fitting batch gets past the check
                 await attacker.vae_decode(latent[:2])
             assert not_loaded.value.code is ErrorCode.NOT_LOADED
+
+
+async def test_tokenizing_runs_on_a_clip_pool_thread_never_on_the_event_loop(tmp_path, monkeypatch):
+    import threading
+
+    from daemon.models.tokenizer import ClipTokenizer
+    from daemon.wire.client import AsyncDaemonClient
+    from tests.helpers.daemon_fixtures import tiny_clip_files
+
+    threads: list[str] = []
+    real_encode = ClipTokenizer.encode
+
+    def recording_encode(self, text):
+        threads.append(threading.current_thread().name)
+        return real_encode(self, text)
+
+    monkeypatch.setattr(ClipTokenizer, "encode", recording_encode)
+    files = tiny_clip_files(tmp_path)
+    async with running_daemon(daemon_config(**{"models.default.clip_l": str(files["clip_l"])})) as server:
+        async with AsyncDaemonClient(server.ready.host, server.ready.port, shared_memory=False) as client:
+            await client.clip_encode("a (lighthouse:1.2) at dusk")
+    assert threads and all(name.startswith("luna-clip-") for name in threads), threads
+    assert threading.main_thread().name not in threads
