@@ -2,13 +2,15 @@
 
 ``load_or_create_token()`` returns the token in ``<user config>/daemon.token`` (created on first
 use with owner-only permissions, 0600 on POSIX; on Windows the per-user config directory is
-already private to the user). The daemon checks it in ``hello`` (constant-time compare in
-``tcp_service``); local clients (the app, the ComfyUI node pack) read the same file. Pure stdlib
-plus ``daemon.paths``; call it from any thread at start-up, never per request.
+already private to the user). The daemon checks it with :func:`tokens_match` (constant time)
+in ``hello``, in the ``shutdown`` op and on the status WebSocket; local clients (the app, the
+ComfyUI node pack) read the same file. Pure stdlib plus ``daemon.paths``; load the token from
+any thread at start-up, never per request.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import sys
@@ -72,3 +74,18 @@ def load_or_create_token(path: Path | None = None) -> str:
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(token + "\n")
     return token
+
+
+def tokens_match(presented: object, expected: str | None) -> bool:
+    """Constant-time check of a token a peer presented against the daemon's token.
+
+    Anything that is not a string, and any string that cannot be encoded (a lone surrogate such
+    as ``"\\ud800"`` from JSON), is simply a wrong token: never an exception. ``expected`` None
+    (no token configured) matches nothing.
+    """
+    if expected is None or not isinstance(presented, str):
+        return False
+    # surrogatepass: a lone surrogate encodes to bytes no real (ASCII) token has, so it is a
+    # wrong token like any other instead of a UnicodeEncodeError.
+    given = presented.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, expected.encode("utf-8", "surrogatepass"))

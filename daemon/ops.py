@@ -17,7 +17,6 @@ inside pool jobs on worker threads, so the loop never touches torch compute.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,16 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from daemon.auth import tokens_match
 from daemon.model_registry import CLIP_KIND, ModelError, ModelRegistry
 from daemon.models.errors import ModelInputError
 from daemon.pools import PoolClosed, PoolFull, WorkerPool
 from daemon.prompt_cache import CacheKey, PromptCache
 from daemon.tcp_service import Peer
-from daemon.wire.protocol import ErrorCode, OpError
+from daemon.wire.protocol import ErrorCode, Limits, OpError
 
 MAX_PROMPT_CHARS = 100_000
 CLIP_SKIP_RANGE = range(-24, 0)  # ComfyUI CLIPSetLastLayer: -24 … -1
 MAX_SIDE = 16_384  # pixels (or 8× latent) per side
+#: Largest result tensor: the protocol's per-tensor limit (Limits.max_elements, 2^28 values).
+MAX_RESULT_ELEMENTS = Limits().max_elements
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -193,6 +195,15 @@ class DaemonOps:
                 raise _bad(
                     f"vae_decode: latent {list(array.shape)} decodes to more than {MAX_SIDE} pixels per side"
                 )
+            batch, _, height, width = array.shape
+            values = batch * height * 8 * width * 8 * 3
+            if values > MAX_RESULT_ELEMENTS:
+                # A small latent batch can ask for a huge answer (64×4×256×256 → 3.2 GB of pixels,
+                # plus the activations): refused before any memory is taken.
+                raise _bad(
+                    f"vae_decode: latent {list(array.shape)} decodes to {values} values, more than "
+                    f"the {MAX_RESULT_ELEMENTS} one answer may carry; decode fewer or smaller latents"
+                )
         vae = await self._model(self.registry.vae, model)
         if op == "vae_decode" and array.shape[1] != vae.latent_channels:
             raise _bad(
@@ -214,11 +225,7 @@ class DaemonOps:
 
     def _shutdown(self, options: dict, peer: Peer) -> dict:
         token = options.get("token")
-        allowed = peer.authenticated or (
-            self._shutdown_token is not None
-            and isinstance(token, str)
-            and hmac.compare_digest(token.encode(), self._shutdown_token.encode())
-        )
+        allowed = peer.authenticated or tokens_match(token, self._shutdown_token)
         if not allowed:
             raise OpError(
                 ErrorCode.UNAUTHORIZED,

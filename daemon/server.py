@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -141,6 +142,7 @@ class DaemonServer:
             port=config.network.ws_port,
             interval=config.status_interval,
             allowed_origins=config.network.allowed_origins,
+            token=self.token if config.network.token_required else None,
         )
         self.vae_pool = self._make_pool("vae")
         self.clip_pool = self._make_pool("clip")
@@ -202,17 +204,20 @@ class DaemonServer:
             self.log.info("stopping: %s", reason)
             self._stop_requested.set()
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Graceful stop: no new work, in-flight gets ``grace`` seconds, then everything closes."""
+    async def close(self, grace: float | None = None) -> None:
+        """Graceful stop: no new work, in-flight gets ``grace`` seconds (default: the config's
+        ``shutdown_grace``) in all, then everything closes."""
         if self._closed:
             return
         self._closing = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace  # one grace for the whole stop, not one per stage
         if self.tcp is not None:
             # Stops accepting; in-flight requests finish or are answered SHUTTING_DOWN.
             await self.tcp.close(grace=grace)
         for pool in (self.vae_pool, self.clip_pool):
             if pool is not None:
-                await pool.close(grace=grace)
+                await pool.close(grace=max(0.0, deadline - time.monotonic()))
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -329,16 +334,47 @@ def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
     log = logging.getLogger("luna.daemon")
     if logging_handle.log_file:
         log.info("logging to %s", logging_handle.log_file)
+    code: int = DaemonExit.CRASHED
     try:
-        return asyncio.run(_run_with_signals(config, stdout))
+        code = asyncio.run(_run_with_signals(config, stdout))
     except (ConfigError, DaemonStartupError) as exc:
         log.error("%s", exc)
         print(f"luna-daemon: {exc}", file=sys.stderr)
-        return DaemonExit.START_FAILED
+        code = DaemonExit.START_FAILED
     except KeyboardInterrupt:  # Ctrl+C before the handlers were installed
-        return DaemonExit.OK
+        code = DaemonExit.OK
     finally:
+        stuck = _threads_blocking_exit(EXIT_JOIN_TIMEOUT)
+        if stuck:
+            log.warning(
+                "exiting with %d model call(s) still running (%s); their results are dropped",
+                len(stuck),
+                ", ".join(thread.name for thread in stuck),
+            )
         logging_handle.close()
+    if stuck:
+        # Python joins every executor thread at exit, so a torch call that outlives the grace
+        # would keep the process alive until it finished (17-45 s in issue 9) and a supervisor
+        # would kill it. Everything is flushed and closed by now; nothing is left to lose.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+#: Seconds idle worker threads get to end by themselves after the daemon closed.
+EXIT_JOIN_TIMEOUT = 0.5
+
+
+def _threads_blocking_exit(timeout: float) -> list[threading.Thread]:
+    """Threads that would keep the interpreter from exiting (non-daemon, still alive) after
+    ``timeout`` seconds in all: pool workers or a model loader still inside a call."""
+    deadline = time.monotonic() + timeout
+    current = threading.current_thread()
+    pending = [t for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in pending if thread.is_alive()]
 
 
 async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
 import ipaddress
 import logging
 import socket
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
+from .auth import tokens_match
 from .counters import RequestCounters
 from .wire.protocol import (
     HANDLER_OPS,
@@ -54,6 +54,8 @@ from .wire.protocol import (
     Response,
     encode_error,
     encode_response,
+    is_shm_prefix,
+    is_shm_segment_name,
 )
 from .wire.shm import ReplyWriter, ShmAttachments, probe_answer
 
@@ -78,6 +80,36 @@ class OpHandler(typing.Protocol):
     ) -> tuple[dict, list[np.ndarray]]:
         """Raise OpError for expected failures; anything else becomes INTERNAL."""
         ...
+
+
+def _wire_text(text: str, limit: int = 4096) -> str:
+    """A message or name that came (partly) from a peer, made safe to encode and to log: lone
+    surrogates (legal in JSON, not in UTF-8) are escaped, and it is cut to ``limit``."""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shm_offer_problem(offer: object) -> str | None:
+    """What is malformed in a hello ``shm`` offer (PROTOCOL.md §6), or None when it is well
+    formed or absent. A well-formed offer that cannot be used (other host, no /dev/shm) is not
+    a problem: it just answers ``shm: false``."""
+    if offer is None:
+        return None
+    if not isinstance(offer, dict) or not isinstance(offer.get("probe"), dict):
+        return "shm must be {prefix, probe: {segment, nonce}}"
+    prefix, probe = offer.get("prefix"), offer["probe"]
+    if not is_shm_prefix(prefix):
+        return "shm.prefix must be 'lu' followed by 10 lower-case hex digits"
+    if not is_shm_segment_name(probe.get("segment"), prefix):
+        return "shm.probe.segment must be '<prefix>_<hex>'"
+    nonce = probe.get("nonce")
+    if (
+        not isinstance(nonce, str)
+        or len(nonce) != 32
+        or not all(c in "0123456789abcdefABCDEF" for c in nonce)
+    ):
+        return "shm.probe.nonce must be 32 hex digits (16 bytes)"
+    return None
 
 
 class PortInUseError(OSError):
@@ -241,6 +273,10 @@ class _FrameTimeout(Exception):
     """A started frame did not complete within ``Limits.read_timeout``."""
 
 
+class _AuthTimeout(Exception):
+    """A connection to a daemon with a token did not authenticate within ``Limits.auth_timeout``."""
+
+
 class _Connection:
     """One client connection: reader loop + in-flight request tasks (event loop only)."""
 
@@ -270,20 +306,29 @@ class _Connection:
         loop = asyncio.get_running_loop()
         decoder = self.decoder
         frame_deadline: float | None = None
+        # A daemon with a token gives each connection auth_timeout to authenticate, then drops it.
+        auth_deadline = loop.time() + self.limits.auth_timeout if self.service.token else None
         try:
             while not self._broken:
                 buffer = decoder.get_buffer()
                 if decoder.in_frame:
                     if frame_deadline is None:
                         frame_deadline = loop.time() + self.limits.read_timeout
-                    try:
-                        async with asyncio.timeout_at(frame_deadline):
-                            received = await loop.sock_recv_into(self.sock, buffer)
-                    except TimeoutError:
-                        raise _FrameTimeout from None
                 else:
                     frame_deadline = None
+                deadline = frame_deadline
+                if auth_deadline is not None and not self.authenticated:
+                    deadline = auth_deadline if deadline is None else min(deadline, auth_deadline)
+                if deadline is None:
                     received = await loop.sock_recv_into(self.sock, buffer)
+                else:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            received = await loop.sock_recv_into(self.sock, buffer)
+                    except TimeoutError:
+                        if deadline == frame_deadline:
+                            raise _FrameTimeout from None
+                        raise _AuthTimeout from None
                 del buffer
                 if received == 0:
                     decoder.eof()
@@ -304,6 +349,18 @@ class _Connection:
             await self._send_error_and_close(
                 ErrorResponse(
                     0, ErrorCode.TIMEOUT, f"frame not completed within {self.limits.read_timeout}s", False
+                )
+            )
+        except _AuthTimeout:
+            self.log.info(
+                "closing %s: not authenticated within %.1fs", self.address, self.limits.auth_timeout
+            )
+            await self._send_error_and_close(
+                ErrorResponse(
+                    0,
+                    ErrorCode.UNAUTHORIZED,
+                    f"not authenticated within {self.limits.auth_timeout}s: send the token in hello",
+                    False,
                 )
             )
         except (ConnectionError, OSError) as exc:  # TimeoutError here: an answer not drained
@@ -353,7 +410,7 @@ class _Connection:
         self, request_id: int, code: ErrorCode, message: str, retryable: bool = False, op: str = "?"
     ) -> None:
         self.service.stats.errors_by_code[code.value] += 1
-        await self._send(encode_error(ErrorResponse(request_id, code, message, retryable)))
+        await self._send(encode_error(ErrorResponse(request_id, code, _wire_text(message), retryable)))
 
     async def _dispatch(self, message: object) -> None:
         if isinstance(message, Rejected):
@@ -431,14 +488,18 @@ class _Connection:
             await self._send_error(request.id, ErrorCode.BAD_REQUEST, "token must be a string", op=OP_HELLO)
             return
         if self.service.token and token is not None:
-            if not hmac.compare_digest(token.encode(), self.service.token.encode()):
+            if not tokens_match(token, self.service.token):
                 self.authenticated = False
                 self.log.warning("wrong token from %s", self.address)
                 await self._send_error(request.id, ErrorCode.UNAUTHORIZED, "wrong token", op=OP_HELLO)
                 return
             self.authenticated = True
+        problem = _shm_offer_problem(options.get("shm"))
+        if problem is not None:
+            await self._send_error(request.id, ErrorCode.BAD_REQUEST, problem, op=OP_HELLO)
+            return
         name = options.get("client", "")
-        self.client_name = name[:100] if isinstance(name, str) else ""
+        self.client_name = _wire_text(name, 100) if isinstance(name, str) else ""
         shm_ok = self._negotiate_shm(options.get("shm"))
         result = {
             "version": common[-1],
@@ -487,7 +548,9 @@ class _Connection:
             buffers = await self._run_handler(request)
         except OpError as exc:
             code = exc.code
-            buffers = encode_error(ErrorResponse(request.id, exc.code, exc.message, exc.retryable))
+            buffers = encode_error(
+                ErrorResponse(request.id, exc.code, _wire_text(exc.message), exc.retryable)
+            )
         except TimeoutError:
             code = ErrorCode.TIMEOUT
             buffers = encode_error(
@@ -515,7 +578,8 @@ class _Connection:
         except Exception as exc:  # handler bug: answer INTERNAL, keep the connection
             self.log.exception("op %s failed", request.op)
             code = ErrorCode.INTERNAL
-            buffers = encode_error(ErrorResponse(request.id, code, f"{type(exc).__name__}: {exc}", False))
+            message = _wire_text(f"{type(exc).__name__}: {exc}")
+            buffers = encode_error(ErrorResponse(request.id, code, message, False))
         if code is not None:
             self.service.stats.errors_by_code[code.value] += 1
         try:
@@ -547,11 +611,16 @@ class _Connection:
             return None
         if (
             not isinstance(reply, dict)
-            or not isinstance(reply.get("segment"), str)
+            or not is_shm_segment_name(reply.get("segment"))
             or type(reply.get("offset")) is not int
             or type(reply.get("capacity")) is not int
+            or reply["offset"] < 0
+            or reply["capacity"] < 0
         ):
-            raise OpError(ErrorCode.BAD_REQUEST, "shm_reply must be {segment, offset, capacity}")
+            raise OpError(
+                ErrorCode.BAD_REQUEST,
+                "shm_reply must be {segment: '<prefix>_<hex>', offset: int >= 0, capacity: int >= 0}",
+            )
         if self.shm is None:
             raise OpError(ErrorCode.BAD_REQUEST, "shm_reply needs shared memory negotiated in hello")
         try:

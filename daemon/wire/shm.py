@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .protocol import TENSOR_ALIGNMENT, ShmRef
+from .protocol import TENSOR_ALIGNMENT, ShmRef, is_shm_prefix, is_shm_segment_name
 
 _WINDOWS = sys.platform == "win32"
 if _WINDOWS:  # pragma: no cover - exercised on Windows only
@@ -366,21 +366,22 @@ class ShmArena:
 class ShmAttachments:
     """Server-side cache of one connection's client segments (attach only, never unlink).
 
-    Only names that start with the prefix this client announced in ``hello`` are accepted, so a
-    client cannot make the daemon map anyone else's memory. At most ``capacity`` mappings are
+    The prefix must be ``lu`` + 10 hex digits and only names ``<prefix>_<hex>`` of the prefix
+    this client announced in ``hello`` are accepted (PROTOCOL.md §6), so a client cannot make
+    the daemon map anyone else's memory (``Local\\…`` on Windows, other POSIX segments). At most ``capacity`` mappings are
     kept (least recently used are unmapped). Usable as the decoder's ``shm_reader``.
     """
 
     def __init__(self, prefix: str, *, capacity: int = 8):
-        if not prefix or len(prefix) > 24 or not prefix.replace("_", "").isalnum():
-            raise ValueError("shared-memory prefix must be 1-24 letters, digits or _")
+        if not is_shm_prefix(prefix):
+            raise ValueError("shared-memory prefix must be 'lu' followed by 10 lower-case hex digits")
         self.prefix = prefix
         self.capacity = capacity
         self._segments: OrderedDict[str, Segment] = OrderedDict()
 
     def segment(self, name: str) -> Segment:
-        if not name.startswith(self.prefix):
-            raise ValueError(f"segment {name!r} does not belong to this connection")
+        if not is_shm_segment_name(name, self.prefix):
+            raise ValueError(f"segment {str(name)[:40]!r} does not belong to this connection")
         segment = self._segments.get(name)
         if segment is None:
             segment = Segment.attach(name)
@@ -449,7 +450,7 @@ def probe_answer(prefix: str, segment_name: str, nonce_hex: str) -> bool:
     """Server side: can we map the client's probe and read its nonce? Then write it reversed."""
     try:
         nonce = bytes.fromhex(nonce_hex)
-        if len(nonce) != 16 or not segment_name.startswith(prefix):
+        if len(nonce) != 16 or not is_shm_prefix(prefix) or not is_shm_segment_name(segment_name, prefix):
             return False
         segment = Segment.attach(segment_name)
     except (OSError, ValueError):
