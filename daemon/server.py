@@ -49,7 +49,7 @@ from daemon.ops import DaemonOps
 from daemon.pools import PoolSettings, WorkerPool
 from daemon.prompt_cache import PromptCache
 from daemon.status_ws import StatusWebSocket
-from daemon.tcp_service import PortInUseError, TcpService
+from daemon.tcp_service import PortInUseError, PortReservedError, TcpService
 from daemon.wire.protocol import PROTOCOL_VERSION, Limits
 from daemon.wire.ready import DaemonExit, ReadyInfo
 from daemon.wire.status import DaemonStatus, PromptCacheStats, ScalingEvent, StaticFacts
@@ -164,7 +164,7 @@ class DaemonServer:
         )
         try:
             host, port = await self.tcp.start()
-        except PortInUseError as exc:
+        except (PortInUseError, PortReservedError) as exc:
             await self._abort_start()
             raise DaemonStartupError(f"cannot listen for the protocol: {exc.strerror or exc}") from None
         except (OSError, ValueError) as exc:
@@ -174,7 +174,7 @@ class DaemonServer:
             ) from None
         try:
             _, ws_port = await self.ws.start()
-        except OSError as exc:
+        except OSError as exc:  # PortInUseError / PortReservedError name the port and the cause
             await self._abort_start()
             raise DaemonStartupError(
                 f"cannot listen for the status WebSocket: {exc.strerror or exc}"
