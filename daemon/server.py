@@ -323,13 +323,15 @@ class DaemonServer:
 
 def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
     """Run a daemon in this process until stopped; returns the exit status."""
-    from daemon.logging_setup import configure_logging
+    from daemon.logging_setup import configure_logging, log_file_name
 
-    logging_handle = configure_logging(config.log_level)
+    logging_handle = configure_logging(config.log_level, file_name=log_file_name(config.network.port))
     log = logging.getLogger("luna.daemon")
     if logging_handle.log_file:
         log.info("logging to %s", logging_handle.log_file)
     try:
+        if (stdout if stdout is not None else sys.stdout) is None:
+            return _refuse_without_stdout(log)
         return asyncio.run(_run_with_signals(config, stdout))
     except (ConfigError, DaemonStartupError) as exc:
         log.error("%s", exc)
@@ -339,6 +341,18 @@ def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
         return DaemonExit.OK
     finally:
         logging_handle.close()
+
+
+def _refuse_without_stdout(log: logging.Logger) -> int:
+    """``pythonw`` / a windowed executable: no stdout for the READY line, so no supervisor could
+    ever see the daemon ready. Refuse before binding anything (the reason went to the log file,
+    and to stderr when there is one)."""
+    log.error(
+        "no stdout to print the %s line on (started with pythonw or as a windowed executable?): "
+        "run the console executable (python.exe -m daemon / luna-daemon.exe) with stdout piped",
+        "LUNA_DAEMON_READY",
+    )
+    return DaemonExit.NO_STDOUT
 
 
 async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int:
