@@ -14,8 +14,10 @@
    SHUTTING_DOWN), close the pools, the WebSocket and the loader.
 
 :func:`run_daemon` is the process entry (used by ``python -m daemon``): logging to stderr and
-a rotating file, SIGINT/SIGTERM (SIGBREAK, i.e. Ctrl+Break, on Windows) → graceful stop, exit
-status 0 after a clean stop, 2 for configuration/start-up errors.
+a rotating file, SIGINT/SIGTERM (SIGBREAK, i.e. Ctrl+Break, on Windows) and on Windows the console
+control events (``daemon/console_events.py``: close, logoff, shutdown) → graceful stop; exit
+status 0 after a clean stop, 2 for configuration/start-up errors, 3 without a stdout
+(``daemon.wire.ready.DaemonExit``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from daemon import __version__
+from daemon import __version__, console_events
 from daemon.auth import load_or_create_token
 from daemon.auth import token_path as default_token_path
 from daemon.config import ConfigError, DaemonConfig
@@ -377,11 +379,17 @@ async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int
             previous[signum] = signal.signal(
                 signum, lambda _s, _f, n=name: loop.call_soon_threadsafe(stop_from, n)
             )
+    # Windows: console close / logoff / shutdown (and Ctrl+C/Break first) stop gracefully too.
+    console = console_events.install_stop_handler(loop, server.request_shutdown)
     try:
         await server.start()
         await server.serve_forever()
     finally:
         await server.close()
+        if console is not None:
+            handler, remove_handler = console
+            handler.stopped()  # a handler waiting on a close event may return: Windows ends us then
+            remove_handler()
         for signum in installed:
             loop.remove_signal_handler(signum)
         for signum, handler in previous.items():
