@@ -104,7 +104,8 @@ class DaemonServer:
     async def start(self) -> ReadyInfo:
         """Build everything, bind both ports, print the readiness line; see module docstring."""
         config = self.config
-        self._stop_requested = asyncio.Event()
+        # Kept if a stop was requested before start() (Ctrl+C or a console event while starting).
+        self._stop_requested = self._stop_requested or asyncio.Event()
         self._started_at = time.monotonic()
         self.device = choose_device(config.device)
         device = self.device.device
@@ -199,7 +200,9 @@ class DaemonServer:
 
     def request_shutdown(self, reason: str = "requested") -> None:
         """Ask the daemon to stop (idempotent; safe from signal handlers via the loop)."""
-        if self._stop_requested is not None and not self._stop_requested.is_set():
+        if self._stop_requested is None:  # before start(): start() then serve_forever() return at once
+            self._stop_requested = asyncio.Event()
+        if not self._stop_requested.is_set():
             self.stop_reason = reason
             self.log.info("stopping: %s", reason)
             self._stop_requested.set()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import signal
 import threading
 
@@ -191,3 +192,15 @@ async def test_the_fallback_signal_handler_stops_the_daemon_through_the_loop(mon
     # What CPython does on Windows for SIGBREAK/SIGINT: call the Python handler on the main thread.
     signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
     assert await asyncio.wait_for(run, 60) == DaemonExit.OK
+
+
+async def test_a_stop_requested_while_the_daemon_starts_is_not_lost():
+    # The console handler answers Ctrl+C "handled", so no KeyboardInterrupt ends a slow start-up:
+    # the request must survive until serve_forever().
+    daemon = server.DaemonServer(daemon_config(), stdout=io.StringIO())
+    daemon.request_shutdown("console CTRL_C_EVENT")
+    await daemon.start()
+    try:
+        assert await asyncio.wait_for(daemon.serve_forever(), 5) == "console CTRL_C_EVENT"
+    finally:
+        await daemon.close()
