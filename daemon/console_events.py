@@ -15,6 +15,11 @@ Threads: :meth:`ConsoleStopHandler.__call__` runs on a thread Windows creates; i
 (:meth:`ConsoleStopHandler.stopped`). The handler object, and the ctypes callback behind it, are
 kept referenced for the life of the process (Windows may call it until the very end).
 Stdlib only, importable everywhere; :func:`install_stop_handler` does nothing off Windows.
+
+Windows does not call console handlers of a process that loaded user32.dll/gdi32.dll for logoff
+and shutdown (it treats it as a GUI application), which a library may do: a supervised daemon is
+therefore stopped by its supervisor (the ``shutdown`` op, then its Job Object; PROTOCOL.md §14),
+and these events are the safety net for a daemon run by hand in a console.
 """
 
 from __future__ import annotations
