@@ -203,7 +203,7 @@ class Win32Api:
         ):
             raise self._error()
         try:
-            attributes = SecurityAttributes(ctypes.sizeof(SecurityAttributes), descriptor, False)
+            attributes = SecurityAttributes(ctypes.sizeof(SecurityAttributes), descriptor.value, False)
             handle = kernel32.CreateFileW(
                 path, GENERIC_WRITE, 0, ctypes.byref(attributes), CREATE_NEW, FILE_ATTRIBUTE_NORMAL, None
             )
