@@ -184,6 +184,27 @@ def bind_listener(
     return sock
 
 
+async def close_after_peer(sock: socket.socket, drain: float) -> bool:
+    """Close ``sock`` after giving its peer up to ``drain`` seconds to close first (what it still
+    sends is discarded); reset it if the peer did not. True when the peer closed first. The
+    socket is closed in every case, also when this is cancelled."""
+    loop = asyncio.get_running_loop()
+    peer_closed = False
+    try:
+        if drain > 0:
+            async with asyncio.timeout(drain):
+                while await loop.sock_recv(sock, 65536):
+                    pass
+            peer_closed = True
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        if not peer_closed:
+            set_abortive_close(sock)
+        sock.close()
+    return peer_closed
+
+
 async def bind_with_retry(
     host: str,
     port: int,
@@ -238,6 +259,7 @@ class TcpService:
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
         self._connections: set[_Connection] = set()
+        self._refused: dict[asyncio.Task, socket.socket] = {}  # refused, waiting for the peer to close
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
@@ -292,13 +314,24 @@ class TcpService:
                     sock.send(refusal)  # best effort, never waits
                 except OSError:
                     pass
-                sock.close()
+                self._close_refused(sock)
                 continue
             connection = _Connection(self, sock, peer)
             self._connections.add(connection)
             self.stats.connections_open += 1
             self.stats.connections_total += 1
             connection.task = loop.create_task(connection.run(), name=f"luna-conn-{peer}")
+
+    def _close_refused(self, sock: socket.socket) -> None:
+        """Close a refused socket the way connections close (module docstring), in the
+        background; beyond ``max_connections`` of them waiting, reset at once (a flood)."""
+        if len(self._refused) >= self.limits.max_connections:
+            set_abortive_close(sock)
+            sock.close()
+            return
+        task = asyncio.get_running_loop().create_task(close_after_peer(sock, self.close_drain))
+        self._refused[task] = sock
+        task.add_done_callback(lambda done: self._refused.pop(done, None))
 
     def _forget(self, connection: _Connection) -> None:
         if connection in self._connections:
@@ -326,6 +359,20 @@ class TcpService:
         for connection in connections:
             connection.stop()
         await asyncio.gather(*(c.task for c in connections if c.task is not None), return_exceptions=True)
+        refused = dict(self._refused)
+        for task in refused:
+            task.cancel()  # close_after_peer still closes (resets) the socket once it has run
+        await asyncio.gather(*refused, return_exceptions=True)
+        # A task cancelled before it first ran never reached its clean-up: close what it held.
+        for sock in refused.values():
+            if sock.fileno() != -1:
+                set_abortive_close(sock)
+                sock.close()
+        for connection in connections:
+            if connection.sock.fileno() != -1:
+                set_abortive_close(connection.sock)
+                connection.sock.close()
+            self._forget(connection)
 
 
 class _FrameTimeout(Exception):
@@ -423,20 +470,11 @@ class _Connection:
     async def _close_socket(self) -> None:
         """Close so nothing lingers (module docstring): a peer that was just answered gets
         ``close_drain`` seconds to close first; otherwise, or if it does not, reset."""
-        loop = asyncio.get_running_loop()
-        remaining = self.last_send + self.service.close_drain - loop.time()
-        try:
-            if not self.peer_closed and remaining > 0:
-                async with asyncio.timeout(remaining):
-                    while await loop.sock_recv(self.sock, 65536):
-                        pass  # discard: nothing more will be answered
-                self.peer_closed = True
-        except (TimeoutError, OSError):
-            pass
-        finally:  # also when cancelled: the socket is always closed
-            if not self.peer_closed:
-                set_abortive_close(self.sock)
+        if self.peer_closed:
             self.sock.close()
+            return
+        remaining = self.last_send + self.service.close_drain - asyncio.get_running_loop().time()
+        self.peer_closed = await close_after_peer(self.sock, remaining)
 
     async def _send_error_and_close(self, error: ErrorResponse) -> None:
         self.service.stats.errors_by_code[error.code.value] += 1

@@ -192,7 +192,10 @@ def abortive_closes(monkeypatch):
     real = tcp_service.set_abortive_close
 
     def spy(sock):
-        calls.append(sock.getpeername())
+        try:
+            calls.append(sock.getpeername())
+        except OSError:  # the peer already reset it
+            calls.append("?")
         real(sock)
 
     monkeypatch.setattr(tcp_service, "set_abortive_close", spy)
@@ -240,3 +243,90 @@ async def test_after_a_framing_error_a_peer_that_stays_is_reset_after_the_drain(
     finally:
         client.close()
         await service.close()
+
+
+def _read_frame_start(sock: socket.socket) -> bytes:
+    """Read one whole frame (so closing afterwards leaves no unread data, which would reset);
+    returns its magic."""
+    data = b""
+    while len(data) < 16:
+        data += sock.recv(16 - len(data))
+    magic, header_len, payload_len = struct.unpack(">4sIQ", data)
+    remaining = header_len + payload_len
+    while remaining:
+        remaining -= len(sock.recv(remaining))
+    return magic
+
+
+async def test_a_refused_peer_that_reads_busy_and_closes_is_not_reset(abortive_closes):
+    from daemon.wire.protocol import Limits
+
+    service = TcpService(Ops(), port=0, limits=Limits(max_connections=1), close_drain=30.0)
+    host, port = await service.start()
+    first = socket.create_connection((host, port))
+    try:
+        async with asyncio.timeout(5):
+            while not service._connections:
+                await asyncio.sleep(0)
+        refused = socket.create_connection((host, port))
+        assert await asyncio.to_thread(_read_frame_start, refused) == MAGIC  # BUSY, id 0
+        refused.close()
+        async with asyncio.timeout(10):  # far sooner than close_drain: the peer's EOF ended it
+            while service._refused or service.stats.connections_refused == 0:
+                await asyncio.sleep(0.01)
+        assert abortive_closes == []
+    finally:
+        first.close()
+        await service.close()
+
+
+async def test_a_refused_peer_that_stays_is_reset_after_the_drain(abortive_closes):
+    from daemon.wire.protocol import Limits
+
+    service = TcpService(Ops(), port=0, limits=Limits(max_connections=1), close_drain=0.05)
+    host, port = await service.start()
+    first = socket.create_connection((host, port))
+    refused = None
+    try:
+        async with asyncio.timeout(5):
+            while not service._connections:
+                await asyncio.sleep(0)
+        refused = socket.create_connection((host, port))
+        assert await asyncio.to_thread(_read_frame_start, refused) == MAGIC
+        assert await asyncio.to_thread(_recv_until_reset_or_eof, refused) == "reset"
+    finally:
+        first.close()
+        if refused is not None:
+            refused.close()
+        await service.close()
+
+
+async def test_a_connection_whose_task_never_ran_is_closed_and_forgotten_on_close():
+    service = TcpService(Ops(), port=0)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        connection = tcp_service._Connection(service, ours, "peer")
+        service._connections.add(connection)
+        service.stats.connections_open += 1
+        connection.task = asyncio.get_running_loop().create_task(connection.run())
+        await service.close()  # cancels the task before it first ran
+        assert connection.task.cancelled() and ours.fileno() == -1
+        assert service.stats.connections_open == 0 and not service._connections
+    finally:
+        ours.close()
+        theirs.close()
+
+
+async def test_a_refused_socket_whose_task_never_ran_is_closed_on_close():
+    service = TcpService(Ops(), port=0)
+    ours, theirs = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        service._close_refused(ours)
+        [task] = service._refused
+        await service.close()  # no connections: nothing yields before the refusal is cancelled
+        assert task.cancelled() and ours.fileno() == -1
+    finally:
+        ours.close()
+        theirs.close()
