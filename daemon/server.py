@@ -390,9 +390,9 @@ async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int
     finally:
         await server.close()
         if console is not None:
-            handler, remove_handler = console
-            handler.stopped()  # a handler waiting on a close event may return: Windows ends us then
-            remove_handler()
+            console_handler, remove_console_handler = console
+            console_handler.stopped()  # a handler waiting on a close event may return: Windows ends us then
+            remove_console_handler()
         for signum in installed:
             loop.remove_signal_handler(signum)
         for signum, handler in previous.items():
