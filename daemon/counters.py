@@ -2,7 +2,7 @@
 
 Owned by :class:`daemon.server.DaemonServer`, incremented by the TCP service
 (``daemon/tcp_service.py``) as requests arrive and answers leave, read by the status. Pools
-keep their own per-pool job counts (the seed's ``total_requests`` of a pool), which are a
+keep their own per-pool job counts (a pool's core ``total_requests`` field), which are a
 different thing: jobs that reached the pool. Mutated and read on the daemon's event loop only.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from daemon.wire.status import TrafficStats
 
-#: The ops the seed's top-level ``total_requests`` counts: the encode/decode work.
+#: The ops the top-level core field ``total_requests`` counts: the encode/decode work.
 WORK_OPS = ("clip_encode", "vae_encode", "vae_decode")
 
 

@@ -243,7 +243,7 @@ class WorkerPool:
         if depth == 0 and count > limits.min_workers:
             # Workers are interchangeable slots over shared weights: once any of them has been
             # idle for the timeout there is spare capacity, and the highest-numbered idle one
-            # leaves (so ids stay compact, as the seed shows). A busy worker never leaves.
+            # leaves (so ids stay compact, as the original daemon's status shows). A busy worker never leaves.
             idle = [w for w in self._workers.values() if not w.busy]
             if any(now - w.last_active >= self.settings.idle_timeout for w in idle):
                 victim = max(idle, key=lambda w: w.id)
@@ -404,7 +404,7 @@ class WorkerPool:
         return self._queue.qsize()
 
     def snapshot(self) -> PoolStatus:
-        """This pool in the status message: the seed's fields, then extras."""
+        """This pool in the status message: the core fields, then extras."""
         return PoolStatus(
             type=self.name,
             active_workers=len(self._workers),

@@ -1,6 +1,6 @@
 """The status WebSocket (default port 19284), built on the ``websockets`` library.
 
-Owns the monitoring channel the seed describes, message for message:
+Owns the monitoring channel of the original Luna daemon, message for message (``daemon/PROTOCOL.md`` §13):
 
 * ``{"type":"status","data":{…}}`` once on connect, then every ``interval`` seconds (1 s by
   default) to every connected client, and in reply to ``{"type":"get_status"}``; the first

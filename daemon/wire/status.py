@@ -8,7 +8,7 @@ tolerant of fields it does not know (a newer daemon may add extras).
 
 Messages (``daemon/PROTOCOL.md`` §Status WebSocket):
 
-* ``{"type":"status","data":{…}}`` — the seed's fields exactly (``status``, ``version``,
+* ``{"type":"status","data":{…}}`` — the core fields exactly (``status``, ``version``,
   ``device``, ``precision``, ``uptime_seconds``, ``total_requests``, ``vram_used_gb``,
   ``vram_total_gb``, ``vae_pool``, ``clip_pool``), then ``sampled_at`` and the live extras. The
   static facts (effective config, pid, ports, protocol version, device name, memory source) are
@@ -34,8 +34,9 @@ SCALING = "scaling"
 ERROR = "error"
 GET_STATUS = "get_status"
 
-#: The seed's fields of a status message, in the seed's order (also the first keys of ``data``).
-SEED_FIELDS = (
+#: The core fields of a status message, in this order (the first keys of ``data``): the fields the
+#: Luna Narrates server and the Luna Collection nodes already read from the original daemon.
+CORE_FIELDS = (
     "status",
     "version",
     "device",
@@ -47,8 +48,8 @@ SEED_FIELDS = (
     "vae_pool",
     "clip_pool",
 )
-#: The seed's fields of one pool.
-SEED_POOL_FIELDS = ("type", "active_workers", "queue_depth", "total_requests")
+#: The core fields of one pool.
+CORE_POOL_FIELDS = ("type", "active_workers", "queue_depth", "total_requests")
 #: A parsed message is refused beyond this size or nesting (a status is a few KiB).
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_DEPTH = 32
@@ -76,7 +77,7 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class PoolStatus:
-    """One worker pool (``vae_pool`` / ``clip_pool``): the seed's four fields, then extras."""
+    """One worker pool (``vae_pool`` / ``clip_pool``): the four core fields, then extras."""
 
     type: str
     active_workers: int
@@ -207,7 +208,7 @@ class StaticFacts:
 
 @dataclass(frozen=True)
 class DaemonStatus:
-    """One ``status`` message: the seed's fields, the sample time, live extras, static facts."""
+    """One ``status`` message: the core fields, the sample time, live extras, static facts."""
 
     status: str  # "ok" | "shutting_down"
     version: str
@@ -267,7 +268,7 @@ class DaemonStatus:
 
 @dataclass(frozen=True)
 class ScalingEvent:
-    """One ``scaling`` message: a pool added or removed a worker (fields exactly as the seed)."""
+    """One ``scaling`` message: a pool added or removed a worker (the original daemon's fields, exactly)."""
 
     event: str  # "scale_up" | "scale_down"
     pool: str  # "vae" | "clip"

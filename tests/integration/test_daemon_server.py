@@ -17,7 +17,7 @@ import pytest
 from daemon.server import DaemonServer, DaemonStartupError
 from daemon.wire.client import AsyncDaemonClient, DaemonClient, DaemonError
 from daemon.wire.protocol import ErrorCode
-from daemon.wire.status import SEED_FIELDS, parse_status_data
+from daemon.wire.status import CORE_FIELDS, parse_status_data
 from tests.helpers.daemon_fixtures import (
     daemon_config,
     daemon_process,
@@ -52,7 +52,7 @@ def latent(batch: int = 1, size: int = 8, seed: int = 0) -> np.ndarray:
 
 def assert_seed_status(data: dict) -> None:
     assert data.keys() >= SEED_STATUS_KEYS
-    assert list(data)[: len(SEED_STATUS_KEYS)] == list(SEED_FIELDS)  # the seed's order, first
+    assert list(data)[: len(SEED_STATUS_KEYS)] == list(CORE_FIELDS)  # the core fields' order, first
     parse_status_data(data)  # and the typed parser accepts what the daemon sends
     assert data["status"] == "ok"
     assert data["device"] == "cpu (system RAM reported as VRAM)"

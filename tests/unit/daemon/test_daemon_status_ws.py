@@ -1,4 +1,4 @@
-"""StatusWebSocket on port 0: the seed's messages, passive listeners, origins, /healthz."""
+"""StatusWebSocket on port 0: the original daemon's messages, passive listeners, origins, /healthz."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.wire.status import (
-    SEED_FIELDS,
+    CORE_FIELDS,
     DaemonStatus,
     ModelState,
     Percentiles,
@@ -65,7 +65,7 @@ def test_full_status_round_trips_through_json():
 def test_tick_status_has_the_seed_fields_first_and_no_static_facts():
     tick = full_status().without_static()
     data = json.loads(tick.to_json())["data"]
-    assert list(data)[: len(SEED_FIELDS)] == list(SEED_FIELDS)
+    assert list(data)[: len(CORE_FIELDS)] == list(CORE_FIELDS)
     assert "config" not in data and "pid" not in data
     assert parse_status_message(tick.to_json()) == tick
 
