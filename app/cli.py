@@ -728,6 +728,10 @@ def build_parser() -> argparse.ArgumentParser:
     instances = sub.add_parser("instances", help="health, queue and VRAM of every configured instance")
     instances.add_argument("--json", action="store_true")
     instances.add_argument("--connect-timeout", type=float, default=3.0)
+
+    from app.narrates.cli import add_parser as add_story_parser  # luna story lives with its engine
+
+    add_story_parser(sub)
     return parser
 
 
@@ -829,6 +833,11 @@ def main(
     if args.command is None:
         parser.print_help(out)
         return EXIT_OK
+    if args.command == "story":
+        from app.narrates.cli import run as run_story
+
+        with _library_logging(err, verbose=args.verbose):
+            return run_story(args, stdout=out, stderr=err)
     console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
     try:
         with _library_logging(err, verbose=args.verbose):
