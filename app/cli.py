@@ -36,43 +36,55 @@ import contextlib
 import json
 import logging
 import sys
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.comfy.client import ComfyClient, ComfyTimeouts
+from app.comfy.client import ComfyTimeouts
 from app.comfy.detect import detect_map
-from app.comfy.errors import (
-    ComfyError,
-    ComfyUnavailable,
-    ExecutionFailed,
-    JobFailed,
-    NoInstanceAvailable,
-    PromptRejected,
+from app.comfy.errors import ComfyError, ComfyUnavailable, NoInstanceAvailable
+from app.comfy.events import (
+    ComfyEvent,
+    ConnectionLost,
+    ExecutionCached,
+    ExecutionStart,
+    JobCancelled,
+    JobQueued,
+    Progress,
+    Reconnected,
 )
-from app.comfy.events import ConnectionLost, ExecutionCached, ExecutionStart, JobQueued, Progress, Reconnected
 from app.comfy.graph import UiFormatWorkflowError, WorkflowFormatError, describe_node
-from app.comfy.inject import InjectedWorkflow, InjectionError, LoraSpec, inject, parse_value
+from app.comfy.inject import InjectedWorkflow, InjectionError, inject
 from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig, load_instances
-from app.comfy.rejections import explain_reasons, explain_rejection
-from app.comfy.results import JobResult
+from app.comfy.render import (
+    ImageUploaded,
+    PromptPrepared,
+    RenderBadInput,
+    RenderError,
+    RenderEvent,
+    RenderInvalid,
+    RenderOutcome,
+    RenderRejected,
+    RenderRequest,
+    RenderService,
+    RenderUnavailable,
+    StyleFallback,
+    TemplateNote,
+    convert_ui_template,
+    json_value,
+    parse_assignments,
+    parse_values,
+)
 from app.comfy.router import InstanceSnapshot, RouterSettings, StyleRouter
 from app.comfy.templates import (
     Template,
     TemplateError,
     dump_map,
-    find_template,
     list_templates,
     load_template,
-    read_json,
-    read_map,
-    template_from_workflow,
 )
-from app.comfy.ui_convert import convert_ui_workflow
 from app.comfy.validate import ValidationIssue, validate_workflow
-from app.paths import user_dirs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,7 +93,6 @@ EXIT_INVALID = 3
 EXIT_UNAVAILABLE = 4
 URL_STYLE = "url"  # the one style of the ad-hoc instance made from --url
 EXIT_CANCELLED = 130  # Ctrl-C, as shells report SIGINT
-CANCEL_TIMEOUT = 5.0
 
 
 @dataclass
@@ -131,48 +142,33 @@ def _load(ref: str, *, allow_ui: bool = False) -> Template | None:
 
 def _convert_ui(ref: str, object_info: dict[str, Any], instance: str, console: Console) -> Template:
     """Convert a UI-format template file with the instance's node definitions."""
-    path = find_template(ref)
-    data = read_json(path)
     try:
-        conversion = convert_ui_workflow(data, object_info)
-        injection_map, map_file = read_map(path)
-        template = template_from_workflow(
-            path.stem,
-            conversion.workflow,
-            injection_map=injection_map,
-            source=str(path),
-            workflow_path=path,
-            map_path=map_file,
-            ui_workflow=dict(data),
-            notes=(f"converted from the UI format with {instance}'s node definitions",) + conversion.notes,
-        )
-    except (TemplateError, WorkflowFormatError) as exc:
-        raise CliError(EXIT_USAGE, str(exc), kind="template") from exc
+        template = convert_ui_template(ref, object_info, instance)
+    except RenderBadInput as exc:
+        raise _cli_error(exc) from exc
     for note in template.notes:
         console.info(f"note: {note}")
     return template
 
 
 def _parse_sets(template: Template, assignments: Sequence[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    params = template.injection_map.params
-    for assignment in assignments:
-        name, sep, text = assignment.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise CliError(EXIT_USAGE, f"--set expects name=value, got {assignment!r}", kind="usage")
-        if name not in params:
-            raise CliError(
-                EXIT_USAGE,
-                f"template '{template.name}' has no parameter '{name}' "
-                f"(it has: {', '.join(params) or 'none'})",
-                kind="parameter",
-            )
-        try:
-            values[name] = parse_value(params[name], text)
-        except InjectionError as exc:
-            raise CliError(EXIT_USAGE, str(exc), kind="parameter") from exc
-    return values
+    try:
+        return parse_values(template, parse_assignments(assignments))
+    except RenderBadInput as exc:
+        raise _cli_error(exc) from exc
+
+
+def _cli_error(error: RenderError) -> CliError:
+    """The exit code and report of a render-layer error (the module docstring lists the codes)."""
+    if isinstance(error, RenderBadInput):
+        return CliError(EXIT_USAGE, error.message, list(error.issues), kind=error.kind)
+    if isinstance(error, (RenderInvalid, RenderRejected)):
+        return CliError(EXIT_INVALID, error.message, list(error.issues), kind=error.kind)
+    if isinstance(error, RenderUnavailable):
+        return CliError(EXIT_UNAVAILABLE, error.message, list(error.issues), kind=error.kind)
+    return CliError(
+        EXIT_FAILED, error.message, list(error.issues), kind=error.kind, prompt_id=error.prompt_id
+    )
 
 
 def _inject(template: Template, values: dict[str, Any]) -> InjectedWorkflow:
@@ -216,8 +212,8 @@ async def _pick(router: StyleRouter, style: str | None, console: Console) -> str
     if style and style != resolved:
         console.info(f"no instance serves style '{style}'; using '{resolved}'")
     snapshot = await router.check_now()
-    member = router.pick(resolved)
-    if member is None:
+    name = router.pick(resolved)
+    if name is None:
         reasons = "; ".join(
             f"{i.name} ({i.base_url}): {i.last_error or i.state}"
             for i in snapshot.instances
@@ -228,7 +224,7 @@ async def _pick(router: StyleRouter, style: str | None, console: Console) -> str
             f"no reachable ComfyUI instance for style '{resolved}': {reasons}",
             kind="unavailable",
         )
-    return member.config.name
+    return name
 
 
 def _instance_report(snapshot: InstanceSnapshot) -> dict[str, Any]:
@@ -251,28 +247,18 @@ def _issue_lines(issues: Sequence[ValidationIssue]) -> str:
     return "\n".join(f"  - {issue.describe()}" for issue in issues)
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, LoraSpec):
-        return {"name": value.name, "strength_model": value.strength_model, "strength_clip": value.clip}
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # luna render
 
 
 class _ProgressPrinter:
-    """Prints a job's progress to stderr: a rewritten line on a terminal, sparse lines otherwise."""
+    """Prints a render's events to stderr: a rewritten line on a terminal, sparse lines otherwise."""
 
-    def __init__(self, console: Console, workflow: dict):
+    def __init__(self, console: Console):
         self.console = console
-        self.workflow = workflow
+        self.workflow: dict[str, Any] = {}
         self.tty = console.err.isatty()
         self.last = ""
-        self.prompt_id: str | None = None
-        self.instance: str | None = None
         self.open_line = False  # a progress line waiting to be ended (terminal only)
 
     def line(self, text: str, final: bool = False) -> None:
@@ -285,16 +271,28 @@ class _ProgressPrinter:
         else:
             print(text, file=self.console.err, flush=True)
 
-    def __call__(self, event: Any) -> None:
-        if isinstance(event, JobQueued):
-            self.prompt_id, self.instance = event.prompt_id, event.instance
+    def __call__(self, event: RenderEvent | ComfyEvent) -> None:
+        if isinstance(event, TemplateNote):
+            self.console.info(f"note: {event.text}")
+        elif isinstance(event, StyleFallback):
+            self.console.info(f"no instance serves style '{event.requested}'; using '{event.used}'")
+        elif isinstance(event, ImageUploaded):
+            self.console.info(f"uploaded {event.path} as {event.reference}")
+        elif isinstance(event, PromptPrepared):
+            self.workflow = dict(event.workflow)
+        elif isinstance(event, JobQueued):
             self.line(f"queued on {event.instance} as {event.prompt_id}", final=True)
         elif isinstance(event, ExecutionStart):
             self.line("running", final=True)
         elif isinstance(event, ExecutionCached) and event.nodes:
             self.line(f"{len(event.nodes)} node(s) cached", final=True)
         elif isinstance(event, Progress) and event.max:
-            title = describe_node(self.workflow, event.node) if event.node in self.workflow else "progress"
+            node = event.node
+            title = (
+                describe_node(self.workflow, node)
+                if node is not None and node in self.workflow
+                else "progress"
+            )
             value, maximum = int(event.value), int(event.max)
             if self.tty or value in (1, maximum) or value % 5 == 0:
                 self.line(f"{title} {value}/{maximum} ({100 * value // maximum}%)")
@@ -302,6 +300,14 @@ class _ProgressPrinter:
             self.line(f"connection lost ({event.reason}); reconnecting", final=True)
         elif isinstance(event, Reconnected):
             self.line("reconnected", final=True)
+        elif isinstance(event, JobCancelled):
+            self.finish()
+            if event.error is None:
+                self.console.info(f"cancelled job {event.prompt_id} on {event.instance}: {event.outcome}")
+            else:
+                self.console.info(
+                    f"could not cancel job {event.prompt_id} on {event.instance}: {event.error}"
+                )
 
     def finish(self) -> None:
         if self.open_line:
@@ -309,150 +315,60 @@ class _ProgressPrinter:
             self.open_line = False
 
 
-def _write_files(result: JobResult, out_dir: Path) -> list[dict[str, Any]]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for file in result.files:
-        name = Path(file.filename).name or f"{result.prompt_id}.bin"
-        target = out_dir / name
-        counter = 1
-        while target.exists():
-            target = out_dir / f"{Path(name).stem}-{counter}{Path(name).suffix}"
-            counter += 1
-        target.write_bytes(file.data)
-        written.append(
-            {
-                "path": str(target),
-                "node_id": file.node_id,
-                "filename": file.filename,
-                "subfolder": file.ref.subfolder,
-                "mime_type": file.mime_type,
-                "bytes": len(file.data),
-            }
-        )
-    return written
-
-
-async def _upload_local_images(
-    client: ComfyClient, template: Template, values: dict[str, Any], console: Console
-) -> None:
-    """``image`` parameters naming a local file are uploaded; the server's name replaces them."""
-    for name, spec in template.injection_map.params.items():
-        value = values.get(name)
-        if spec.kind != "image" or not isinstance(value, str):
-            continue
-        path = Path(value).expanduser()
-        if path.is_file():
-            uploaded = await client.upload_image(path.read_bytes(), path.name)
-            values[name] = uploaded.reference
-            console.info(f"uploaded {path} as {uploaded.reference}")
-
-
-async def _cancel_on_server(client: ComfyClient, prompt_id: str, console: Console) -> None:
-    """Dequeue or interrupt the job; bounded, and shielded from the cancellation in progress."""
-    try:
-        outcome = await asyncio.shield(asyncio.wait_for(client.cancel(prompt_id), CANCEL_TIMEOUT))
-        console.info(f"cancelled job {prompt_id} on {client.name}: {outcome}")
-    except (ComfyError, TimeoutError, asyncio.CancelledError) as exc:
-        console.info(f"could not cancel job {prompt_id} on {client.name}: {exc or type(exc).__name__}")
-
-
 async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    template = _load(args.template, allow_ui=True)
-    if template is not None:
-        for note in template.notes:
-            console.info(f"note: {note}")
-        values = _parse_sets(template, args.set)
+    try:
+        values = parse_assignments(args.set)
+    except RenderBadInput as exc:
+        raise _cli_error(exc) from exc
     router, style = _router_for(args, _timeouts(args))
-    async with router:
-        name = await _pick(router, style, console)
-        client = router.client(name)
-        if template is None:
-            template = _convert_ui(args.template, await client.object_info(), name, console)
-            values = _parse_sets(template, args.set)
-        await _upload_local_images(client, template, values, console)
-        injected = _inject(template, values)
-        warnings = list(injected.warnings)
-        if not args.no_validate:
-            report = validate_workflow(injected.workflow, await client.object_info(), template.injection_map)
-            if report.errors:
-                raise CliError(
-                    EXIT_INVALID,
-                    f"template '{template.name}' is not valid on {name}",
-                    list(report.issues),
-                    kind="invalid",
-                )
-            warnings += [issue.describe() for issue in report.warnings]
-        printer = _ProgressPrinter(console, injected.workflow)
-        try:
-            # Our own prompt id: known before the POST returns, so Ctrl-C can always cancel it.
-            printer.prompt_id = str(uuid.uuid4())
-            result = await router.run(
-                injected.workflow,
-                style=style,
-                timeout=args.timeout,
-                on_event=printer,
-                ui_workflow=template.ui_workflow,
-                prompt_id=printer.prompt_id,
-            )
-        except PromptRejected as exc:
-            raise CliError(
-                EXIT_INVALID,
-                f"{exc.instance or name} rejected the prompt ({exc.error_type})",
-                explain_rejection(exc, injected.workflow, template.injection_map),
-                kind="rejected",
-            ) from exc
-        except ExecutionFailed as exc:
-            where = (
-                describe_node(injected.workflow, exc.node_id)
-                if exc.node_id in injected.workflow
-                else (f"{exc.node_type or 'node'} #{exc.node_id}")
-            )
-            params = template.injection_map.params_at(exc.node_id) if exc.node_id else []
-            raise CliError(
-                EXIT_FAILED,
-                f"{where} failed on {exc.instance or name}: {exc.exception_type}: "
-                f"{exc.exception_message.strip()}"
-                + (f" [parameters bound there: {', '.join(params)}]" if params else ""),
-                kind="execution_error",
-                prompt_id=exc.prompt_id,
-            ) from exc
-        except JobFailed as exc:
-            raise CliError(EXIT_FAILED, str(exc), kind=type(exc).__name__, prompt_id=exc.prompt_id) from exc
-        except asyncio.CancelledError:
-            # Ctrl-C: do not leave the job running on the server for nobody.
-            if printer.prompt_id is not None:
-                await _cancel_on_server(router.client(printer.instance or name), printer.prompt_id, console)
-            raise
-        finally:
-            printer.finish()
-        instance = router.client(result.instance).instance
-    # A 200 with node_errors: some outputs were dropped. Say which, by title and parameter.
-    warnings += [
-        i.describe()
-        for i in explain_reasons(
-            result.warnings, injected.workflow, template.injection_map, severity="warning"
-        )
-    ]
-    out_dir = Path(args.out).expanduser() if args.out else user_dirs().data / "renders"
-    files = _write_files(result, out_dir)
-    timings = result.timings
+    request = RenderRequest(
+        template=args.template,
+        values=values,
+        style=style,
+        output_dir=Path(args.out).expanduser() if args.out else None,
+        timeout=args.timeout,
+        validate=not args.no_validate,
+        upload_local_paths=True,  # `--set init_image=photo.png` uploads the local file
+    )
+    printer = _ProgressPrinter(console)
+    try:
+        outcome = await RenderService(router).render(request, on_event=printer)
+    except RenderError as exc:
+        raise _cli_error(exc) from exc
+    finally:
+        printer.finish()
+        await router.close()
+    return _render_report(outcome)
+
+
+def _render_report(outcome: RenderOutcome) -> dict[str, Any]:
+    timings = outcome.timings
     return {
         "ok": True,
-        "template": template.name,
-        "prompt_id": result.prompt_id,
-        "instance": result.instance,
-        "url": instance.base_url,
-        "values": {k: _json_value(v) for k, v in injected.values.items()},
+        "template": outcome.template,
+        "prompt_id": outcome.prompt_id,
+        "instance": outcome.instance,
+        "url": outcome.url,
+        "values": {k: json_value(v) for k, v in outcome.values.items()},
         "timings": {
             "queued": round(timings.queued, 4),
             "running": round(timings.running, 4),
             "fetching": round(timings.fetching, 4),
             "total": round(timings.total, 4),
         },
-        "files": files,
-        "cached_nodes": list(result.cached_nodes),
-        "warnings": warnings,
+        "files": [
+            {
+                "path": str(file.path),
+                "node_id": file.node_id,
+                "filename": file.filename,
+                "subfolder": file.subfolder,
+                "mime_type": file.mime_type,
+                "bytes": file.size,
+            }
+            for file in outcome.files
+        ],
+        "cached_nodes": list(outcome.cached_nodes),
+        "warnings": list(outcome.warnings),
     }
 
 

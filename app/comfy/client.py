@@ -10,9 +10,19 @@ the jobs submitted through it. It follows the tracking recipe of the fact sheet 
 * every text/binary frame is parsed into typed events (:mod:`app.comfy.events`) and routed to
   its :class:`~app.comfy.jobs.Job`; a job ends on ``execution_success`` / ``execution_error`` /
   ``execution_interrupted`` or (old servers) ``executing`` with ``node: null``;
-* outputs come from ``/history/{id}``, which may still be ``{}`` right after
-  ``execution_success`` (ComfyUI #11540): the client waits for the ``executing`` null that
-  follows the history write (short grace) and then polls with backoff, bounded;
+* outputs come from the ``executed`` events when the socket saw the whole job (it ended with
+  ``execution_success`` on a socket that never dropped, every ``executed`` carried its output and
+  every cached output node re-sent its output): ``executed.output`` is exactly what lands in
+  ``history.outputs[node]``, so the ``GET /history`` round trip is skipped. Otherwise — a prompt
+  served wholly from the cache, a reconnect, an old server without ``execution_success`` —
+  they come from ``/history/{id}``, which may still be ``{}`` right after ``execution_success``
+  (ComfyUI #11540): the client waits for the ``executing`` null that follows the history write
+  (short grace) and then polls with backoff, bounded;
+* a ``POST /prompt`` that fails after the request may have reached the server (read timeout,
+  reset, 5xx) is settled by asking the instance for our own prompt id (``/queue``, then
+  ``/history``): found, the job is followed as if the reply had come; certainly absent, the
+  error says it was not delivered; unknowable, it is a :class:`~app.comfy.errors.JobLost` that
+  must not be resubmitted (``maybe_accepted``) — a job never runs twice;
 * when the socket drops it reconnects with exponential backoff + jitter under the SAME clientId
   and reconciles every unfinished job through ``/queue`` then ``/history/{id}``; a job in neither
   is :class:`~app.comfy.errors.JobLost`. If the instance stays unreachable for
@@ -40,8 +50,7 @@ import logging
 import random
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -57,6 +66,7 @@ from app.comfy.errors import (
     parse_prompt_rejection,
 )
 from app.comfy.events import (
+    ComfyEvent,
     ConnectionLost,
     FeatureFlags,
     JobQueued,
@@ -75,14 +85,14 @@ __all__ = ["ComfyClient", "ComfyTimeouts", "EventListener"]
 
 log = logging.getLogger(__name__)
 
-EventListener = Callable[[Any], None]
+EventListener = Callable[[ComfyEvent], None]
 
 
 class ComfyClient(ComfyRest):
     """One ComfyUI instance; use as ``async with ComfyClient(cfg) as client: await client.run(p)``.
 
     Public surface (stable, used by the router, the templates layer, the CLI and the GUI):
-    ``submit``, ``wait``, ``run``, ``cancel``, ``history``, ``download``, ``download_outputs``,
+    ``submit``, ``wait``, ``run``, ``cancel``, ``cancel_job``, ``history``, ``download``, ``download_outputs``,
     ``upload_image``, ``system_stats``, ``queue_remaining``, ``get_queue``, ``object_info``,
     ``features``, ``free``, ``add_listener``, ``connected``, ``jobs``.
     """
@@ -108,7 +118,6 @@ class ComfyClient(ComfyRest):
         self._closing = False
         self._disconnected_since: float | None = None
         self._reconcile_lock = asyncio.Lock()
-        self._cancelled: OrderedDict[str, str] = OrderedDict()  # prompt id -> what cancel() did
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -121,6 +130,10 @@ class ComfyClient(ComfyRest):
 
     async def start(self) -> None:
         """Create the HTTP session and start the socket task (it connects in the background)."""
+        self.start_soon()
+
+    def start_soon(self) -> None:
+        """:meth:`start` without awaiting: usable from synchronous code on the client's loop."""
         if self._closing:
             raise ComfyUnavailable(f"{self.name}: client is closed", instance=self.name, cause="closed")
         if self._http is not None:
@@ -192,11 +205,14 @@ class ComfyClient(ComfyRest):
         prompt_id: str | None = None,
         front: bool = False,
         extra_data: Mapping[str, Any] | None = None,
+        on_job: Callable[[Job], None] | None = None,
     ) -> Job:
         """Queue an API-format prompt and return its :class:`Job` (already tracked).
 
         Raises :class:`PromptRejected` (400, with per-node reasons) or :class:`ComfyUnavailable`.
         A 200 with ``node_errors`` is accepted; the reasons land in ``job.warnings``.
+        ``on_job(job)`` is called once the job exists, before the POST (so a caller cancelled
+        during the POST still holds it and finds the outcome of the cancel in ``cancel_outcome``).
         """
         try:
             await self.wait_connected()
@@ -221,6 +237,8 @@ class ComfyClient(ComfyRest):
             body["front"] = True
         job = Job(job_id, self.name, prompt, wants_previews=preview_method not in (None, "none"))
         self.tracker.register(job)  # before the POST: events can beat the reply
+        if on_job is not None:
+            on_job(job)
         try:
             response = await self._request(
                 "POST",
@@ -231,8 +249,13 @@ class ComfyClient(ComfyRest):
         except asyncio.CancelledError:
             self.tracker.forget(job_id)
             # The server may have queued it before we stopped listening: our own id finds it.
-            await self._cancel_quietly(job_id)
+            await self.cancel_job(job)
             raise
+        except ComfyUnavailable as exc:
+            if not exc.maybe_delivered:
+                self.tracker.forget(job_id)
+                raise
+            return await self._settle_unanswered_submit(job, exc)
         except BaseException:
             self.tracker.forget(job_id)
             raise
@@ -254,6 +277,43 @@ class ComfyClient(ComfyRest):
         )
         return job
 
+    async def _settle_unanswered_submit(self, job: Job, failure: ComfyUnavailable) -> Job:
+        """The POST may have queued ``job`` without us hearing the reply: ask for our own id."""
+        try:
+            async with asyncio.timeout(self.timeouts.connect + self.timeouts.request):
+                where = (await self.get_queue()).contains(job.prompt_id)
+                entry = None if where else await self.history(job.prompt_id)
+        except (ComfyUnavailable, ComfyProtocolError, TimeoutError) as exc:
+            self.tracker.forget(job.prompt_id)
+            raise JobLost(
+                f"POST /prompt failed ({failure}) and the instance could not be asked whether it "
+                f"queued the job ({exc or type(exc).__name__}); not resubmitting, it may run there",
+                prompt_id=job.prompt_id,
+                started=False,
+                instance=self.name,
+                maybe_accepted=True,
+            ) from failure
+        if where is None and entry is None:
+            self.tracker.forget(job.prompt_id)
+            raise ComfyUnavailable(
+                f"{failure} (the instance does not have the job: it was not queued)",
+                instance=self.name,
+                cause=failure.cause,
+                maybe_delivered=False,
+            ) from failure
+        log.info(
+            "%s: POST /prompt failed (%s) but the job is %s there; following it",
+            self.name,
+            failure,
+            where or "in the history",
+        )
+        job.accepted(JobQueued(job.prompt_id, None, self.name))
+        if where == "running":
+            job.mark_running()
+        if entry is not None:
+            job.finish_from_history(entry)
+        return job
+
     async def wait(self, job: Job, *, timeout: float | None = None, download: bool = True) -> JobResult:
         """Wait for the job to end, read its history, download its outputs.
 
@@ -270,6 +330,11 @@ class ComfyClient(ComfyRest):
             ) from None
         if job.error is not None:
             raise job.error
+        if self._outputs_seen_live(job):
+            # The socket saw every output: no history round trip (see the module docstring).
+            outputs = dict(job.outputs)
+            files = await self.download_outputs(outputs) if download else ()
+            return self._result(job, outputs, files)
         # Files announced by `executed` events are fetched while the history is read: the
         # history stays the authority on what the job produced, but we save a round trip.
         prefetch = (
@@ -293,6 +358,9 @@ class ComfyClient(ComfyRest):
         files: tuple[OutputFile, ...] = ()
         if download:
             files = await self._collect_files(outputs, prefetch)
+        return self._result(job, outputs, files)
+
+    def _result(self, job: Job, outputs: dict[str, Any], files: tuple[OutputFile, ...]) -> JobResult:
         done = time.monotonic()
         started = job.started_at or job.submitted_at
         finished = job.finished_at or done
@@ -305,6 +373,39 @@ class ComfyClient(ComfyRest):
         return JobResult(
             job.prompt_id, self.name, files, outputs, timings, job.warnings, tuple(sorted(job.cached_nodes))
         )
+
+    def _outputs_seen_live(self, job: Job) -> bool:
+        """Whether ``job.outputs`` (from ``executed``) is everything its history would list.
+
+        Besides :attr:`Job.outputs_complete`, every cached output node must have re-sent its
+        output (older executors do not): output nodes are known from ``/object_info`` when it
+        was read, else taken to be the prompt's leaves (nodes nothing links from).
+        """
+        if not job.outputs_complete:
+            return False
+        cached = job.cached_nodes
+        if not cached:
+            return True
+        return all(node in job.outputs for node in self._output_nodes(job.prompt) & cached)
+
+    def _output_nodes(self, prompt: Mapping[str, Any]) -> set[str]:
+        schemas = self._object_info
+        if schemas is not None:
+            return {
+                node_id
+                for node_id, node in prompt.items()
+                if isinstance(node, Mapping)
+                and isinstance(schemas.get(str(node.get("class_type"))), Mapping)
+                and schemas[str(node.get("class_type"))].get("output_node")
+            }
+        linked = {
+            str(value[0])
+            for node in prompt.values()
+            if isinstance(node, Mapping)
+            for value in (node.get("inputs") or {}).values()
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+        }
+        return set(prompt) - linked
 
     async def run(
         self,
@@ -336,7 +437,7 @@ class ComfyClient(ComfyRest):
         except asyncio.CancelledError:
             # The caller gave up (GUI cancel, Ctrl-C): do not leave the job running on the GPU.
             if not job.done:
-                await self._cancel_quietly(job)
+                await self.cancel_job(job)
             raise
         finally:
             if follower is not None:
@@ -350,14 +451,13 @@ class ComfyClient(ComfyRest):
         """Cancel one job: dequeue it when pending, interrupt it by id when running.
 
         Returns ``"dequeued"``, ``"interrupted"`` (the job then ends with JobInterrupted) or
-        ``"not_found"`` (finished already, or unknown to this instance). Idempotent: cancelling
-        an id again answers what the first cancel through this client did, without new requests
-        (so a caller's own Ctrl-C handler and :meth:`run`'s automatic cancel do not collide).
+        ``"not_found"`` (finished already, or unknown to this instance). Cancelling a tracked job
+        again answers what its first cancel did (kept on the :class:`Job`), without new requests.
         """
         prompt_id = job_or_id.prompt_id if isinstance(job_or_id, Job) else job_or_id
-        if prompt_id in self._cancelled:
-            return self._cancelled[prompt_id]
-        job = self.tracker.jobs.get(prompt_id)
+        job = job_or_id if isinstance(job_or_id, Job) else self.tracker.jobs.get(prompt_id)
+        if job is not None and job.cancel_outcome is not None:
+            return job.cancel_outcome
         outcome = "not_found"
         where = (await self.get_queue()).contains(prompt_id)
         if where == "pending":
@@ -371,11 +471,23 @@ class ComfyClient(ComfyRest):
         if where == "running":
             await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
             outcome = "interrupted"
-        if outcome != "not_found":
-            self._cancelled[prompt_id] = outcome
-            while len(self._cancelled) > 256:
-                self._cancelled.popitem(last=False)
+        if job is not None and outcome != "not_found":
+            job.cancel_outcome = outcome
         return outcome
+
+    async def cancel_job(self, job_or_id: Job | str) -> str:
+        """:meth:`cancel`, bounded and shielded from a cancellation in progress, never raising.
+
+        For the one place that cancels a job its caller gave up on (``run``, the router's
+        :class:`~app.comfy.router.RoutedJob`). Returns the outcome, or ``"failed: <why>"``.
+        """
+        prompt_id = job_or_id.prompt_id if isinstance(job_or_id, Job) else job_or_id
+        try:
+            async with asyncio.timeout(self.timeouts.connect + 2.0):
+                return await asyncio.shield(self.cancel(job_or_id))
+        except (ComfyUnavailable, ComfyProtocolError, TimeoutError) as exc:
+            log.warning("%s: could not cancel job %s on the server: %s", self.name, prompt_id, exc)
+            return f"failed: {exc or type(exc).__name__}"
 
     async def _collect_files(
         self, outputs: Mapping[str, Any], prefetch: dict[tuple, asyncio.Task]
@@ -394,14 +506,6 @@ class ComfyClient(ComfyRest):
             )
         finally:
             await _cancel_all(prefetch.values())
-
-    async def _cancel_quietly(self, job_or_id: Job | str) -> None:
-        prompt_id = job_or_id.prompt_id if isinstance(job_or_id, Job) else job_or_id
-        try:
-            async with asyncio.timeout(self.timeouts.connect + 2.0):
-                await asyncio.shield(self.cancel(prompt_id))
-        except (ComfyUnavailable, ComfyProtocolError, TimeoutError) as exc:
-            log.warning("%s: could not cancel job %s on the server: %s", self.name, prompt_id, exc)
 
     async def _finished_history(self, job: Job) -> HistoryEntry:
         """The job's history entry, waiting out the execution_success → history-write race."""
@@ -434,7 +538,7 @@ class ComfyClient(ComfyRest):
 
     # --- socket ----------------------------------------------------------------------------
 
-    def _emit(self, event: Any) -> None:
+    def _emit(self, event: ComfyEvent) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -598,7 +702,7 @@ def _ref_key(ref: OutputRef) -> tuple[str, str, str, str]:
     return (ref.node_id, ref.type, ref.subfolder, ref.filename)
 
 
-async def _cancel_all(tasks: Any) -> None:
+async def _cancel_all(tasks: Iterable[asyncio.Task]) -> None:
     """Cancel and reap tasks (reaping also retrieves exceptions, so none is reported unseen)."""
     tasks = list(tasks)
     for task in tasks:

@@ -30,12 +30,17 @@ class ComfyUnavailable(ComfyError):
     """The instance could not be reached or answered with a transport-level failure.
 
     Raised for connection refused/reset, timeouts and HTTP 5xx. ``cause`` keeps the original
-    exception text so the GUI can show "connection refused" vs "timed out".
+    exception text so the GUI can show "connection refused" vs "timed out". ``maybe_delivered``
+    is False only when the request certainly never reached the server (the TCP connect itself
+    failed); after a read timeout, a reset or a 5xx the server may have acted on it.
     """
 
-    def __init__(self, message: str, *, instance: str | None = None, cause: str = "") -> None:
+    def __init__(
+        self, message: str, *, instance: str | None = None, cause: str = "", maybe_delivered: bool = False
+    ) -> None:
         super().__init__(message, instance=instance)
         self.cause = cause
+        self.maybe_delivered = maybe_delivered
 
 
 class ComfyProtocolError(ComfyError):
@@ -174,13 +179,29 @@ class JobLost(JobFailed):
     """The job is in neither the queue nor the history, or its instance stayed unreachable.
 
     ``started`` says whether ComfyUI was seen executing it (``execution_start``); a job lost
-    before it started can be resubmitted elsewhere with the same seed.
+    before it started can be resubmitted elsewhere with the same seed. ``maybe_accepted``: the
+    ``POST /prompt`` failed after the instance may have queued the job and the instance could
+    not be asked — resubmitting could run it twice, so :attr:`resubmittable` is False.
     """
 
-    def __init__(self, reason: str, *, prompt_id: str, started: bool, instance: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        prompt_id: str,
+        started: bool,
+        instance: str | None = None,
+        maybe_accepted: bool = False,
+    ) -> None:
         super().__init__(f"job {prompt_id} lost: {reason}", prompt_id=prompt_id, instance=instance)
         self.reason = reason
         self.started = started
+        self.maybe_accepted = maybe_accepted
+
+    @property
+    def resubmittable(self) -> bool:
+        """True when the job certainly never ran: sending it elsewhere cannot run it twice."""
+        return not self.started and not self.maybe_accepted
 
 
 class JobTimeout(JobFailed):

@@ -5,8 +5,10 @@ Owns: one frozen dataclass per message ComfyUI sends on ``/ws`` (text: ``status`
 ``executed``, ``execution_success``, ``execution_error``, ``execution_interrupted``,
 ``feature_flags``, ``logs``, ``notification``; binary: preview image type 1, preview with
 metadata type 4, progress text type 3), :func:`parse_text` / :func:`parse_binary`, and a few
-client-side events (:class:`ConnectionLost`, :class:`Reconnected`, :class:`JobQueued`) that the
-client puts into the same streams.
+client-side events (:class:`ConnectionLost`, :class:`Reconnected`, :class:`JobQueued`, and the
+router's :class:`JobResubmitted` / :class:`JobCancelled`) that are put into the same streams. The
+:data:`ComfyEvent` union names them all: it is the type of every listener and event iterator of
+the client, the job tracker, the router and the render service.
 
 Unknown message types and unknown binary ids become :class:`UnknownMessage` /
 :class:`UnknownBinary` (custom nodes add their own); a frame that is not valid JSON or is
@@ -251,6 +253,29 @@ class Reconnected:
     prompt_id: None = None
 
 
+@dataclass(frozen=True)
+class JobResubmitted:
+    """The router's own event: ``instance`` lost the job before it started; it goes elsewhere."""
+
+    prompt_id: str
+    instance: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    """The router's own event: the caller cancelled the job; ``outcome`` is what the server did.
+
+    ``outcome`` is ``"dequeued"``, ``"interrupted"``, ``"not_found"`` (it had ended, or never
+    reached the server) or ``"failed"`` (the instance could not be asked; ``error`` says why).
+    """
+
+    prompt_id: str
+    instance: str | None
+    outcome: str
+    error: str | None = None
+
+
 ComfyEvent = (
     StatusEvent
     | ExecutionStart
@@ -271,9 +296,10 @@ ComfyEvent = (
     | JobQueued
     | ConnectionLost
     | Reconnected
+    | JobResubmitted
+    | JobCancelled
 )
-
-TERMINAL_EVENTS = (ExecutionSuccess, ExecutionError, ExecutionInterrupted)
+"""Every event of an instance's stream and of a job's stream (what listeners receive)."""
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -305,7 +331,7 @@ def _ids(value: Any) -> tuple[str, ...]:
     return ()
 
 
-def _event_from(kind: str, data: Mapping[str, Any]) -> Any:
+def _event_from(kind: str, data: Mapping[str, Any]) -> ComfyEvent:
     pid = _opt_str(data.get("prompt_id"))
     if kind == "status":
         status = data.get("status") or {}
@@ -379,7 +405,7 @@ def _event_from(kind: str, data: Mapping[str, Any]) -> Any:
     return UnknownMessage(kind, dict(data), pid)
 
 
-def parse_text(frame: str | bytes) -> Any:
+def parse_text(frame: str | bytes) -> ComfyEvent:
     """Decode one text frame ``{"type": ..., "data": {...}}`` into its typed event."""
     try:
         message = json.loads(frame)
@@ -393,7 +419,7 @@ def parse_text(frame: str | bytes) -> Any:
     return _event_from(message["type"], data)
 
 
-def parse_binary(frame: bytes) -> Any:
+def parse_binary(frame: bytes) -> ComfyEvent:
     """Decode one binary frame (big-endian uint32 event id first)."""
     if len(frame) < 4:
         raise MessageParseError(f"binary frame of {len(frame)} bytes has no event id")

@@ -21,14 +21,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from app.comfy.errors import ExecutionFailed, JobFailed, JobInterrupted, JobLost, NodeReason
 from app.comfy.events import (
+    ComfyEvent,
+    ConnectionLost,
     Executed,
     Executing,
     ExecutionCached,
@@ -40,6 +43,11 @@ from app.comfy.events import (
     Progress,
     ProgressState,
 )
+from app.comfy.results import HistoryEntry
+
+log = logging.getLogger(__name__)
+
+JobSink = Callable[[ComfyEvent], None]
 
 
 class JobState(enum.Enum):
@@ -89,8 +97,15 @@ class Job:
     """One prompt submitted to one instance; fed by :class:`JobTracker`, read by any task.
 
     ``events()`` gives an async iterator over the job's typed events from its start (late
-    subscribers get a replay) that ends after the terminal event; ``wait_finished()`` waits for
-    the end. ``error`` holds the :class:`JobFailed` of a job that did not succeed.
+    subscribers get a replay) that ends after the terminal event; ``subscribe(sink)`` calls a
+    function with the same events (replay first), synchronously, for routers that re-publish
+    them; ``wait_finished()`` waits for the end. ``error`` holds the :class:`JobFailed` of a job
+    that did not succeed.
+
+    ``outputs_complete`` tells the client whether the ``executed`` events already said
+    everything the history entry would (see :meth:`ComfyClient.wait`): the job ended with an
+    ``execution_success`` seen live, the socket never dropped while it ran, no ``executed``
+    came without its output, and the prompt was not served wholly from the cache.
     """
 
     def __init__(
@@ -117,8 +132,13 @@ class Job:
         self.last_event_at = self.submitted_at
         self.history_written = asyncio.Event()
         self._finished = asyncio.Event()
-        self._log: list[Any] = []
-        self._early: list[Any] = []
+        self.cancel_outcome: str | None = None  # what the first cancel() through the client did
+        self.success_seen_live = False  # execution_success arrived on the socket
+        self.socket_dropped = False  # a ConnectionLost happened while the job was tracked
+        self.output_missing = False  # an `executed` came with output None (cached, newer executors)
+        self._log: list[ComfyEvent] = []
+        self._early: list[ComfyEvent] = []
+        self._sinks: list[JobSink] = []
         self._accepted = False
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -131,7 +151,7 @@ class Job:
     async def wait_finished(self) -> None:
         await self._finished.wait()
 
-    async def events(self) -> AsyncIterator[Any]:
+    async def events(self) -> AsyncIterator[ComfyEvent]:
         """Every event of this job, in order, ending after the terminal one."""
         index = 0
         while True:
@@ -156,30 +176,58 @@ class Job:
             len(self.cached_nodes),
         )
 
+    @property
+    def outputs_complete(self) -> bool:
+        """True when :attr:`outputs` (from ``executed``) is all the history would list."""
+        fully_cached = bool(self.prompt) and set(self.prompt) <= self.cached_nodes
+        return (
+            self.state is JobState.SUCCEEDED
+            and self.success_seen_live
+            and not self.socket_dropped
+            and not self.output_missing
+            and not fully_cached
+        )
+
+    def subscribe(self, sink: JobSink) -> None:
+        """Call ``sink(event)`` for every event of the stream: the ones so far now, then each new one."""
+        for event in self._log:
+            self._deliver(sink, event)
+        self._sinks.append(sink)
+
     # --- feeding ---------------------------------------------------------------------------
 
-    def _append(self, event: Any) -> None:
+    def _deliver(self, sink: JobSink, event: ComfyEvent) -> None:
+        try:
+            sink(event)
+        except Exception:  # a broken consumer must not stop the job's bookkeeping
+            log.exception("job %s: event sink failed", self.prompt_id)
+
+    def _publish(self, events: list[ComfyEvent]) -> None:
+        self._log.extend(events)
+        self.last_event_at = time.monotonic()
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
+        for sink in list(self._sinks):
+            for event in events:
+                self._deliver(sink, event)
+
+    def _append(self, event: ComfyEvent) -> None:
         if not self._accepted:
             self._early.append(event)  # events that beat the POST reply wait behind JobQueued
             return
-        self._log.append(event)
-        self.last_event_at = time.monotonic()
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._publish([event])
 
-    def note(self, event: Any) -> None:
+    def note(self, event: ComfyEvent) -> None:
         """Add a client-side event (connection lost, reconnected, …) to the stream."""
+        if isinstance(event, ConnectionLost):
+            self.socket_dropped = True
         self._append(event)
 
-    def accepted(self, queued: Any) -> None:
+    def accepted(self, queued: ComfyEvent) -> None:
         """The server accepted the job: ``queued`` (JobQueued) opens the stream, then early events."""
         self._accepted = True
         early, self._early = self._early, []
-        self._log.append(queued)
-        self._log.extend(early)
-        self.last_event_at = time.monotonic()
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._publish([queued, *early])
 
     def mark_running(self) -> None:
         if not self.started:
@@ -188,7 +236,7 @@ class Job:
         if self.state is JobState.QUEUED:
             self.state = JobState.RUNNING
 
-    def feed(self, event: Any) -> None:
+    def feed(self, event: ComfyEvent) -> None:
         """Apply one event that belongs to this job."""
         if isinstance(event, Executing) and event.node is None:
             self.history_written.set()
@@ -223,10 +271,13 @@ class Job:
             self.executed_nodes.add(event.node)
             if event.output:
                 self.outputs[event.node] = event.output
+            elif event.output is None:
+                self.output_missing = True
         elif isinstance(event, PreviewImage):
             if not self.wants_previews:
                 return
         elif isinstance(event, ExecutionSuccess):
+            self.success_seen_live = True
             self._append(event)
             self._finish(JobState.SUCCEEDED, None)
             return
@@ -271,8 +322,8 @@ class Job:
             and not isinstance(error, (ExecutionFailed, JobInterrupted))
         ):
             self._accepted = True  # failed before the reply (lost): nothing will open the stream
-            self._log.extend(self._early)
-            self._early = []
+            early, self._early = self._early, []
+            self._log.extend(early)
         if self.node is not None and state in (JobState.SUCCEEDED, JobState.FINISHED):
             self.executed_nodes.add(self.node)
         self.state = state
@@ -293,7 +344,7 @@ class Job:
         )
         self._finish(state, error)
 
-    def finish_from_history(self, entry: Any) -> None:
+    def finish_from_history(self, entry: HistoryEntry) -> None:
         """End the job from its history entry (after a reconnect missed the terminal event)."""
         self.history_written.set()
         if self.done:
@@ -317,7 +368,7 @@ class JobTracker:
     def __init__(self, *, orphan_limit: int = 64, keep_finished: int = 256) -> None:
         self.jobs: dict[str, Job] = {}
         self._keep_finished = keep_finished
-        self._orphans: OrderedDict[str, list[Any]] = OrderedDict()
+        self._orphans: OrderedDict[str, list[ComfyEvent]] = OrderedDict()
         self._orphan_limit = orphan_limit
         self._current_prompt: str | None = None
         self._current_node: str | None = None
@@ -350,7 +401,7 @@ class JobTracker:
     def forget(self, prompt_id: str) -> None:
         self.jobs.pop(prompt_id, None)
 
-    def feed(self, event: Any) -> Job | None:
+    def feed(self, event: ComfyEvent) -> Job | None:
         """Route one parsed event; returns the job it went to (None: not a job event or unknown)."""
         prompt_id = getattr(event, "prompt_id", None)
         if isinstance(event, (ExecutionStart, ExecutionCached)):
@@ -383,7 +434,7 @@ class JobTracker:
         job.feed(event)
         return job
 
-    def _keep_orphan(self, prompt_id: str, event: Any) -> None:
+    def _keep_orphan(self, prompt_id: str, event: ComfyEvent) -> None:
         if isinstance(event, PreviewImage):
             return  # never buffer image bytes for jobs that are not ours
         bucket = self._orphans.setdefault(prompt_id, [])

@@ -108,11 +108,18 @@ class ComfyRest:
             response = await self._http.request(method, self._path(path), **kwargs)
         except httpx.TimeoutException as exc:
             raise ComfyUnavailable(
-                f"{self.name}: {method} {path} timed out", instance=self.name, cause=f"timeout: {exc!r}"
+                f"{self.name}: {method} {path} timed out",
+                instance=self.name,
+                cause=f"timeout: {exc!r}",
+                maybe_delivered=not isinstance(exc, httpx.ConnectTimeout),
             ) from exc
         except httpx.HTTPError as exc:
             raise ComfyUnavailable(
-                f"{self.name}: {method} {path} failed: {exc}", instance=self.name, cause=repr(exc)
+                f"{self.name}: {method} {path} failed: {exc}",
+                instance=self.name,
+                cause=repr(exc),
+                # A refused or failed TCP connect sent nothing; anything later may have been read.
+                maybe_delivered=not isinstance(exc, httpx.ConnectError),
             ) from exc
         if response.status_code < 500:
             self._last_http_ok = time.monotonic()
@@ -121,6 +128,7 @@ class ComfyRest:
                 f"{self.name}: {method} {path} answered {response.status_code}: {response.text[:200]}",
                 instance=self.name,
                 cause=f"HTTP {response.status_code}",
+                maybe_delivered=True,
             )
         return response
 

@@ -32,14 +32,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
 from app.comfy.errors import ComfyError, ComfyUnavailable, JobLost, NoInstanceAvailable
-from app.comfy.events import ConnectionLost, Reconnected, StatusEvent
+from app.comfy.events import (
+    ComfyEvent,
+    ConnectionLost,
+    JobCancelled,
+    JobResubmitted,
+    Reconnected,
+    StatusEvent,
+)
 from app.comfy.instances import InstanceConfig, InstancesConfig
+from app.comfy.jobs import Job
 from app.comfy.results import DeviceStats, JobResult
 
 log = logging.getLogger(__name__)
@@ -173,6 +182,7 @@ class StyleRouter:
     ) -> None:
         self.config = config
         self.settings = settings or RouterSettings()
+        self._client_factory = client_factory
         self._members = [
             _Member(instance, client_factory(instance, timeouts=self.settings.timeouts), index)
             for index, instance in enumerate(config.instances)
@@ -199,11 +209,14 @@ class StyleRouter:
             return
         self._started = True
         for member in self._members:
-            await member.client.start()
-            self._unsubscribe.append(member.client.add_listener(self._on_client_event(member)))
-            self._tasks.append(
-                asyncio.create_task(self._health_loop(member), name=f"health-{member.config.name}")
-            )
+            self._start_member(member)
+
+    def _start_member(self, member: _Member) -> None:
+        member.client.start_soon()
+        self._unsubscribe.append(member.client.add_listener(self._on_client_event(member)))
+        self._tasks.append(
+            asyncio.create_task(self._health_loop(member), name=f"health-{member.config.name}")
+        )
 
     async def close(self) -> None:
         """Stop health tasks and close every client (jobs still in flight end with JobLost)."""
@@ -287,8 +300,8 @@ class StyleRouter:
         if changed is not None and not changed.done():
             changed.set_result(None)
 
-    def _on_client_event(self, member: _Member) -> Callable[[Any], None]:
-        def on_event(event: Any) -> None:
+    def _on_client_event(self, member: _Member) -> Callable[[ComfyEvent], None]:
+        def on_event(event: ComfyEvent) -> None:
             if isinstance(event, StatusEvent):
                 self._notify()
             elif isinstance(event, (ConnectionLost, Reconnected)):
@@ -343,18 +356,19 @@ class StyleRouter:
 
     # --- dispatch --------------------------------------------------------------------------
 
-    def _candidates(self, style: str, exclude: set[str]) -> list[_Member]:
-        healthy = [m for m in self._members if style in m.config.styles and m.state == "healthy"]
+    def _candidates(self, style: str, exclude: set[str], only: str | None = None) -> list[_Member]:
+        if only is not None:
+            healthy = [m for m in self._members if m.config.name == only and m.state == "healthy"]
+        else:
+            healthy = [m for m in self._members if style in m.config.styles and m.state == "healthy"]
         others = [m for m in healthy if m.config.name not in exclude]
         # Instances a job already failed on are avoided, but not when nothing else is left.
         return others or healthy
 
-    def pick(self, style: str | None, *, exclude: set[str] | frozenset[str] = frozenset()) -> _Member | None:
-        """The instance a job of ``style`` would go to now (None when all are busy or down)."""
-        resolved = self.config.resolve_style(style)
+    def _pick_member(self, style: str, exclude: set[str], only: str | None = None) -> _Member | None:
         free = [
             m
-            for m in self._candidates(resolved, set(exclude))
+            for m in self._candidates(style, exclude, only)
             if m.in_flight < self.settings.max_in_flight_per_instance
         ]
         if not free:
@@ -370,22 +384,62 @@ class StyleRouter:
 
         return min(free, key=expected_finish)
 
-    async def _acquire(self, style: str, exclude: set[str]) -> _Member:
+    def pick(self, style: str | None, *, exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The name of the instance a job of ``style`` would go to now (None: all busy or down)."""
+        member = self._pick_member(self.config.resolve_style(style), set(exclude))
+        return None if member is None else member.config.name
+
+    def serving(
+        self, style: str | None = None, *, instance: str | None = None
+    ) -> tuple[InstanceSnapshot, ...]:
+        """Snapshots of the instances a job of ``style`` (or pinned to ``instance``) may use."""
+        if instance is not None:
+            return tuple(m.snapshot() for m in self._members if m.config.name == instance)
+        resolved = self.config.resolve_style(style)
+        return tuple(m.snapshot() for m in self._members if resolved in m.config.styles)
+
+    def instance_name(self, ref: str) -> str:
+        """The name of the instance ``ref`` names: a configured name, or a base URL.
+
+        A URL no configured instance has is added as an ad-hoc instance (no styles, so only jobs
+        pinned to it go there), started at once when the router runs. KeyError for neither.
+        """
+        for member in self._members:
+            if ref == member.config.name:
+                return ref
+        url = ref.rstrip("/")
+        for member in self._members:
+            if member.config.base_url == url:
+                return member.config.name
+        if "://" not in ref:
+            raise KeyError(ref)
+        config = InstanceConfig(url, url, styles=())
+        member = _Member(
+            config, self._client_factory(config, timeouts=self.settings.timeouts), len(self._members)
+        )
+        self._members.append(member)
+        if self._started:
+            self._start_member(member)
+        return config.name
+
+    async def _acquire(self, style: str, exclude: set[str], only: str | None = None) -> _Member:
         deadline = time.monotonic() + self.settings.no_instance_timeout
         self._waiting += 1
         try:
             while True:
-                member = self.pick(style, exclude=exclude)
+                member = self._pick_member(style, exclude, only)
                 if member is not None:
                     member.in_flight += 1
                     return member
-                if self._candidates(self.config.resolve_style(style), exclude):
+                if self._candidates(style, exclude, only):
                     # All busy: wait for a slot (no deadline, the queue is ours to hold).
                     deadline = time.monotonic() + self.settings.no_instance_timeout
                     await self._next_change()
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if only is not None:
+                        raise NoInstanceAvailable(f"ComfyUI instance {only!r} is not healthy")
                     raise NoInstanceAvailable(f"no healthy ComfyUI instance serves style {style!r}")
                 try:
                     async with asyncio.timeout(remaining):
@@ -395,47 +449,137 @@ class StyleRouter:
         finally:
             self._waiting -= 1
 
+    def submit(
+        self,
+        workflow: Mapping[str, Any] | Prepare,
+        *,
+        style: str | None = None,
+        instance: str | None = None,
+        timeout: float | None = None,
+        prompt_id: str | None = None,
+        ui_workflow: Mapping[str, Any] | None = None,
+        on_event: Callable[[ComfyEvent], None] | None = None,
+        **submit_kwargs: Any,
+    ) -> RoutedJob:
+        """Start routing one render now and return its :class:`RoutedJob` at once.
+
+        ``workflow`` is the API prompt, or a :data:`Prepare` coroutine function called with the
+        chosen instance's name and client to build it there (upload inputs, validate against its
+        ``/object_info``); it is called again for every instance the job is resubmitted to, so
+        uploads and validation always happen on the instance that runs the job. ``instance``
+        pins the job to that instance (no other is used); otherwise ``style`` routes it.
+        ``prompt_id`` is ours when given (else a new UUID), known before any request.
+        ``on_event`` is called with every event of the job, as the stream yields them.
+        """
+        prepare: Prepare
+        if callable(workflow):
+            prepare = workflow
+        else:
+            fixed = PreparedPrompt(workflow, ui_workflow)
+
+            async def prepare(name: str, client: ComfyClient) -> PreparedPrompt:
+                return fixed
+
+        if instance is not None:
+            self._member(instance)  # KeyError now, not inside the task
+        routed = RoutedJob(
+            (prompt_id or str(uuid.uuid4())).lower(),
+            self.config.resolve_style(style),
+            instance,
+            on_event,
+        )
+        routed._start(self._drive(routed, prepare, timeout, submit_kwargs))
+        return routed
+
     async def run(
         self,
-        workflow: Mapping[str, Any],
+        workflow: Mapping[str, Any] | Prepare,
         *,
         style: str | None = None,
         timeout: float | None = None,
-        on_event: Callable[[Any], None] | None = None,
+        on_event: Callable[[ComfyEvent], None] | None = None,
         **submit_kwargs: Any,
     ) -> JobResult:
-        """Render ``workflow`` on an instance of ``style``; resubmits if that instance dies first."""
-        resolved = self.config.resolve_style(style)
+        """Render ``workflow`` on an instance of ``style``; resubmits if that instance dies first.
+
+        :meth:`submit` and :meth:`RoutedJob.result` in one call; cancelling the awaiting task
+        cancels the job (on the server too) through :meth:`RoutedJob.cancel`.
+        """
+        routed = self.submit(workflow, style=style, timeout=timeout, on_event=on_event, **submit_kwargs)
+        try:
+            return await routed.result()
+        except asyncio.CancelledError:
+            await routed.cancel()
+            raise
+
+    async def _drive(
+        self, routed: RoutedJob, prepare: Prepare, timeout: float | None, submit_kwargs: dict[str, Any]
+    ) -> JobResult:
+        """The task behind a :class:`RoutedJob`: acquire, prepare, submit, wait; resubmit if lost."""
         tried: set[str] = set()
         attempts = 0
         while True:
-            member = await self._acquire(resolved, tried)
+            member = await self._acquire(routed.style, tried, routed.pinned)
             self._notify()
+            name, client = member.config.name, member.client
+            routed.instance = name
             started = time.monotonic()
+            job: Job | None = None
+            submitted = False
+
+            def hold(created: Job) -> None:
+                nonlocal job
+                job = created
+
             try:
-                result = await member.client.run(
-                    workflow, on_event=on_event, timeout=timeout, **submit_kwargs
+                prepared = await prepare(name, client)
+                await client.submit(
+                    prepared.workflow,
+                    ui_workflow=prepared.ui_workflow,
+                    prompt_id=routed.prompt_id,
+                    on_job=hold,
+                    **submit_kwargs,
                 )
+                submitted = True
+                assert job is not None
+                routed._attach(job)
+                result = await client.wait(job, timeout=timeout)
+            except asyncio.CancelledError:
+                member.failed += 1
+                # The one place a routed job is cancelled on its server. Cancelled during the
+                # POST, ComfyClient.submit has already asked the server for our id (its outcome is
+                # on the Job); later, it is asked here.
+                if job is None:
+                    outcome = "not_found"
+                elif not submitted or job.done:
+                    outcome = job.cancel_outcome or "not_found"
+                else:
+                    outcome = await client.cancel_job(job)
+                routed._cancelled(name, outcome)
+                raise
             except (JobLost, ComfyUnavailable) as exc:
                 member.failed += 1
-                never_started = isinstance(exc, ComfyUnavailable) or not exc.started
+                if isinstance(exc, ComfyUnavailable):
+                    # Before the POST was accepted (prepare, connect, a POST certainly not
+                    # delivered) nothing ran; after it, a failed download must not rerun the job.
+                    resubmittable = not submitted and not exc.maybe_delivered
+                else:
+                    resubmittable = exc.resubmittable
                 if (
                     isinstance(exc, ComfyUnavailable)
-                    or "unreachable" in getattr(exc, "reason", "")
-                    or "neither" in getattr(exc, "reason", "")
+                    or "unreachable" in exc.reason
+                    or "neither" in exc.reason
                 ):
                     member.state = "unhealthy"
                     member.last_error = str(exc)
                     member.probe_now.set()
-                if never_started and attempts < self.settings.resubmit_attempts and self._started:
+                if resubmittable and attempts < self.settings.resubmit_attempts and self._started:
                     attempts += 1
-                    tried.add(member.config.name)
+                    tried.add(name)
                     log.warning(
-                        "resubmitting a %s job: %s died before starting it (%s)",
-                        resolved,
-                        member.config.name,
-                        exc,
+                        "resubmitting a %s job: %s died before starting it (%s)", routed.style, name, exc
                     )
+                    routed._publish(JobResubmitted(routed.prompt_id, name, str(exc)))
                     continue
                 raise
             except BaseException:
@@ -449,3 +593,116 @@ class StyleRouter:
             finally:
                 member.in_flight -= 1
                 self._notify()
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """What to submit on one instance: the API prompt and the UI workflow for ``extra_pnginfo``."""
+
+    workflow: Mapping[str, Any]
+    ui_workflow: Mapping[str, Any] | None = None
+
+
+Prepare = Callable[[str, ComfyClient], Awaitable[PreparedPrompt]]
+"""Builds the prompt for one instance: ``await prepare(instance_name, client)``."""
+
+
+class RoutedJob:
+    """One render handed to the :class:`StyleRouter`: a handle that does not block the caller.
+
+    Owns the task that acquires an instance, prepares the prompt there, submits it and waits
+    (resubmitting on another instance when the first lost it before starting), and the job's
+    event stream across those attempts. ``prompt_id`` is ours and known at once (an old server
+    that makes its own id replaces it when it answers); ``instance`` is where the job is now.
+    ``async for event in routed`` yields every typed :data:`~app.comfy.events.ComfyEvent` from
+    the start (late iterators get a replay) and ends when the job has; :meth:`result` waits for
+    the :class:`~app.comfy.results.JobResult` (or raises the job's error); :meth:`cancel` is the
+    only way to cancel it, on the server too. Runs on the router's event loop.
+    """
+
+    def __init__(
+        self,
+        prompt_id: str,
+        style: str,
+        pinned: str | None,
+        on_event: Callable[[ComfyEvent], None] | None = None,
+    ) -> None:
+        self.prompt_id = prompt_id
+        self.style = style
+        self.pinned = pinned
+        self.instance: str | None = None
+        self.cancel_outcome: str | None = None
+        self._on_event = on_event
+        self._log: list[ComfyEvent] = []
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task: asyncio.Task[JobResult] | None = None
+
+    def _start(self, coro: Coroutine[Any, Any, JobResult]) -> None:
+        self._task = asyncio.create_task(coro, name=f"routed-{self.prompt_id}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[JobResult]) -> None:
+        if not task.cancelled():
+            task.exception()  # retrieved here: a caller that only cancels is not warned about it
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
+
+    def _publish(self, event: ComfyEvent) -> None:
+        self._log.append(event)
+        self._wake()
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:  # a broken progress display must not lose the render
+                log.exception("routed job %s: on_event callback failed", self.prompt_id)
+
+    def _attach(self, job: Job) -> None:
+        self.prompt_id = job.prompt_id  # the server's id, if it made its own
+        job.subscribe(self._publish)
+
+    def _cancelled(self, instance: str, outcome: str) -> None:
+        error = outcome.removeprefix("failed: ") if outcome.startswith("failed: ") else None
+        self.cancel_outcome = "failed" if error is not None else outcome
+        self._publish(JobCancelled(self.prompt_id, instance, self.cancel_outcome, error))
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def events(self) -> AsyncIterator[ComfyEvent]:
+        """Every event of the job so far, then each new one; ends when the job has ended."""
+        index = 0
+        while True:
+            while index < len(self._log):
+                yield self._log[index]
+                index += 1
+            if self.done:
+                return
+            await asyncio.shield(self._changed)
+
+    def __aiter__(self) -> AsyncIterator[ComfyEvent]:
+        return self.events()
+
+    async def result(self) -> JobResult:
+        """The finished job's result; raises its error (``CancelledError`` once cancelled).
+
+        Cancelling a task that awaits this does not cancel the job: call :meth:`cancel`.
+        """
+        assert self._task is not None
+        return await asyncio.shield(self._task)
+
+    async def cancel(self) -> str:
+        """Cancel the job wherever it is (waiting for an instance, preparing, queued, running).
+
+        Returns what the server did: ``"dequeued"``, ``"interrupted"``, ``"not_found"`` (it had
+        ended or never reached a server) or ``"failed"`` (the instance could not be asked; the
+        :class:`~app.comfy.events.JobCancelled` event says why). A second call answers the same.
+        """
+        assert self._task is not None
+        if not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        return self.cancel_outcome or "not_found"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.comfy.filenames import is_safe_filename
 from app.comfy.graph import Workflow, ensure_api_format
 from app.paths import user_dirs, workflows_dir
 
@@ -320,6 +321,10 @@ def find_template(ref: str | Path, search_dirs: Iterable[Path] | None = None) ->
     text = str(ref)
     if path.suffix == ".json" or "/" in text or "\\" in text:
         raise TemplateNotFound(f"template file not found: {path}")
+    if not is_safe_filename(f"{text}.json"):
+        # "CON" would open the console device on Windows, "c:x" a drive-relative path: a name
+        # that is not a plain file name cannot be a template in the template directories.
+        raise TemplateNotFound(f"'{text}' is not a template name (names are plain file names)")
     dirs = list(search_dirs) if search_dirs is not None else template_dirs()
     for directory in dirs:
         candidate = directory / f"{text}.json"

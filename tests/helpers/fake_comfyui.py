@@ -52,6 +52,8 @@ Scripted failures (all deterministic — tests wait on futures, never sleep):
 * prompts are validated against ``object_info`` like ComfyUI does (real-shaped 400s);
   :meth:`reject_next` forces the next answer(s) whatever the prompt;
 * :meth:`fail_on` — the next job(s) raise ``execution_error`` at a node id or class type;
+* :meth:`swallow_prompt_replies` — the next prompt(s) are queued and run, but their
+  ``POST /prompt`` is never answered (the reply is lost; the client times out);
 * :meth:`drop_websockets_on` — close every socket right before a given event is sent
   (the event is lost, the job carries on, like a network blip);
 * :meth:`die_on` — crash the whole server right before a given job event (``execution_start``,
@@ -433,6 +435,8 @@ class FakeComfyUI:
         self._worker: asyncio.Task | None = None
         self._failures: list[dict] = []
         self._forced_rejections: list[tuple[int, dict]] = []
+        self._swallowed_replies = 0
+        self._reply_gate = asyncio.Event()
         self._prompt_waiters: list[asyncio.Future] = []
         self._drop_triggers: list[dict] = []
         self._die_triggers: list[dict] = []
@@ -531,6 +535,7 @@ class FakeComfyUI:
             await asyncio.gather(*self._bg_tasks, return_exceptions=True)
 
     async def _shutdown(self, *, abort: bool) -> None:
+        self._reply_gate.set()
         worker, self._worker = self._worker, None
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
@@ -561,6 +566,7 @@ class FakeComfyUI:
         if self._runner is not None:
             await self._shutdown(abort=True)
         self._reset_state()
+        self._reply_gate = asyncio.Event()
         await self.start()
 
     # --- the input folder ----------------------------------------------------------------------
@@ -678,6 +684,11 @@ class FakeComfyUI:
                 },
             }
         self._forced_rejections.extend([(status, body)] * times)
+
+    def swallow_prompt_replies(self, times: int = 1) -> None:
+        """Queue the next ``times`` prompts but never answer their ``POST /prompt`` (a reply lost
+        on the way back: the client times out although the job was accepted and runs)."""
+        self._swallowed_replies += times
 
     def clear_cache(self) -> None:
         """Forget cached node outputs, so an identical prompt runs again (like ``POST /free``)."""
@@ -1164,6 +1175,9 @@ class FakeComfyUI:
         self._set_state(prompt_id, "pending")
         self._queue_event.set()
         await self._broadcast_status()
+        if self._swallowed_replies:
+            self._swallowed_replies -= 1
+            await self._reply_gate.wait()  # set only on shutdown: this reply never comes
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     async def _get_prompt(self, request: web.Request) -> web.Response:

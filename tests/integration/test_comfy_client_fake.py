@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import uuid
 
@@ -527,3 +528,74 @@ async def test_a_failing_progress_callback_does_not_lose_the_render(client, capl
 
     result = await client.run(txt2img_prompt(seed=71), on_event=broken)
     assert result.images and "on_event callback failed" in caplog.text
+
+
+# --- outputs from `executed` instead of GET /history -----------------------------------------
+
+
+def history_requests(fake, prompt_id: str) -> int:
+    return fake.request_count(f"/api/history/{prompt_id}")
+
+
+async def test_outputs_come_from_the_executed_events_without_a_history_request(fake, client):
+    result = await client.run(txt2img_prompt(seed=81))
+    assert history_requests(fake, result.prompt_id) == 0
+    assert result.outputs == fake.history[result.prompt_id]["outputs"] and result.images
+
+
+async def test_a_fully_cached_prompt_reads_its_outputs_from_the_history(fake, client):
+    first = await client.run(txt2img_prompt(seed=82))
+    again = await client.run(txt2img_prompt(seed=82))
+    assert set(again.cached_nodes) == set(txt2img_prompt())
+    assert history_requests(fake, again.prompt_id) >= 1
+    assert again.outputs == fake.history[again.prompt_id]["outputs"] == first.outputs
+
+
+async def test_a_server_without_execution_success_is_read_from_the_history():
+    async with FakeComfyUI(send_execution_success=False) as old:
+        async with ComfyClient(old.url, timeouts=FAST) as client:
+            result = await client.run(txt2img_prompt(seed=83))
+        assert history_requests(old, result.prompt_id) >= 1 and result.images
+
+
+async def test_a_socket_drop_during_the_job_falls_back_to_the_history(fake, client):
+    fake.drop_websockets_on("executed")  # the `executed` message itself is lost
+    result = await client.run(txt2img_prompt(seed=84))
+    assert history_requests(fake, result.prompt_id) >= 1
+    assert result.outputs == fake.history[result.prompt_id]["outputs"] and result.images
+
+
+async def test_a_cached_output_node_that_resends_its_output_needs_no_history(fake, client):
+    def two_outputs(seed: int) -> dict:
+        prompt = txt2img_prompt(seed=seed)
+        # A preview of the empty latent: upstream of no seed, so cached on the second run.
+        prompt["11"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["4", 2]}}
+        prompt["12"] = {"class_type": "SaveImage", "inputs": {"filename_prefix": "base", "images": ["11", 0]}}
+        return prompt
+
+    await client.run(two_outputs(85))
+    second = await client.run(two_outputs(86))
+    assert "12" in second.cached_nodes and set(second.outputs) == {"9", "12"}
+    assert history_requests(fake, second.prompt_id) == 0
+    assert second.outputs == fake.history[second.prompt_id]["outputs"]
+
+
+async def test_a_post_whose_reply_is_lost_is_followed_on_the_instance():
+    async with FakeComfyUI() as fake:
+        async with ComfyClient(fake.url, timeouts=dataclasses.replace(FAST, request=0.5)) as client:
+            fake.swallow_prompt_replies()
+            job = await client.submit(txt2img_prompt(seed=87))
+            result = await client.wait(job)
+        assert [p.prompt_id for p in fake.prompts] == [job.prompt_id] == [result.prompt_id]
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_refused_connect_is_known_not_to_have_delivered_the_prompt():
+    async with FakeComfyUI() as fake:
+        url = fake.url
+    async with ComfyClient(
+        url, timeouts=dataclasses.replace(FAST, ws_open=0.2, poll_fallback=True)
+    ) as client:
+        with pytest.raises(ComfyUnavailable) as caught:
+            await client.submit(txt2img_prompt())
+    assert caught.value.maybe_delivered is False

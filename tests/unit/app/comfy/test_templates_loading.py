@@ -74,6 +74,12 @@ def test_an_unknown_name_says_where_it_looked_and_what_exists():
     assert "nope" in str(info.value) and "sdxl_txt2img" in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["CON", "nul", "com1", "c:sdxl_txt2img", "sdxl_txt2img:stream", "x?"])
+def test_a_name_windows_would_read_as_a_device_or_drive_is_not_a_template(name):
+    with pytest.raises(TemplateNotFound, match="not a template name"):
+        load_template(name)
+
+
 def test_a_missing_file_path_is_not_searched_by_name(tmp_path):
     with pytest.raises(TemplateNotFound, match="not found"):
         load_template(str(tmp_path / "absent.json"))
