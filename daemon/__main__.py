@@ -16,8 +16,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.config import ConfigError, DaemonConfig, build_config, load_config_file
-
-EXIT_USAGE = 2
+from daemon.wire.ready import DaemonExit
 
 #: flag dest → config key (the TOML name), for merging and for naming flags in errors.
 FLAG_KEYS: dict[str, str] = {
@@ -191,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as exc:
         print(f"luna-daemon: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return DaemonExit.START_FAILED
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ log = logging.getLogger("luna.daemon.devices")
 
 T = TypeVar("T")
 GIB = 1024**3
-PREFERRED_CUDA_INDEX = 1  # the seed's layout: ComfyUI on cuda:0, the shared daemon on cuda:1
+PREFERRED_CUDA_INDEX = 1  # the intended render box: ComfyUI on cuda:0, the shared daemon on cuda:1
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class MemoryInfo:
 def choose_device(requested: str = "auto") -> DeviceChoice:
     """Resolve the configured device; a device that does not exist is a ConfigError.
 
-    ``auto``: ``cuda:1`` when there are two or more GPUs (the seed's secondary card), else
+    ``auto``: ``cuda:1`` when there are two or more GPUs (the secondary card the daemon is meant for), else
     ``cuda:0``, else ``mps``, else ``cpu``.
     """
     requested = (requested or "auto").lower()

@@ -32,7 +32,8 @@ import torch
 
 from daemon.config import ModelSetConfig
 from daemon.devices import memory_info
-from daemon.protocol import ErrorCode, OpError
+from daemon.wire.protocol import ErrorCode, OpError
+from daemon.wire.status import ModelState
 
 VAE_KIND = "vae"
 CLIP_KIND = "clip"
@@ -237,11 +238,19 @@ class ModelRegistry:
             sets[name] = entry
         return {"sets": sets, "device": str(self.device), "precision": self.precision}
 
-    def summary(self) -> dict[str, dict[str, str]]:
-        """Compact per-set states for the 1 s status: ``{"default": {"vae": "loaded", …}}``."""
-        out = {}
+    def summary(self) -> dict[str, dict[str, ModelState]]:
+        """Compact per-set states for the 1 s status, with the dtype each model really runs in."""
+        out: dict[str, dict[str, ModelState]] = {}
         for name, described in self.describe()["sets"].items():
-            out[name] = {kind: info["state"] for kind, info in described.items()}
+            out[name] = {
+                kind: ModelState(
+                    state=info["state"],
+                    dtype=info.get("dtype"),
+                    device=info.get("device"),
+                    error=info.get("error"),
+                )
+                for kind, info in described.items()
+            }
         return out
 
     # ------------------------------------------------------------------ internals

@@ -17,7 +17,6 @@ import asyncio
 import hmac
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -27,13 +26,12 @@ import torch
 from daemon.model_registry import CLIP_KIND, ModelRegistry
 from daemon.pools import PoolClosed, PoolFull, WorkerPool
 from daemon.prompt_cache import CacheKey, PromptCache
-from daemon.protocol import ErrorCode, OpError
 from daemon.tcp_service import Peer
+from daemon.wire.protocol import ErrorCode, OpError
 
 MAX_PROMPT_CHARS = 100_000
 CLIP_SKIP_RANGE = range(-24, 0)  # ComfyUI CLIPSetLastLayer: -24 … -1
 MAX_SIDE = 16_384  # pixels (or 8× latent) per side
-WORK_OPS = ("clip_encode", "vae_encode", "vae_decode")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -103,7 +101,7 @@ class DaemonOps:
         vae_pool: WorkerPool,
         clip_pool: WorkerPool,
         prompt_cache: PromptCache,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], dict[str, Any]],  # the full status data, for the ``status`` op
         request_shutdown: Callable[[str], None],
         shutdown_token: str | None,
         logger: logging.Logger | None = None,
@@ -116,35 +114,23 @@ class DaemonOps:
         self._request_shutdown = request_shutdown
         self._shutdown_token = shutdown_token
         self._log = logger or logging.getLogger("luna.daemon.ops")
-        self.requests_by_op: Counter[str] = Counter()
-        self.errors_by_code: Counter[str] = Counter()
-
-    @property
-    def total_requests(self) -> int:
-        """Work requests (encode/decode) handled, cache hits and failures included."""
-        return sum(self.requests_by_op[op] for op in WORK_OPS)
 
     async def handle(
         self, op: str, options: dict, tensors: list[np.ndarray], peer: Peer
     ) -> tuple[dict, list[np.ndarray]]:
-        self.requests_by_op[op] += 1
-        try:
-            if op == "clip_encode":
-                return await self._clip_encode(options, tensors)
-            if op == "vae_encode":
-                return await self._vae(op, options, tensors)
-            if op == "vae_decode":
-                return await self._vae(op, options, tensors)
-            if op == "status":
-                return self._status(), []
-            if op == "models":
-                return self.registry.describe(), []
-            if op == "shutdown":
-                return self._shutdown(options, peer), []
-            raise _bad(f"unknown op {op!r}")
-        except OpError as exc:
-            self.errors_by_code[exc.code.value] += 1
-            raise
+        if op == "clip_encode":
+            return await self._clip_encode(options, tensors)
+        if op == "vae_encode":
+            return await self._vae(op, options, tensors)
+        if op == "vae_decode":
+            return await self._vae(op, options, tensors)
+        if op == "status":
+            return self._status(), []
+        if op == "models":
+            return self.registry.describe(), []
+        if op == "shutdown":
+            return self._shutdown(options, peer), []
+        raise _bad(f"unknown op {op!r}")
 
     # ------------------------------------------------------------------ clip
 

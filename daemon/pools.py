@@ -32,10 +32,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from daemon.config import DaemonConfig, PoolLimits
+from daemon.wire.status import Percentiles, PoolStatus, ScalingEvent
 
 T = TypeVar("T")
 GIB = 1024**3
@@ -60,20 +61,6 @@ class _DirectRunner:
 
     def run(self, job: Callable[[], T]) -> T:
         return job()
-
-
-@dataclass(frozen=True)
-class ScalingEvent:
-    """One ``{"type":"scaling","data":{…}}`` message (fields exactly as the seed shows)."""
-
-    event: str  # "scale_up" | "scale_down"
-    pool: str  # "vae" | "clip"
-    worker_id: int
-    active_workers: int
-    vram_available_gb: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -256,7 +243,7 @@ class WorkerPool:
         if depth == 0 and count > limits.min_workers:
             # Workers are interchangeable slots over shared weights: once any of them has been
             # idle for the timeout there is spare capacity, and the highest-numbered idle one
-            # leaves (so ids stay compact, as the seed shows). A busy worker never leaves.
+            # leaves (so ids stay compact, as the original daemon's status shows). A busy worker never leaves.
             idle = [w for w in self._workers.values() if not w.busy]
             if any(now - w.last_active >= self.settings.idle_timeout for w in idle):
                 victim = max(idle, key=lambda w: w.id)
@@ -416,34 +403,34 @@ class WorkerPool:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The seed's pool fields first, then extras."""
-        return {
-            "type": self.name,
-            "active_workers": len(self._workers),
-            "queue_depth": self._queue.qsize(),
-            "total_requests": self.total_requests,
-            "worker_ids": sorted(self._workers),
-            "mode": "dynamic" if self.settings.dynamic else "static",
-            "min_workers": self.settings.limits.min_workers,
-            "max_workers": self.settings.limits.max_workers,
-            "busy_workers": self.busy_workers,
-            "completed": self.completed,
-            "failed": self.failed,
-            "worker_footprint_gb": round(self.worker_footprint_bytes / GIB, 4),
-            "footprint_measured": bool(self._footprint_measured),
-            "scale_up_blocked": self._blocked_reason or None,
-            "latency_ms": _percentiles(self._latencies),
-            "run_ms": _percentiles(self._run_times),
-        }
+    def snapshot(self) -> PoolStatus:
+        """This pool in the status message: the core fields, then extras."""
+        return PoolStatus(
+            type=self.name,
+            active_workers=len(self._workers),
+            queue_depth=self._queue.qsize(),
+            total_requests=self.total_requests,
+            worker_ids=tuple(sorted(self._workers)),
+            mode="dynamic" if self.settings.dynamic else "static",
+            min_workers=self.settings.limits.min_workers,
+            max_workers=self.settings.limits.max_workers,
+            busy_workers=self.busy_workers,
+            completed=self.completed,
+            failed=self.failed,
+            worker_footprint_gb=round(self.worker_footprint_bytes / GIB, 4),
+            footprint_measured=bool(self._footprint_measured),
+            scale_up_blocked=self._blocked_reason or None,
+            latency_ms=_percentiles(self._latencies),
+            run_ms=_percentiles(self._run_times),
+        )
 
 
-def _percentiles(samples: deque[float]) -> dict[str, float | int | None]:
+def _percentiles(samples: deque[float]) -> Percentiles:
     if not samples:
-        return {"count": 0, "p50": None, "p95": None}
+        return Percentiles()
     ordered = sorted(samples)
 
     def pick(q: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0, 3)
 
-    return {"count": len(ordered), "p50": pick(0.5), "p95": pick(0.95)}
+    return Percentiles(count=len(ordered), p50=pick(0.5), p95=pick(0.95))

@@ -27,7 +27,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,6 +34,7 @@ from daemon import __version__
 from daemon.auth import load_or_create_token
 from daemon.auth import token_path as default_token_path
 from daemon.config import ConfigError, DaemonConfig
+from daemon.counters import RequestCounters
 from daemon.devices import (
     GIB,
     DeviceChoice,
@@ -46,41 +46,17 @@ from daemon.devices import (
 )
 from daemon.model_registry import CLIP_KIND, ModelRegistry
 from daemon.ops import DaemonOps
-from daemon.pools import PoolSettings, ScalingEvent, WorkerPool
+from daemon.pools import PoolSettings, WorkerPool
 from daemon.prompt_cache import PromptCache
-from daemon.protocol import PROTOCOL_VERSION, Limits
 from daemon.status_ws import StatusWebSocket
 from daemon.tcp_service import PortInUseError, TcpService
-
-READY_PREFIX = "LUNA_DAEMON_READY"
-EXIT_OK = 0
-EXIT_START_FAILED = 2
+from daemon.wire.protocol import PROTOCOL_VERSION, Limits
+from daemon.wire.ready import DaemonExit, ReadyInfo
+from daemon.wire.status import DaemonStatus, PromptCacheStats, ScalingEvent, StaticFacts
 
 
 class DaemonStartupError(RuntimeError):
     """The daemon could not start (port in use, bad device …); the message says why."""
-
-
-@dataclass(frozen=True)
-class ReadyInfo:
-    """The bound addresses announced on stdout by the ``LUNA_DAEMON_READY`` line."""
-
-    host: str
-    port: int
-    ws_port: int
-    pid: int
-
-    def line(self) -> str:
-        payload = {"host": self.host, "port": self.port, "ws_port": self.ws_port, "pid": self.pid}
-        return f"{READY_PREFIX} {json.dumps(payload, separators=(',', ':'))}"
-
-
-def parse_ready_line(line: str) -> ReadyInfo | None:
-    """Inverse of :meth:`ReadyInfo.line` (for supervisors); None for any other line."""
-    if not line.startswith(READY_PREFIX + " "):
-        return None
-    data = json.loads(line[len(READY_PREFIX) + 1 :])
-    return ReadyInfo(data["host"], int(data["port"]), int(data["ws_port"]), int(data["pid"]))
 
 
 def token_path(config: DaemonConfig) -> Path:
@@ -118,6 +94,7 @@ class DaemonServer:
         self.prompt_cache: PromptCache | None = None
         self.ops: DaemonOps | None = None
         self.tcp: TcpService | None = None
+        self.counters = RequestCounters()
         self.ws: StatusWebSocket | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -159,7 +136,7 @@ class DaemonServer:
             config.models, device=device, precision=config.precision, on_loaded=self._model_loaded
         )
         self.ws = StatusWebSocket(
-            self.status,
+            self.status_snapshot,
             host=config.network.host,
             port=config.network.ws_port,
             interval=config.status_interval,
@@ -183,6 +160,7 @@ class DaemonServer:
             port=config.network.port,
             token=self.token if config.network.token_required else None,
             limits=self._limits,
+            counters=self.counters,
         )
         try:
             host, port = await self.tcp.start()
@@ -245,14 +223,6 @@ class DaemonServer:
         self._closed = True
         self.log.info("stopped")
 
-    async def run(self) -> str:
-        """start + serve_forever + close."""
-        await self.start()
-        try:
-            return await self.serve_forever()
-        finally:
-            await self.close()
-
     async def _abort_start(self) -> None:
         self._closing = True
         if self.tcp is not None:
@@ -278,7 +248,7 @@ class DaemonServer:
 
     def _scaled(self, event: ScalingEvent) -> None:
         if self.ws is not None:
-            self.ws.publish_scaling(event.to_dict())
+            self.ws.publish_scaling(event)
 
     def _model_loaded(self, kind: str, model: Any) -> None:
         # Until a job measures the real per-worker peak, the weights' size is the prior.
@@ -299,41 +269,49 @@ class DaemonServer:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict[str, Any]:
-        """The status ``data`` (seed fields first, then extras); also the ``status`` op result."""
+    def status_snapshot(self, *, full: bool = True) -> DaemonStatus:
+        """The status now: seed fields, sample time and live extras; with ``full`` also the static
+        facts (sent on connect and in ``get_status`` only, so the 1 Hz message stays small)."""
         assert self.device is not None and self.vae_pool is not None and self.clip_pool is not None
         memory = memory_info(self.device.device)
         config = self.config
-        data: dict[str, Any] = {
-            "status": "shutting_down" if self._closing or self._stop_requested_set() else "ok",
-            "version": f"{__version__}-{'dynamic' if config.scaling.dynamic else 'static'}",
-            "device": self.device.label,
-            "precision": config.precision,
-            "uptime_seconds": round(time.monotonic() - self._started_at, 1),
-            "total_requests": self.ops.total_requests if self.ops else 0,
-            "vram_used_gb": round(memory.used_bytes / GIB, 3),
-            "vram_total_gb": round(memory.total_bytes / GIB, 3),
-            "vae_pool": self.vae_pool.snapshot(),
-            "clip_pool": self.clip_pool.snapshot(),
-            # extras
-            "vram_free_gb": round(memory.free_bytes / GIB, 3),
-            "memory_source": memory.source,
-            "device_name": self.device.name,
-            "protocol_version": PROTOCOL_VERSION,
-            "pid": os.getpid(),
-            "ports": {
-                "protocol": self.ready.port if self.ready else None,
-                "ws": self.ready.ws_port if self.ready else None,
-            },
-            "models": self.registry.summary() if self.registry else {},
-            "prompt_cache": self.prompt_cache.stats() if self.prompt_cache else {},
-            "requests_by_op": dict(self.ops.requests_by_op) if self.ops else {},
-            "errors_by_code": dict(self.ops.errors_by_code) if self.ops else {},
-            "connections": self.tcp.stats.connections_open if self.tcp else 0,
-            "ws_clients": self.ws.client_count if self.ws else 0,
-            "config": config.to_dict(),
-        }
-        return data
+        counters = self.counters
+        static = None
+        if full:
+            static = StaticFacts(
+                pid=os.getpid(),
+                protocol_version=PROTOCOL_VERSION,
+                protocol_port=self.ready.port if self.ready else None,
+                ws_port=self.ready.ws_port if self.ready else None,
+                device_name=self.device.name,
+                memory_source=memory.source,
+                config=config.to_dict(),
+            )
+        return DaemonStatus(
+            status="shutting_down" if self._closing or self._stop_requested_set() else "ok",
+            version=f"{__version__}-{'dynamic' if config.scaling.dynamic else 'static'}",
+            device=self.device.label,
+            precision=config.precision,
+            uptime_seconds=round(time.monotonic() - self._started_at, 1),
+            total_requests=counters.work_requests,
+            vram_used_gb=round(memory.used_bytes / GIB, 3),
+            vram_total_gb=round(memory.total_bytes / GIB, 3),
+            vae_pool=self.vae_pool.snapshot(),
+            clip_pool=self.clip_pool.snapshot(),
+            sampled_at=round(time.time(), 3),
+            vram_free_gb=round(memory.free_bytes / GIB, 3),
+            models=self.registry.summary() if self.registry else {},
+            prompt_cache=PromptCacheStats(**self.prompt_cache.stats())
+            if self.prompt_cache
+            else PromptCacheStats(),
+            traffic=counters.traffic(),
+            ws_clients=self.ws.client_count if self.ws else 0,
+            static=static,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The full status ``data`` (seed fields first); the ``status`` op's result."""
+        return self.status_snapshot(full=True).to_data()
 
     def _stop_requested_set(self) -> bool:
         return self._stop_requested is not None and self._stop_requested.is_set()
@@ -356,9 +334,9 @@ def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
     except (ConfigError, DaemonStartupError) as exc:
         log.error("%s", exc)
         print(f"luna-daemon: {exc}", file=sys.stderr)
-        return EXIT_START_FAILED
+        return DaemonExit.START_FAILED
     except KeyboardInterrupt:  # Ctrl+C before the handlers were installed
-        return EXIT_OK
+        return DaemonExit.OK
     finally:
         logging_handle.close()
 
@@ -394,4 +372,4 @@ async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int
             loop.remove_signal_handler(signum)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return EXIT_OK
+    return DaemonExit.OK

@@ -1,9 +1,11 @@
 """The status WebSocket (default port 19284), built on the ``websockets`` library.
 
-Owns the monitoring channel the seed describes, message for message:
+Owns the monitoring channel of the original Luna daemon, message for message (``daemon/PROTOCOL.md`` §13):
 
 * ``{"type":"status","data":{…}}`` once on connect, then every ``interval`` seconds (1 s by
-  default) to every connected client, and immediately in reply to ``{"type":"get_status"}``;
+  default) to every connected client, and in reply to ``{"type":"get_status"}``; the first
+  status and the replies carry the static facts (config, pid, ports …), the 1 Hz ones do not
+  (message types: ``daemon/wire/status.py``);
 * ``{"type":"scaling","data":{"event","pool","worker_id","active_workers","vram_available_gb"}}``
   whenever a pool scales;
 * ``GET /healthz`` answers ``200 ok`` over plain HTTP (for supervisors and curl).
@@ -15,6 +17,11 @@ fresher updates and never stalls the daemon or the other clients. Connections wh
 ``Origin`` header is not configured are refused (browser pages cannot read the status unless
 allowed); clients that send no Origin (Python, the app, ComfyUI) are accepted.
 
+``get_status`` is rate-limited per client: at most one full status per
+``get_status_interval`` (0.25 s); requests in between are coalesced into one reply at the end
+of the interval, so a client sending them in a loop costs the loop a few status builds a second,
+never one per message. Client messages are size- and depth-limited before they are parsed.
+
 Runs entirely on the daemon's event loop; :meth:`StatusWebSocket.publish_scaling` must be
 called on that loop (the pools do).
 """
@@ -23,21 +30,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
-from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from daemon.tcp_service import bind_listener
+from daemon.wire.status import (
+    GET_STATUS,
+    SCALING,
+    STATUS,
+    DaemonStatus,
+    ScalingEvent,
+    StatusErrorReply,
+    StatusMessageError,
+    loads_bounded,
+)
 
-STATUS = "status"
-SCALING = "scaling"
+#: Largest client message accepted (a get_status is 21 bytes).
+MAX_CLIENT_MESSAGE = 4096
 
 
 class _Client:
@@ -50,6 +66,8 @@ class _Client:
         self.max_pending = max_pending
         self.dropped = 0
         self.sender: asyncio.Task | None = None
+        self.last_full_status = -math.inf  # loop time of the last get_status reply
+        self.deferred_reply: asyncio.TimerHandle | None = None
 
     def enqueue(self, kind: str, text: str) -> None:
         if kind == STATUS:
@@ -69,13 +87,14 @@ class StatusWebSocket:
 
     def __init__(
         self,
-        status_provider: Callable[[], dict[str, Any]],
+        status_provider: Callable[..., DaemonStatus],
         *,
         host: str = "127.0.0.1",
         port: int = 19284,
         interval: float = 1.0,
         allowed_origins: Sequence[str] = (),
         max_pending: int = 32,
+        get_status_interval: float = 0.25,
         logger: logging.Logger | None = None,
     ):
         self._status_provider = status_provider
@@ -85,6 +104,8 @@ class StatusWebSocket:
         # None in the list = "no Origin header" (non-browser clients).
         self._origins: list[str | None] = [None, *allowed_origins]
         self._max_pending = max_pending
+        self._get_status_interval = get_status_interval
+        self.get_status_coalesced = 0
         self._log = logger or logging.getLogger("luna.daemon.ws")
         self._server: Server | None = None
         self._clients: set[_Client] = set()
@@ -103,7 +124,7 @@ class StatusWebSocket:
                 sock=listener,
                 origins=self._origins,
                 process_request=self._process_request,
-                max_size=64 * 1024,
+                max_size=MAX_CLIENT_MESSAGE,
                 logger=self._log,
             )
         except BaseException:
@@ -132,20 +153,21 @@ class StatusWebSocket:
 
     # ------------------------------------------------------------------ publishing
 
-    def status_message(self) -> str:
-        return json.dumps({"type": STATUS, "data": self._status_provider()})
+    def status_message(self, *, full: bool) -> str:
+        """A status message; ``full`` adds the static facts (config, pid, ports …)."""
+        return self._status_provider(full=full).to_json()
 
     def publish_status(self) -> None:
-        """Queue a fresh status for every client now."""
+        """Queue a fresh 1 Hz status (no static facts) for every client now."""
         if not self._clients:
             return
-        text = self.status_message()
+        text = self.status_message(full=False)
         for client in self._clients:
             client.enqueue(STATUS, text)
 
-    def publish_scaling(self, data: dict[str, Any]) -> None:
+    def publish_scaling(self, event: ScalingEvent) -> None:
         """Queue a scaling event for every client (never blocks)."""
-        text = json.dumps({"type": SCALING, "data": data})
+        text = event.to_json()
         for client in self._clients:
             client.enqueue(SCALING, text)
 
@@ -170,13 +192,16 @@ class StatusWebSocket:
         client.sender = asyncio.create_task(self._send_loop(client), name="status-ws-sender")
         self._log.debug("status client connected from %s", connection.remote_address)
         try:
-            client.enqueue(STATUS, self.status_message())
+            client.last_full_status = asyncio.get_running_loop().time()
+            client.enqueue(STATUS, self.status_message(full=True))
             async for raw in connection:
                 self._on_message(client, raw)
         except ConnectionClosed:
             pass
         finally:
             self._clients.discard(client)
+            if client.deferred_reply is not None:
+                client.deferred_reply.cancel()
             client.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await client.sender
@@ -186,17 +211,38 @@ class StatusWebSocket:
 
     def _on_message(self, client: _Client, raw: str | bytes) -> None:
         try:
-            message = json.loads(raw)
-            kind = message.get("type") if isinstance(message, dict) else None
-        except (ValueError, UnicodeDecodeError):
-            kind = None
-        if kind == "get_status":
-            client.enqueue(STATUS, self.status_message())
+            message = loads_bounded(raw)
+        except StatusMessageError as exc:
+            client.enqueue("error", StatusErrorReply(f'{exc}; send {{"type": "get_status"}}').to_json())
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == GET_STATUS:
+            self._answer_get_status(client)
         else:
-            text = json.dumps(
-                {"type": "error", "data": {"message": 'unknown message; send {"type": "get_status"}'}}
-            )
-            client.enqueue("error", text)
+            reply = StatusErrorReply('unknown message; send {"type": "get_status"}')
+            client.enqueue("error", reply.to_json())
+
+    def _answer_get_status(self, client: _Client) -> None:
+        """Answer now, or once at the end of the client's rate-limit interval (coalescing)."""
+        if client.deferred_reply is not None:
+            self.get_status_coalesced += 1
+            return
+        loop = asyncio.get_running_loop()
+        wait = client.last_full_status + self._get_status_interval - loop.time()
+        if wait <= 0:
+            self._send_full_status(client)
+        else:
+            client.deferred_reply = loop.call_later(wait, self._send_full_status, client)
+
+    def _send_full_status(self, client: _Client) -> None:
+        client.deferred_reply = None
+        if client not in self._clients:
+            return
+        client.last_full_status = asyncio.get_running_loop().time()
+        try:
+            client.enqueue(STATUS, self.status_message(full=True))
+        except Exception:  # a status bug must not kill this client's connection
+            self._log.exception("building the status failed")
 
     async def _send_loop(self, client: _Client) -> None:
         with contextlib.suppress(ConnectionClosed):

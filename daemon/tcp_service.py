@@ -1,7 +1,7 @@
 """The daemon's TCP port: asyncio adapter between sockets and the Sans-I/O protocol codec.
 
 :class:`TcpService` owns the listening socket and one task per connection (all on the daemon's
-event loop). Each connection task reads straight into the :class:`~daemon.protocol.FrameDecoder`
+event loop). Each connection task reads straight into the :class:`~daemon.wire.protocol.FrameDecoder`
 (``loop.sock_recv_into`` into the frame's payload buffer: no intermediate copies), answers
 ``hello`` / ``ping`` and authentication itself, resolves shared-memory tensors, and starts one
 task per request so several requests are in flight on one connection (answers matched by id,
@@ -31,13 +31,13 @@ import socket
 import sys
 import time
 import typing
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import __version__
-from .protocol import (
+from .counters import RequestCounters
+from .wire.protocol import (
     HANDLER_OPS,
     OP_HELLO,
     OP_PING,
@@ -55,9 +55,9 @@ from .protocol import (
     encode_error,
     encode_response,
 )
-from .shm import ReplyWriter, ShmAttachments, probe_answer
+from .wire.shm import ReplyWriter, ShmAttachments, probe_answer
 
-__all__ = ["Limits", "OpHandler", "Peer", "PortInUseError", "ServiceStats", "TcpService"]
+__all__ = ["Limits", "OpHandler", "Peer", "PortInUseError", "TcpService"]
 
 
 @dataclass(frozen=True)
@@ -82,38 +82,6 @@ class OpHandler(typing.Protocol):
 
 class PortInUseError(OSError):
     """The TCP port is taken (most likely by another daemon)."""
-
-
-RequestDoneHook = typing.Callable[[str, float, "ErrorCode | None"], None]
-
-
-@dataclass
-class ServiceStats:
-    """Counters for the status (mutated on the event loop only)."""
-
-    connections_open: int = 0
-    connections_total: int = 0
-    connections_refused: int = 0
-    requests_by_op: Counter = field(default_factory=Counter)
-    errors_by_code: Counter = field(default_factory=Counter)
-    bytes_in: int = 0
-    bytes_out: int = 0
-    shm_bytes_in: int = 0
-    shm_bytes_out: int = 0
-
-    def snapshot(self) -> dict:
-        return {
-            "connections_open": self.connections_open,
-            "connections_total": self.connections_total,
-            "connections_refused": self.connections_refused,
-            "requests_by_op": dict(self.requests_by_op),
-            "total_requests": sum(self.requests_by_op.values()),
-            "errors_by_code": dict(self.errors_by_code),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "shm_bytes_in": self.shm_bytes_in,
-            "shm_bytes_out": self.shm_bytes_out,
-        }
 
 
 def _is_loopback(address: str) -> bool:
@@ -164,7 +132,7 @@ class TcpService:
         limits: Limits | None = None,
         logger: logging.Logger | None = None,
         ops: typing.Iterable[str] = HANDLER_OPS,
-        on_request_done: RequestDoneHook | None = None,
+        counters: RequestCounters | None = None,
         server_name: str = f"luna-daemon/{__version__}",
     ):
         self.handler = handler
@@ -174,9 +142,8 @@ class TcpService:
         self.limits = limits or Limits()
         self.log = logger or logging.getLogger("luna.daemon.tcp")
         self.ops = tuple(ops)
-        self.on_request_done = on_request_done
         self.server_name = server_name
-        self.stats = ServiceStats()
+        self.stats = counters if counters is not None else RequestCounters()
         self.closing = False
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
@@ -386,16 +353,7 @@ class _Connection:
         self, request_id: int, code: ErrorCode, message: str, retryable: bool = False, op: str = "?"
     ) -> None:
         self.service.stats.errors_by_code[code.value] += 1
-        self._done(op, 0.0, code)
         await self._send(encode_error(ErrorResponse(request_id, code, message, retryable)))
-
-    def _done(self, op: str, seconds: float, code: ErrorCode | None) -> None:
-        hook = self.service.on_request_done
-        if hook is not None:
-            try:
-                hook(op, seconds, code)
-            except Exception:  # a status hook must never break the connection
-                self.log.exception("on_request_done hook failed")
 
     async def _dispatch(self, message: object) -> None:
         if isinstance(message, Rejected):
@@ -416,7 +374,6 @@ class _Connection:
             return
         if op == OP_PING:
             await self._send(encode_response(Response(message.id, {"pong": True, "time": time.time()})))
-            self._done(op, 0.0, None)
             return
         if op not in self.service.ops:
             await self._send_error(
@@ -493,7 +450,6 @@ class _Connection:
             "auth_required": bool(self.service.token),
         }
         await self._send(encode_response(Response(request.id, result)))
-        self._done(OP_HELLO, 0.0, None)
 
     def _negotiate_shm(self, offer: object) -> bool:
         if self.shm is not None:
@@ -526,7 +482,6 @@ class _Connection:
             self.in_flight.pop(request.id, None)
 
     async def _serve_one(self, request: Request) -> None:
-        started = time.perf_counter()
         code: ErrorCode | None = None
         try:
             buffers = await self._run_handler(request)
@@ -563,7 +518,6 @@ class _Connection:
             buffers = encode_error(ErrorResponse(request.id, code, f"{type(exc).__name__}: {exc}", False))
         if code is not None:
             self.service.stats.errors_by_code[code.value] += 1
-        self._done(request.op, time.perf_counter() - started, code)
         try:
             await self._send(buffers)
         except (OSError, TimeoutError) as exc:

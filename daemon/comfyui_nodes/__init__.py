@@ -3,7 +3,7 @@
 ComfyUI imports this package from ``custom_nodes/luna_shared_daemon/`` (put there by
 ``luna-daemon install-comfyui-nodes``) and reads the two mappings below; the class_type keys
 are used by the workflow templates in ``workflows/`` and must never change. The package imports
-only the daemon client (vendored under ``_vendor/`` when installed, ``daemon.client`` in the
+only the daemon client (vendored under ``_vendor/`` when installed, ``daemon.wire.client`` in the
 repository), numpy, and torch lazily; see README.md.
 """
 

@@ -4,7 +4,7 @@ Owns three things the node classes share:
 
 * the import of the daemon client. Installed into ComfyUI, the pack carries vendored copies of
   ``daemon/client.py``, ``protocol.py`` and ``shm.py`` in its ``_vendor`` sub-package (written by
-  ``install.py``); run from this repository there is no ``_vendor`` and the real ``daemon.client``
+  ``install.py``); run from this repository there is no ``_vendor`` and the real ``daemon.wire.client``
   is used. Nothing else from this project is imported, so the installed pack needs only the
   standard library, numpy and torch (which ComfyUI already has).
 * :class:`DaemonEndpoint` resolution: a node's ``host``/``port`` inputs, else the
@@ -32,7 +32,7 @@ except ModuleNotFoundError as _vendor_missing:
     if _vendor_missing.name != f"{__package__}._vendor":
         raise
     try:  # running from the repository: the real module
-        from daemon import client as daemon_client
+        from daemon.wire import client as daemon_client
     except ModuleNotFoundError as exc:
         raise ImportError(
             "Luna shared daemon nodes: the vendored daemon client (_vendor/) is missing from "

@@ -1,8 +1,9 @@
 """Installer for the Luna shared-daemon node pack into a ComfyUI installation.
 
 Owns putting the pack into ``ComfyUI/custom_nodes/luna_shared_daemon/`` and taking it out again:
-the node modules and README from this folder, plus vendored copies of ``daemon/client.py``,
-``protocol.py`` and ``shm.py`` under ``_vendor/``, so the installed pack imports nothing else
+the node modules and README from this folder, plus a vendored copy of the wire package
+(``daemon/wire/``: client, protocol, shared memory, status types) under ``_vendor/``, so the
+installed pack imports nothing else
 from this project. ``copy`` mode copies the files; ``link`` mode makes a real folder of
 per-file symlinks into this checkout (edits show up after a ComfyUI restart).
 
@@ -39,13 +40,15 @@ STAGING_SUFFIX = ".disabled"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DAEMON_DIR = PACKAGE_DIR.parent
-#: The daemon modules the pack vendors (relative imports among themselves, stdlib + numpy).
-VENDORED_MODULES = ("client.py", "protocol.py", "shm.py")
+#: The wire package (``daemon/wire/``), vendored whole: relative imports among its modules,
+#: stdlib + numpy only, so it runs inside ComfyUI as it is.
+WIRE_DIR = DAEMON_DIR / "wire"
+VENDORED_MODULES = tuple(sorted(p.name for p in WIRE_DIR.glob("*.py") if p.name != "__init__.py"))
 #: Files of this folder that stay behind: the installer itself is not part of the pack.
 _NOT_SHIPPED = {"install.py"}
 
 _VENDOR_INIT = (
-    '"""Vendored copies of the Luna daemon client, protocol and shared-memory modules.\n\n'
+    '"""Vendored copy of the Luna daemon wire package (client, protocol, shared memory, status).\n\n'
     "Written by the Luna installer (luna-daemon install-comfyui-nodes); do not edit: reinstall\n"
     'to update them together with the daemon.\n"""\n'
 )
@@ -102,7 +105,7 @@ def pack_sources() -> dict[str, Path]:
     if readme.is_file():
         sources["README.md"] = readme
     for name in VENDORED_MODULES:
-        sources[f"_vendor/{name}"] = DAEMON_DIR / name
+        sources[f"_vendor/{name}"] = WIRE_DIR / name
     missing = [str(path) for path in sources.values() if not path.is_file()]
     if missing:
         raise InstallError(f"this checkout is incomplete, missing: {', '.join(missing)}")

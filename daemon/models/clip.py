@@ -1,11 +1,11 @@
 """Text encoding for SD1.5 (CLIP-L) and SDXL (CLIP-L ‖ CLIP-G), ComfyUI's ``CLIPTextEncode``.
 
-Owns the public text-encoder API the daemon's pools use (contract A): :class:`Conditioning`,
+Owns the public text-encoder API the daemon's pools use: :class:`Conditioning`,
 :class:`TextEncoder` and :func:`load_text_encoder` (standalone CLIP files in HF/OpenCLIP layout
 or the CLIP parts of a full SD1.5/SDXL checkpoint).
 
 What ComfyUI does, and so what this does (facts from ComfyUI's ``sd1_clip.py``,
-``sdxl_clip.py``, ``clip_model.py``; see ``shared/reference/models.md`` (b)):
+``sdxl_clip.py``, ``clip_model.py``):
 
 * prompt → weighted segments (``prompt_weights``) → token groups (one per segment, split
   before ``embedding:`` words) → 77-token windows (``tokenizer.split_into_windows``); CLIP-L

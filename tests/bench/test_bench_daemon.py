@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.client import DaemonClient
+from daemon.wire.client import DaemonClient
 from tests.helpers.daemon_fixtures import daemon_process, ws_recorder
 from tests.helpers.tiny_models import FULL_CLIP, FULL_VAE_CONFIG, make_tiny_clip, make_tiny_vae
 

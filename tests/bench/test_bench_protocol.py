@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from daemon.client import DaemonClient
-from daemon.protocol import Limits
 from daemon.tcp_service import TcpService
+from daemon.wire.client import DaemonClient
+from daemon.wire.protocol import Limits
 
 PAYLOAD_BYTES = 64 << 20
 REPEATS = 15

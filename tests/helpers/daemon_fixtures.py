@@ -20,7 +20,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 
 from daemon.config import build_config
-from daemon.server import DaemonServer, ReadyInfo, parse_ready_line
+from daemon.server import DaemonServer
+from daemon.wire.ready import ReadyInfo, parse_ready_line
 from tests.helpers.tiny_models import make_tiny_clip, make_tiny_vae
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -13,9 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from daemon.client import AsyncDaemonClient, DaemonClient, DaemonError
-from daemon.protocol import ErrorCode
 from daemon.server import DaemonServer, DaemonStartupError
+from daemon.wire.client import AsyncDaemonClient, DaemonClient, DaemonError
+from daemon.wire.protocol import ErrorCode
+from daemon.wire.status import CORE_FIELDS, parse_status_data
 from tests.helpers.daemon_fixtures import (
     daemon_config,
     daemon_process,
@@ -50,6 +51,8 @@ def latent(batch: int = 1, size: int = 8, seed: int = 0) -> np.ndarray:
 
 def assert_seed_status(data: dict) -> None:
     assert data.keys() >= SEED_STATUS_KEYS
+    assert list(data)[: len(SEED_STATUS_KEYS)] == list(CORE_FIELDS)  # the core fields' order, first
+    parse_status_data(data)  # and the typed parser accepts what the daemon sends
     assert data["status"] == "ok"
     assert data["device"] == "cpu (system RAM reported as VRAM)"
     assert isinstance(data["uptime_seconds"], float) and isinstance(data["total_requests"], int)
@@ -153,7 +156,7 @@ async def test_every_bad_input_gets_a_typed_error_and_the_next_request_succeeds(
                 image = await client.vae_decode(latent())
                 assert image.shape == (1, 64, 64, 3)
             status = await client.status()
-            assert status["errors_by_code"]["BAD_REQUEST"] >= 12
+            assert status["traffic"]["errors_by_code"]["BAD_REQUEST"] >= 12
             assert status["status"] == "ok"
         finally:
             await client.close()
@@ -219,7 +222,14 @@ async def test_clip_encode_sd15_and_sdxl_sets_match_in_process_and_hit_the_cache
             status = await client.status()
             assert status["prompt_cache"]["hits"] == 2 and status["prompt_cache"]["misses"] == 3
             assert status["clip_pool"]["total_requests"] == 3
-            assert status["models"] == {"default": {"clip": "loaded"}, "xl": {"clip": "loaded"}}
+            assert {
+                name: {k: m["state"] for k, m in kinds.items()} for name, kinds in status["models"].items()
+            } == {
+                "default": {"clip": "loaded"},
+                "xl": {"clip": "loaded"},
+            }
+            # the dtype the model really computes in (fp32 on a CPU without native bf16)
+            assert status["models"]["default"]["clip"]["dtype"] in ("float32", "bfloat16")
         finally:
             await client.close()
 

@@ -51,14 +51,12 @@ def test_copy_install_builds_the_pack_with_vendored_client_and_manifest(comfy_ro
         "fallback.py",
         "README.md",
         "_vendor/__init__.py",
-        "_vendor/client.py",
-        "_vendor/protocol.py",
-        "_vendor/shm.py",
+        *(f"_vendor/{name}" for name in installer.VENDORED_MODULES),
     ):
         assert (target / name).is_file() and not (target / name).is_symlink(), name
     assert not (target / "install.py").exists()
     assert (target / "_vendor" / "client.py").read_bytes() == (
-        Path(installer.DAEMON_DIR) / "client.py"
+        Path(installer.WIRE_DIR) / "client.py"
     ).read_bytes()
     manifest = json.loads((target / "luna_install.json").read_text(encoding="utf-8"))
     assert manifest["version"] == __version__ and manifest["mode"] == "copy"
@@ -84,7 +82,7 @@ def test_link_install_symlinks_every_file_to_this_checkout(comfy_root):
     target = report.target
     assert not target.is_symlink() and target.is_dir()
     linked = target / "_vendor" / "protocol.py"
-    assert linked.is_symlink() and linked.resolve() == (Path(installer.DAEMON_DIR) / "protocol.py")
+    assert linked.is_symlink() and linked.resolve() == (Path(installer.WIRE_DIR) / "protocol.py")
     assert (target / "nodes.py").resolve() == Path(installer.PACKAGE_DIR) / "nodes.py"
     assert json.loads((target / "luna_install.json").read_text())["mode"] == "link"
     result = _import_in_clean_interpreter(comfy_root)
@@ -112,7 +110,7 @@ def test_uninstall_removes_only_the_installed_folder(comfy_root):
     removed = installer.uninstall(comfy_root, out=_quiet(printed))
     assert removed == comfy_root / "custom_nodes" / "luna_shared_daemon"
     assert not removed.exists() and other.is_dir()
-    assert (Path(installer.DAEMON_DIR) / "client.py").is_file()  # link targets survive
+    assert (Path(installer.WIRE_DIR) / "client.py").is_file()  # link targets survive
     assert printed[0].startswith(f"Removed Luna shared daemon nodes {__version__}")
     assert installer.uninstall(comfy_root, out=_quiet(printed)) is None
     assert "nothing to do" in printed[-1]

@@ -47,7 +47,7 @@ def test_mappings_carry_the_four_nodes_and_their_display_names(pack):
 
 def test_repository_import_uses_the_real_daemon_client(pack):
     module = __import__("sys").modules[pack.module_name + ".connection"]
-    assert module.daemon_client.__name__ == "daemon.client"
+    assert module.daemon_client.__name__ == "daemon.wire.client"
 
 
 def test_clip_encode_schema(pack):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.client import (
+from daemon.tcp_service import TcpService
+from daemon.wire.client import (
     AsyncDaemonClient,
     DaemonClient,
     DaemonError,
@@ -24,8 +25,7 @@ from daemon.client import (
     check_daemon_health,
     check_daemon_health_ws,
 )
-from daemon.protocol import ErrorCode, Limits, OpError
-from daemon.tcp_service import TcpService
+from daemon.wire.protocol import ErrorCode, Limits, OpError
 
 REPO = Path(__file__).resolve().parents[3]
 OPS = ("clip_encode", "vae_encode", "vae_decode", "status", "models", "shutdown", "wait", "echo")
@@ -324,14 +324,11 @@ async def test_websocket_health_check_returns_status_data_or_offline():
 # ------------------------------------------------------------------------------ vendoring
 
 
-def test_client_protocol_and_shm_can_be_vendored_without_the_daemon(tmp_path):
+def test_the_wire_package_can_be_vendored_without_the_daemon(tmp_path):
     package = tmp_path / "luna_vendored"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for name in ("client.py", "protocol.py", "shm.py"):
-        shutil.copy(REPO / "daemon" / name, package / name)
+    shutil.copytree(REPO / "daemon" / "wire", package, ignore=shutil.ignore_patterns("__pycache__"))
     code = (
-        "import sys; import luna_vendored.client as c; "
+        "import sys; import luna_vendored.client as c; import luna_vendored.status, luna_vendored.ready; "
         "bad = [m for m in ('daemon', 'torch', 'websockets', 'platformdirs') if m in sys.modules]; "
         "assert not bad, bad; print(c.DaemonClient.__name__)"
     )

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from daemon.config import PoolLimits, build_config
-from daemon.pools import GIB, PoolClosed, PoolFull, PoolSettings, ScalingEvent, WorkerPool
+from daemon.pools import GIB, PoolClosed, PoolFull, PoolSettings, WorkerPool
+from daemon.wire.status import ScalingEvent
 
 
 class FakeClock:
@@ -79,7 +80,7 @@ async def test_job_runs_on_a_worker_thread_and_returns_its_result():
     name = await pool.submit(lambda: threading.current_thread().name)
     assert name.startswith("luna-vae-0")
     snap = pool.snapshot()
-    assert snap["total_requests"] == 1 and snap["completed"] == 1 and snap["worker_ids"] == [0]
+    assert snap.total_requests == 1 and snap.completed == 1 and snap.worker_ids == (0,)
     await pool.close()
 
 
@@ -93,7 +94,7 @@ async def test_job_exception_reaches_the_caller_and_pool_keeps_working():
     with pytest.raises(ValueError, match="bad latent"):
         await pool.submit(boom)
     assert await pool.submit(lambda: 42) == 42
-    assert pool.snapshot()["failed"] == 1
+    assert pool.snapshot().failed == 1
     await pool.close()
 
 
@@ -153,7 +154,7 @@ async def test_scale_up_refused_when_free_device_memory_is_below_footprint_plus_
     await gates[0].started.wait()
     assert pool.evaluate_scaling() is None
     assert events == []
-    assert "free memory 1.50 GiB" in pool.snapshot()["scale_up_blocked"]
+    assert "free memory 1.50 GiB" in pool.snapshot().scale_up_blocked
     for g in gates:
         g.release.set()
     await asyncio.gather(*tasks)
@@ -178,7 +179,7 @@ async def test_idle_worker_is_removed_after_timeout_but_never_below_min():
     assert down == ScalingEvent("scale_down", "vae", 1, 1, 64.0)
     clock.advance(100)
     assert pool.evaluate_scaling() is None  # min_workers = 1
-    assert pool.snapshot()["worker_ids"] == [0]
+    assert pool.snapshot().worker_ids == (0,)
     assert await pool.submit(lambda: "still works") == "still works"
     await pool.close()
 
@@ -223,7 +224,7 @@ async def test_static_pool_has_one_worker_and_never_scales():
     clock.advance(100)
     assert pool.evaluate_scaling() is None
     snap = pool.snapshot()
-    assert (snap["type"], snap["mode"], snap["active_workers"], snap["queue_depth"]) == (
+    assert (snap.type, snap.mode, snap.active_workers, snap.queue_depth) == (
         "clip",
         "static",
         1,
@@ -312,5 +313,5 @@ async def test_real_scaler_loop_scales_up_and_down_with_tiny_timeouts():
         event = await asyncio.wait_for(got.get(), 5)
         if event.event == "scale_down" and event.active_workers == 1:
             break
-    assert pool.snapshot()["worker_ids"] == [0]
+    assert pool.snapshot().worker_ids == (0,)
     await pool.close()

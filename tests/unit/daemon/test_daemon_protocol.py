@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from daemon.protocol import (
+from daemon.wire.protocol import (
     MAGIC,
     PREFIX,
     PROTOCOL_VERSION,

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.protocol import ShmRef
-from daemon.shm import (
+from daemon.wire.protocol import ShmRef
+from daemon.wire.shm import (
     MIN_SEGMENT_BYTES,
     SHM_MIN_TENSOR_BYTES,
     ReplyWriter,

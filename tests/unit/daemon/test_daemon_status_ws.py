@@ -1,4 +1,4 @@
-"""StatusWebSocket on port 0: the seed's messages, passive listeners, origins, /healthz."""
+"""StatusWebSocket on port 0: the original daemon's messages, passive listeners, origins, /healthz."""
 
 from __future__ import annotations
 
@@ -8,18 +8,51 @@ import json
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from daemon.status_ws import STATUS, StatusWebSocket, _Client
+from daemon.wire.status import (
+    DaemonStatus,
+    ModelState,
+    PoolStatus,
+    ScalingEvent,
+    StaticFacts,
+    parse_status_message,
+)
+
+
+def sample_status(n: int, *, full: bool, pad: int = 0) -> DaemonStatus:
+    """A real status message whose uptime counts the provider's calls."""
+    static = StaticFacts(1, 1, 1, 2, "cpu", "system", {"pad": ""}) if full else None
+    # pad: every message (ticks too) carries that many bytes, to fill a client that never reads
+    models = {"pad": {"vae": ModelState("x" * pad)}} if pad else {}
+    return DaemonStatus(
+        status="ok",
+        version="0.1.0-static",
+        device="cpu",
+        precision="fp32",
+        uptime_seconds=float(n),
+        total_requests=0,
+        vram_used_gb=1.0,
+        vram_total_gb=2.0,
+        vae_pool=PoolStatus("vae", 1, 0, 0),
+        clip_pool=PoolStatus("clip", 1, 0, 0),
+        sampled_at=1.0,
+        models=models,
+        static=static,
+    )
 
 
 class Counter:
-    def __init__(self) -> None:
+    def __init__(self, pad: int = 0) -> None:
         self.calls = 0
+        self.full_calls = 0
+        self.pad = pad
 
-    def __call__(self) -> dict:
+    def __call__(self, *, full: bool) -> DaemonStatus:
         self.calls += 1
-        return {"status": "ok", "n": self.calls}
+        self.full_calls += full
+        return sample_status(self.calls, full=full, pad=self.pad)
 
 
 @pytest.fixture
@@ -46,7 +79,7 @@ async def test_status_on_connect_then_passive_listener_gets_periodic_updates(ws_
     async with connect(uri) as ws:
         seen = [await recv_json(ws) for _ in range(4)]
     assert all(m["type"] == "status" and m["data"]["status"] == "ok" for m in seen)
-    numbers = [m["data"]["n"] for m in seen]
+    numbers = [m["data"]["uptime_seconds"] for m in seen]
     assert numbers == sorted(numbers) and len(set(numbers)) == 4
 
 
@@ -56,7 +89,60 @@ async def test_get_status_is_answered_immediately(ws_server):
         first = await recv_json(ws)
         await ws.send(json.dumps({"type": "get_status"}))
         second = await recv_json(ws)
-    assert second["type"] == "status" and second["data"]["n"] > first["data"]["n"]
+    assert second["type"] == "status" and second["data"]["uptime_seconds"] > first["data"]["uptime_seconds"]
+
+
+async def test_static_facts_come_on_connect_and_in_get_status_replies_but_not_at_1_hz(ws_server):
+    _, uri = await ws_server(interval=0.02)
+    async with connect(uri) as ws:
+        first = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
+        tick = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
+        await ws.send(json.dumps({"type": "get_status"}))
+        while True:  # ticks may come first; the reply is the one with static facts
+            reply = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
+            if reply.static is not None:
+                break
+    assert first.static is not None and first.static.config == {"pad": ""}
+    assert tick.static is None and "config" not in tick.to_data()
+
+
+async def test_get_status_flood_is_coalesced_and_a_good_client_still_gets_its_ticks(ws_server):
+    provider = Counter()
+    server, uri = await ws_server(interval=0.05, provider=provider, get_status_interval=0.2)
+    async with connect(uri) as flooder, connect(uri) as listener:
+        await recv_json(flooder)
+        await recv_json(listener)
+        for _ in range(2000):
+            await flooder.send('{"type":"get_status"}')
+        ticks = [await recv_json(listener) for _ in range(3)]
+        # every request is accounted for: answered at once, deferred once, or coalesced
+        await flooder.send('{"type":"get_status"}')
+        reply = await recv_json(flooder)
+        while reply["type"] != "status" or "config" not in reply["data"]:
+            reply = await recv_json(flooder)
+    assert all(t["type"] == "status" for t in ticks)
+    assert server.get_status_coalesced >= 1900
+    # 2000 requests cost a handful of full builds, not 2000
+    assert provider.full_calls < 20
+
+
+async def test_deeply_nested_or_oversize_client_message_gets_an_error_reply_not_a_1011(ws_server):
+    _, uri = await ws_server(interval=3600)
+    async with connect(uri) as ws:
+        await recv_json(ws)
+        await ws.send("[" * 3000)
+        error = await recv_json(ws)
+        assert error["type"] == "error" and "nests deeper" in error["data"]["message"]
+        await ws.send(json.dumps({"type": "get_status"}))
+        assert (await recv_json(ws))["type"] == "status"
+    async with connect(uri) as ws:
+        await recv_json(ws)
+        await ws.send("[" * 60000)  # over the client message limit: closed with 1009, daemon lives
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_json(ws)
+        assert closed.value.rcvd.code == 1009
+    async with connect(uri) as ws:
+        assert (await recv_json(ws))["type"] == "status"
 
 
 async def test_unknown_message_gets_an_error_and_the_connection_lives(ws_server):
@@ -72,13 +158,7 @@ async def test_unknown_message_gets_an_error_and_the_connection_lives(ws_server)
 
 async def test_scaling_event_reaches_every_client_field_by_field(ws_server):
     server, uri = await ws_server(interval=3600)
-    event = {
-        "event": "scale_up",
-        "pool": "vae",
-        "worker_id": 2,
-        "active_workers": 3,
-        "vram_available_gb": 4.5,
-    }
+    event = ScalingEvent("scale_up", "vae", 2, 3, 4.5)
     async with connect(uri) as a, connect(uri) as b:
         await recv_json(a)
         await recv_json(b)
@@ -86,7 +166,16 @@ async def test_scaling_event_reaches_every_client_field_by_field(ws_server):
             await asyncio.sleep(0)
         server.publish_scaling(event)
         for ws in (a, b):
-            assert await recv_json(ws) == {"type": "scaling", "data": event}
+            assert await recv_json(ws) == {
+                "type": "scaling",
+                "data": {
+                    "event": "scale_up",
+                    "pool": "vae",
+                    "worker_id": 2,
+                    "active_workers": 3,
+                    "vram_available_gb": 4.5,
+                },
+            }
 
 
 async def test_browser_origin_is_refused_unless_configured(ws_server):
@@ -107,7 +196,7 @@ async def test_healthz_answers_plain_http(ws_server):
 
 
 async def test_a_client_that_never_reads_does_not_stall_others(ws_server):
-    server, uri = await ws_server(interval=0.01, provider=lambda: {"status": "ok", "pad": "x" * 50_000})
+    server, uri = await ws_server(interval=0.01, provider=Counter(pad=50_000))
     # close_timeout: the sleepy client never reads, so it cannot see the server's close frame.
     async with connect(uri, max_queue=1, close_timeout=0.05) as sleepy, connect(uri) as busy:
         received = [await recv_json(busy) for _ in range(20)]

@@ -26,7 +26,7 @@ STOCK_TEMPLATES = ("sdxl_txt2img", "sdxl_img2img")
 def luna_info():
     try:
         return luna_nodes_object_info()
-    except ImportError as exc:  # the node pack needs daemon.client, which lands separately
+    except ImportError as exc:  # the node pack needs daemon.wire.client, which lands separately
         pytest.skip(f"Luna node pack not importable yet: {exc}")
 
 

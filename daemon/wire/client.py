@@ -1,4 +1,5 @@
-"""Clients for the Luna daemon's TCP protocol (v1) plus the seed's health checks.
+"""Clients for the Luna daemon's TCP protocol (v1) plus the health checks Luna Narrates uses
+(a socket ping and the status WebSocket).
 
 * :class:`DaemonClient` - blocking, for ComfyUI nodes (which run in a worker thread). Thread-safe:
   one persistent connection guarded by a lock; reconnects once, transparently, when the
