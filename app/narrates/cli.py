@@ -62,6 +62,7 @@ from app.narrates.events import (
     StageFailed as StageFailedEvent,
 )
 from app.narrates.export import FORMATS
+from app.narrates.health import DaemonHealthGate
 from app.narrates.llm.client import LlmClient
 from app.narrates.llm.config import AGENTS, LlmSettings, load_llm_settings, resolve_backend
 from app.narrates.llm.errors import LlmError
@@ -223,12 +224,6 @@ def _router(args: argparse.Namespace) -> tuple[StyleRouter, str | None]:
         timeouts=timeouts, probe_timeout=timeouts.connect + 1.0, no_instance_timeout=timeouts.connect
     )
     return StyleRouter(config, settings=settings), style
-
-
-async def _daemon_health() -> bool:
-    from daemon.client import check_daemon_health
-
-    return await asyncio.to_thread(check_daemon_health, timeout=1.0)
 
 
 @contextlib.asynccontextmanager
@@ -416,7 +411,7 @@ async def _turn_like(
     async with _llm(args, err) as (client, settings):
         router, style = _router(args)
         async with router:
-            renderer = SceneRenderer(store, RenderService(router), daemon_health=_daemon_health)
+            renderer = SceneRenderer(store, RenderService(router), daemon_health=DaemonHealthGate())
             params = {name: settings.agent(name) for name in AGENTS}
             pipeline = TurnPipeline(store, client, params=params, renderer=renderer)
             service = StoryService(store, pipeline=pipeline)
@@ -450,7 +445,7 @@ async def _rerender(
     router, style = _router(args)
     async with router:
         service = StoryService(
-            store, renderer=SceneRenderer(store, RenderService(router), daemon_health=_daemon_health)
+            store, renderer=SceneRenderer(store, RenderService(router), daemon_health=DaemonHealthGate())
         )
         render = await service.rerender(
             args.scene,

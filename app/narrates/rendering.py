@@ -174,15 +174,7 @@ def prepare_values(plan: ScenePlan, template: Template, explicit: Mapping[str, s
         elif why:
             notes.append(f"template '{template.name}' has no parameter '{name}'; {why} not applied")
 
-    put("positive", plan.positive, "the prompt")
-    put("negative", plan.negative, "the negative prompt")
-    if plan.seed is not None:
-        put("seed", plan.seed, "the seed")
-    if plan.width is not None and plan.height is not None:
-        put("width", plan.width, "the size")
-        put("height", plan.height, "the size")
-    if plan.loras:
-        put("loras", [LoraSpec(x.name, x.strength_model, x.strength_clip) for x in plan.loras], "the LoRAs")
+    # the session's extra values first: the scene's own fields (size, seed …) win over them
     for name, value in plan.values.items():
         if name in params:
             values[name] = value
@@ -195,6 +187,15 @@ def prepare_values(plan: ScenePlan, template: Template, explicit: Mapping[str, s
             notes.append(
                 f"template '{template.name}' has no parameter '{name}'; the session's value not applied"
             )
+    put("positive", plan.positive, "the prompt")
+    put("negative", plan.negative, "the negative prompt")
+    if plan.seed is not None:
+        put("seed", plan.seed, "the seed")
+    if plan.width is not None and plan.height is not None:
+        put("width", plan.width, "the size")
+        put("height", plan.height, "the size")
+    if plan.loras:
+        put("loras", [LoraSpec(x.name, x.strength_model, x.strength_clip) for x in plan.loras], "the LoRAs")
     return PreparedRender(template, template_hash(template), values, tuple(notes))
 
 

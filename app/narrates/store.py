@@ -657,6 +657,7 @@ class SessionStore:
 
     def undo_last(self, session_id: int) -> TurnRecord:
         """Undo the last turn of the story (all its variants); returns the turn that was shown."""
+        self.session(session_id)
         timeline = self.timeline(session_id)
         if not timeline:
             raise InvalidEdit(f"session {session_id} has no turn to undo")
