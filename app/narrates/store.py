@@ -10,8 +10,9 @@ Durability rules (what ``luna story`` and the GUI rely on):
 
 * every write is one short transaction (``BEGIN IMMEDIATE`` … ``COMMIT``); each pipeline stage
   commits its own output, so a process killed mid-turn leaves every finished stage in place;
-* opening the store marks turns and renders still ``running`` — their process died — as
-  ``interrupted``;
+* opening the store marks turns and renders still ``running`` whose process is gone (each row
+  names its owner by pid and process start time) as ``interrupted``; a live one — the GUI's turn
+  while ``luna story show`` runs — is left alone;
 * turns are never deleted: undo sets ``undone``, regenerate adds a *variant* (a swipe) at the
   same position, and the story is the ``active`` variant of every position that is not undone.
   A variant becomes active only when it finishes, so a failed regenerate keeps the old turn;
@@ -34,6 +35,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from app.narrates.errors import InvalidEdit, NotFound, SchemaTooNew, StoreError
 from app.narrates.model import (
@@ -93,6 +96,7 @@ CREATE TABLE turns (
     error TEXT,
     error_stage TEXT,
     backend TEXT,
+    owner TEXT,
     created_at REAL NOT NULL,
     finished_at REAL,
     UNIQUE (session_id, position, variant)
@@ -138,6 +142,7 @@ CREATE TABLE renders (
     error TEXT,
     error_kind TEXT,
     chosen INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
     created_at REAL NOT NULL,
     finished_at REAL
 );
@@ -154,6 +159,22 @@ CREATE TABLE render_files (
 
 # version -> the script that takes a database from version-1 to version
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
+
+
+def process_token(pid: int | None = None) -> str:
+    """``pid:start time`` of a process: who owns a running turn (a reused pid has another start time)."""
+    process = psutil.Process(pid)
+    return f"{process.pid}:{process.create_time():.3f}"
+
+
+def _owner_alive(token: str | None) -> bool:
+    if not token:
+        return False
+    pid_text, _, started = token.partition(":")
+    try:
+        return process_token(int(pid_text)) == token
+    except (ValueError, psutil.Error):
+        return False
 
 
 def default_store_dir() -> Path:
@@ -327,6 +348,7 @@ class SessionStore:
         self._db = connection
         self.path = path
         self.images = images
+        self.owner = process_token()
 
     # --- opening ------------------------------------------------------------------------------
 
@@ -371,9 +393,13 @@ class SessionStore:
                 self._db.execute(f"PRAGMA user_version = {target}")
 
     def _mark_interrupted(self) -> None:
+        """Turns and renders left ``running`` by a process that is gone become ``interrupted``
+        (another live process — the GUI while ``luna story`` runs — keeps its own)."""
         now = time.time()
         with self._tx():
-            for row in self._db.execute("SELECT id FROM turns WHERE status = 'running'").fetchall():
+            for row in self._db.execute("SELECT id, owner FROM turns WHERE status = 'running'").fetchall():
+                if _owner_alive(row["owner"]):
+                    continue
                 done = {
                     r[0] for r in self._db.execute("SELECT stage FROM stages WHERE turn_id = ?", (row[0],))
                 }
@@ -383,11 +409,13 @@ class SessionStore:
                     "WHERE id = ?",
                     (pending, now, f"interrupted during the {pending} stage (the process ended)", row[0]),
                 )
-            self._db.execute(
-                "UPDATE renders SET status = 'interrupted', error_kind = 'interrupted', finished_at = ?, "
-                "error = 'interrupted (the process ended before the render finished)' WHERE status = 'running'",
-                (now,),
-            )
+            for row in self._db.execute("SELECT id, owner FROM renders WHERE status = 'running'").fetchall():
+                if not _owner_alive(row["owner"]):
+                    self._db.execute(
+                        "UPDATE renders SET status = 'interrupted', error_kind = 'interrupted', finished_at = ?, "
+                        "error = 'interrupted (the process ended before the render finished)' WHERE id = ?",
+                        (now, row[0]),
+                    )
 
     def close(self) -> None:
         self._db.close()
@@ -582,14 +610,15 @@ class SessionStore:
                 "SELECT MAX(variant) FROM turns WHERE session_id = ? AND position = ?", (session_id, position)
             ).fetchone()
             cursor = db.execute(
-                "INSERT INTO turns (session_id, position, variant, status, player_input, backend, created_at) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                "INSERT INTO turns (session_id, position, variant, status, player_input, backend, owner, "
+                "created_at) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
                 (
                     session_id,
                     position,
                     (row[0] or 0) + 1,
                     player_input,
                     None if backend is None else _dumps(backend),
+                    self.owner,
                     time.time(),
                 ),
             )
@@ -754,9 +783,9 @@ class SessionStore:
     ) -> int:
         with self._tx() as db:
             cursor = db.execute(
-                "INSERT INTO renders (scene_id, status, changes, style, template, template_hash, created_at) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?)",
-                (scene_id, _dumps(dict(changes)), style, template, template_hash, time.time()),
+                "INSERT INTO renders (scene_id, status, changes, style, template, template_hash, owner, "
+                "created_at) VALUES (?, 'running', ?, ?, ?, ?, ?, ?)",
+                (scene_id, _dumps(dict(changes)), style, template, template_hash, self.owner, time.time()),
             )
         return cursor.lastrowid
 

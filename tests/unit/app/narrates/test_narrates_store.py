@@ -94,18 +94,23 @@ def test_an_unknown_session_turn_or_scene_is_not_found(store):
         store.scene(9)
 
 
-def test_reopening_marks_a_running_turn_interrupted_and_keeps_its_finished_stages(tmp_path):
+def test_reopening_marks_a_dead_processs_running_turn_interrupted_and_keeps_its_finished_stages(tmp_path):
     with SessionStore.open(tmp_path) as store:
         session = new_session(store)
         turn = store.start_turn(session, "open the door")
         store.save_stage(turn.id, StageRecord("preprocessor", {"mode": "do"}, "m", 0.0, 0.01))
         scene = store.add_scene(finished_turn(store, session, "earlier"), plan(), None)
         render = store.start_render(scene.id, style=None, template="t", template_hash=None, changes={})
+        live = store.start_turn(session, "still running here")
+        # the first turn and the render belonged to a process that has ended
+        store._db.execute("UPDATE turns SET owner = '999999999:1.000' WHERE id = ?", (turn.id,))
+        store._db.execute("UPDATE renders SET owner = NULL WHERE id = ?", (render,))
     with SessionStore.open(tmp_path) as store:
         again = store.turn(turn.id)
         assert again.status == "interrupted" and again.error_stage == "strategist"
         assert list(store.stages(turn.id)) == ["preprocessor"]
         assert store.render(render).status == "interrupted"
+        assert store.turn(live.id).status == "running"  # its owner (this process) is alive
         assert store.integrity_check() == "ok"
 
 
