@@ -18,6 +18,7 @@ repeated file). Runs on the pipeline's loop.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +34,7 @@ NAME = "dreamer"
 DEFAULTS = DEFAULT_AGENTS[NAME]
 MAX_CHARACTERS = 4
 MAX_SCENE_CHARS = 300
+MAX_TAG_WORDS = 6
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -66,13 +68,16 @@ def depicted(
 
 
 def scene_tags(text: str, characters: Sequence[Character]) -> str:
-    """The model's tags on one line, without the characters' names (the looks stand for them)."""
-    tags = []
+    """The model's tags on one line: without the characters' names (their looks stand for them),
+    duplicates, or sentences (a small model often copies the prose; a tag is a few words)."""
+    tags: list[str] = []
     names = {n.casefold() for c in characters for n in c.names()}
-    for tag in " ".join(text.split()).split(","):
-        tag = tag.strip(" .;")
-        if tag and tag.casefold() not in names and tag not in tags:
-            tags.append(tag)
+    flat = " ".join(text.replace("…", ",").replace("...", ",").split())
+    for part in re.split(r"[,;\n]|\.(?:\s|$)", flat):
+        tag = part.strip(" .;:!?\"'()[]")
+        if not tag or tag.casefold() in names or tag in tags or len(tag.split()) > MAX_TAG_WORDS:
+            continue
+        tags.append(tag)
     return ", ".join(tags)[:MAX_SCENE_CHARS]
 
 

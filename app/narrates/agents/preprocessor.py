@@ -73,6 +73,17 @@ def resolve_entities(
     return tuple(out)
 
 
+def plausible_action(action: str, player_input: str) -> str:
+    """The model's action, or the player's own words when it is not a plausible rewrite of them
+    (a small model may answer a file name or a word salad): a sentence sharing a word with the input."""
+    text = " ".join(action.split())
+    words = {w.casefold().strip(".,!?;:'\"") for w in player_input.split() if len(w) > 3}
+    shared = any(w.casefold().strip(".,!?;:'\"") in words for w in text.split())
+    if len(text.split()) < 2 or (words and not shared):
+        return player_input
+    return text
+
+
 async def run(
     llm: LlmClient,
     prompt: PromptTemplate,
@@ -94,7 +105,7 @@ async def run(
         params,
     )
     answer = await llm.complete_json(request, SCHEMA, schema_name="preprocessor_action")
-    action = " ".join(answer["action"].split()) or player_input
+    action = plausible_action(answer["action"], player_input)
     return Action(
         mode=answer["mode"],
         action=action,

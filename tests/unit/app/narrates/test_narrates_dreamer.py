@@ -49,6 +49,20 @@ def test_scene_tags_drop_character_names_and_duplicates():
     assert scene_tags("Mira, lighthouse,  lighthouse , the cartographer, rain.", [MIRA]) == "lighthouse, rain"
 
 
+def test_sentences_copied_from_the_prose_are_not_tags():
+    copied = "The island of Vell... I'm not sure what to make of it, lighthouse, stormy night sky"
+    assert scene_tags(copied, [MIRA]) == "The island of Vell, lighthouse, stormy night sky"
+
+
+def test_a_garbage_action_falls_back_to_the_players_words():
+    from app.narrates.agents.preprocessor import plausible_action
+
+    text = "I knock on the keeper's door"
+    assert plausible_action("narrative_the_lighthouse.json", text) == text
+    assert plausible_action("You read a poem about cheese.", text) == text
+    assert plausible_action("You knock on the keeper's door.", text) == "You knock on the keeper's door."
+
+
 def test_seed_policies():
     rng = random.Random(3)
     common = dict(tags="x", framing="scene", style=None, rng=rng)
