@@ -14,6 +14,7 @@ Pure asyncio; runs on the caller's loop.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -51,12 +52,16 @@ class StoryContext:
     tokens: int
 
 
+@functools.lru_cache(maxsize=4096)
+def _names_pattern(names: tuple[str, ...]) -> re.Pattern[str] | None:
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True) if n)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE) if alternatives else None
+
+
 def mentions(text: str, names: Sequence[str]) -> bool:
     """True when one of ``names`` occurs in ``text`` as a whole word (case-insensitive)."""
-    for name in names:
-        if name and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, flags=re.IGNORECASE):
-            return True
-    return False
+    pattern = _names_pattern(tuple(names))
+    return bool(pattern and pattern.search(text))
 
 
 def turn_text(turn: TurnRecord) -> str:

@@ -41,7 +41,7 @@ from app.narrates.llm.config import AgentSettings
 from app.narrates.llm.errors import LlmError
 from app.narrates.model import Action, Beat, ScenePlan
 from app.narrates.prompts import PromptError, PromptLibrary
-from app.narrates.rendering import SceneRenderer, hash_of_template
+from app.narrates.rendering import SceneRenderer, TemplateCache
 from app.narrates.store import RenderRecord, SceneRecord, SessionStore, StageRecord, TurnRecord
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class TurnPipeline:
         self.prompts = prompts or PromptLibrary()
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.renderer = renderer
+        self.templates = renderer.templates if renderer is not None else TemplateCache()
         self.budget = TokenBudget(llm.count_tokens)
         self.rng = rng or random.SystemRandom()
 
@@ -246,7 +247,7 @@ class TurnPipeline:
                     ScenePlan.as_dict,
                     emit,
                 )
-                scene = self.store.add_scene(turn.id, plan, hash_of_template(plan.template))
+                scene = self.store.add_scene(turn.id, plan, self.templates.hash_of(plan.template))
         except StageFailed as exc:
             self.store.fail_turn(turn.id, exc.stage, exc.reason)
             emit(StageFailedEvent(turn.id, exc.stage, exc.reason))

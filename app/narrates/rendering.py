@@ -43,7 +43,15 @@ from app.comfy.render import (
     RenderService,
     RenderUnavailable,
 )
-from app.comfy.templates import ParamSpec, Template, TemplateError, dump_map, load_template
+from app.comfy.templates import (
+    ParamSpec,
+    Template,
+    TemplateError,
+    dump_map,
+    find_template,
+    load_template,
+    map_path_for,
+)
 from app.narrates.errors import InvalidEdit
 from app.narrates.events import EventListener, RenderFailed, RenderFinished, RenderProgress, RenderStarted
 from app.narrates.model import ScenePlan
@@ -79,12 +87,49 @@ def template_hash(template: Template) -> str:
     return digest.hexdigest()
 
 
-def hash_of_template(ref: str) -> str | None:
-    """The content hash of the template ``ref`` names, or None when it cannot be loaded now."""
-    try:
-        return template_hash(load_template(ref))
-    except (TemplateError, WorkflowFormatError):
-        return None
+class TemplateCache:
+    """Loaded templates and their content hashes, reloaded when a file changes (size or mtime).
+
+    A turn needs the scene's template twice (its hash for the scene row, then the render);
+    parsing the JSON and the TOML map each time would be most of the pipeline's own overhead.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple, Template, str]] = {}
+
+    @staticmethod
+    def _stamp(ref: str) -> tuple:
+        try:
+            path = find_template(ref)
+        except TemplateError:
+            return ()
+        stamp = []
+        for file in (path, map_path_for(path)):
+            try:
+                info = file.stat()
+                stamp.append((str(file), info.st_mtime_ns, info.st_size))
+            except OSError:
+                stamp.append((str(file), None, None))
+        return tuple(stamp)
+
+    def load(self, ref: str) -> tuple[Template, str]:
+        """The template and its hash; raises TemplateError / WorkflowFormatError like load_template."""
+        stamp = self._stamp(ref)
+        entry = self._entries.get(ref)
+        if entry is not None and stamp and entry[0] == stamp:
+            return entry[1], entry[2]
+        template = load_template(ref)
+        digest = template_hash(template)
+        if stamp:
+            self._entries[ref] = (stamp, template, digest)
+        return template, digest
+
+    def hash_of(self, ref: str) -> str | None:
+        """The content hash of the template ``ref`` names, or None when it cannot be loaded now."""
+        try:
+            return self.load(ref)[1]
+        except (TemplateError, WorkflowFormatError):
+            return None
 
 
 def needs_daemon(template: Template) -> bool:
@@ -161,7 +206,9 @@ class PreparedRender:
     notes: tuple[str, ...]
 
 
-def prepare_values(plan: ScenePlan, template: Template, explicit: Mapping[str, str]) -> PreparedRender:
+def prepare_values(
+    plan: ScenePlan, template: Template, explicit: Mapping[str, str], digest: str | None = None
+) -> PreparedRender:
     """The template values for ``plan``; a plan field the template cannot take is noted and skipped,
     an operator-given parameter the template lacks is an error."""
     params = template.injection_map.params
@@ -196,7 +243,7 @@ def prepare_values(plan: ScenePlan, template: Template, explicit: Mapping[str, s
         put("height", plan.height, "the size")
     if plan.loras:
         put("loras", [LoraSpec(x.name, x.strength_model, x.strength_clip) for x in plan.loras], "the LoRAs")
-    return PreparedRender(template, template_hash(template), values, tuple(notes))
+    return PreparedRender(template, digest or template_hash(template), values, tuple(notes))
 
 
 async def _no_daemon_check() -> bool:
@@ -214,12 +261,14 @@ class SceneRenderer:
         daemon_health: DaemonHealth = _no_daemon_check,
         render_timeout: float | None = 600.0,
         staging_dir: Path | None = None,
+        templates: TemplateCache | None = None,
     ) -> None:
         self.store = store
         self.service = service
         self.daemon_health = daemon_health
         self.render_timeout = render_timeout
         self.staging_dir = staging_dir or store.path.parent / "staging"
+        self.templates = templates or TemplateCache()
 
     async def render(
         self,
@@ -240,14 +289,14 @@ class SceneRenderer:
         if style is not None:
             plan = replace(plan, style=style)
         try:
-            template = load_template(plan.template)
+            template, digest = self.templates.load(plan.template)
         except (TemplateError, WorkflowFormatError) as exc:
             if changes:
                 raise InvalidEdit(str(exc)) from exc
             template = None
             load_error = str(exc)
         if template is not None:
-            prepared = prepare_values(plan, template, extra)
+            prepared = prepare_values(plan, template, extra, digest)
         render_id = self.store.start_render(
             scene.id,
             style=plan.style,
@@ -272,13 +321,13 @@ class SceneRenderer:
                     emit,
                 )
             try:
-                stock = load_template(variant)
+                stock, stock_digest = self.templates.load(variant)
             except (TemplateError, WorkflowFormatError) as exc:
                 return self._failed(
                     scene, render_id, "invalid", f"stock variant of '{template.name}': {exc}", emit
                 )
             notes.append(f"the Luna daemon is not answering: rendering with the stock variant '{variant}'")
-            prepared = prepare_values(plan, stock, {})
+            prepared = prepare_values(plan, stock, {}, stock_digest)
             notes += prepared.notes
         for note in notes:
             log.info("scene %s: %s", scene.id, note)
