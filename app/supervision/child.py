@@ -533,7 +533,10 @@ class ManagedChild:
                 timeout=spec.ready_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            if ready_task in done and not ready_task.cancelled() and ready_task.exception() is None:
+            if ready_task in done and (ready_task.cancelled() or ready_task.exception() is not None):
+                # The probe saw the process end: let the exit be collected, it is not a timeout.
+                await asyncio.wait({exit_task}, timeout=self.stop_policy.kill_timeout_s)
+            elif ready_task in done:
                 ready_at = time.monotonic()
                 event = Ready(spec.name, process.pid, ready_task.result(), ready_at - started)
                 self._last_ready = event

@@ -20,6 +20,7 @@ from app.narrates.llm.config import (
     ServerSettings,
     llm_config_path,
     load_llm_settings,
+    open_backend,
     parse_llm_settings,
     resolve_backend,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "estimate_tokens",
     "llm_config_path",
     "load_llm_settings",
+    "open_backend",
     "parse_llm_settings",
     "resolve_backend",
 ]

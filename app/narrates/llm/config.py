@@ -18,9 +18,10 @@ from :func:`app.paths.user_dirs` (``LUNA_HOME`` moves it). Pure data + file read
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -406,3 +407,18 @@ async def resolve_backend(
     else:
         reason = "no server configured and discovery is off"
     return EffectiveBackend("embedded", None, reason, embedded=settings.embedded)
+
+
+@contextlib.asynccontextmanager
+async def open_backend(effective: EffectiveBackend, **embedded_kwargs: Any) -> AsyncIterator[LlmBackend]:
+    """``async with open_backend(effective) as backend:`` — the server's backend as is, or the embedded
+    runtime started for the block and stopped after it (``embedded_kwargs`` go to :class:`EmbeddedLlm`)."""
+    if effective.kind == "server":
+        assert effective.backend is not None
+        yield effective.backend
+        return
+    embedded = effective.create_embedded(**embedded_kwargs)
+    try:
+        yield await embedded.start()
+    finally:
+        await embedded.stop()

@@ -312,3 +312,17 @@ async def test_the_child_dies_when_its_parent_is_sigkilled():
         if parent.returncode is None:
             parent.kill()
             await parent.wait()
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_probed_child_that_exits_is_reported_as_exited_not_as_a_timeout():
+    async def never():
+        return None
+
+    child = ManagedChild(
+        spec("crash", "9"),
+        ready=ReadyWhenProbe(never, interval_s=0.01),
+        restart=RestartPolicy(max_restarts=0),
+    )
+    with pytest.raises(ChildGaveUp, match="exited with code 9 before it was ready"):
+        await child.start()
