@@ -19,10 +19,13 @@ Instances: ``--url`` renders on that server alone; otherwise the configured inst
 (``instances.toml``, else the seed's four local ports) are probed and the job goes through the
 :class:`~app.comfy.router.StyleRouter` (``--style``, else the default style): a healthy
 instance with the shortest queue, resubmitted elsewhere if it dies before starting the job.
-The template is injected, image parameters naming local files are uploaded, and the prompt is
-validated against the chosen instance's ``/object_info`` before it is submitted. A UI-format
-file (plain "Save") is converted with that instance's node definitions
-(:mod:`app.comfy.ui_convert`) and sent with the original as ``extra_pnginfo.workflow``.
+``luna render`` is a thin shell over :class:`app.comfy.render.RenderService`, which injects the
+template, uploads image parameters naming local files, validates the prompt against the chosen
+instance's ``/object_info`` and runs it there (a UI-format file, plain "Save", is converted with
+that instance's node definitions and sent with the original as ``extra_pnginfo.workflow``); this
+module only turns ``--set`` text and flags into a :class:`~app.comfy.render.RenderRequest`, the
+service's events into progress lines, and its outcome or :class:`~app.comfy.render.RenderError`
+into the output and exit codes above.
 
 Runs one asyncio event loop per invocation (``asyncio.run``); all network I/O goes through
 :class:`app.comfy.client.ComfyClient` (via the router) with its timeouts.

@@ -280,9 +280,7 @@ class ComfyClient(ComfyRest):
     async def _settle_unanswered_submit(self, job: Job, failure: ComfyUnavailable) -> Job:
         """The POST may have queued ``job`` without us hearing the reply: ask for our own id."""
         try:
-            async with asyncio.timeout(self.timeouts.connect + self.timeouts.request):
-                where = (await self.get_queue()).contains(job.prompt_id)
-                entry = None if where else await self.history(job.prompt_id)
+            where, entry = await self._ask_for(job.prompt_id)
         except (ComfyUnavailable, ComfyProtocolError, TimeoutError) as exc:
             self.tracker.forget(job.prompt_id)
             raise JobLost(
@@ -313,6 +311,26 @@ class ComfyClient(ComfyRest):
         if entry is not None:
             job.finish_from_history(entry)
         return job
+
+    async def _ask_for(self, prompt_id: str) -> tuple[str | None, HistoryEntry | None]:
+        """Where the instance has ``prompt_id``: queue state and history entry (both None: absent).
+
+        Retried with backoff while the instance does not answer, for up to
+        ``timeouts.reconnect_give_up`` seconds: a restarted ComfyUI answers "absent" (its queue
+        lived in memory), which makes a resubmit safe; the last error is raised otherwise.
+        """
+        deadline = time.monotonic() + self.timeouts.reconnect_give_up
+        delay = 0.05
+        while True:
+            try:
+                async with asyncio.timeout(self.timeouts.connect + self.timeouts.request):
+                    where = (await self.get_queue()).contains(prompt_id)
+                    return where, None if where else await self.history(prompt_id)
+            except (ComfyUnavailable, TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def wait(self, job: Job, *, timeout: float | None = None, download: bool = True) -> JobResult:
         """Wait for the job to end, read its history, download its outputs.

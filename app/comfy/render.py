@@ -25,8 +25,10 @@ instance first (its answer — possibly a renamed file — is what the prompt re
 parameter that names an existing local file is uploaded too, as ``luna render --set
 init_image=photo.png`` always did.
 
-Runs on the router's asyncio event loop; no threads, no Qt. Progress reaches the caller as typed
-events (:data:`RenderEvent` and the job's :data:`~app.comfy.events.ComfyEvent` stream).
+The service and its handles run on the router's asyncio event loop; no threads, no Qt. Progress
+reaches the caller as typed events (:data:`RenderEvent` and the job's
+:data:`~app.comfy.events.ComfyEvent` stream). The request, outcome, event and error types are
+plain immutable data, usable on any thread (e.g. handed to the GUI through its adapters).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ from app.paths import user_dirs
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EventCallback",
     "ImageUploaded",
     "PromptPrepared",
     "RenderBadInput",
@@ -87,6 +90,7 @@ __all__ = [
     "RenderInvalid",
     "RenderLost",
     "RenderOutcome",
+    "RenderOutputError",
     "RenderRejected",
     "RenderRequest",
     "RenderServerError",
@@ -316,6 +320,12 @@ class RenderServerError(RenderError):
     """The instance broke the API or an output could not be downloaded."""
 
 
+class RenderOutputError(RenderError):
+    """The job succeeded but its files could not be written (folder not writable, disk full)."""
+
+    default_kind = "output"
+
+
 # ---------------------------------------------------------------------------------------------
 # values
 
@@ -468,6 +478,7 @@ class RenderHandle:
         return self._task is not None and self._task.done()
 
     async def events(self) -> AsyncIterator[RenderEvent | ComfyEvent]:
+        """Every event of the render so far, then each new one; ends when the render has."""
         index = 0
         while True:
             while index < len(self._log):
@@ -548,7 +559,6 @@ class RenderService:
             for note in template.notes:
                 handle._emit(TemplateNote(note))
             values = parse_values(template, request.values)
-        if template is not None:
             _check_names(template, request.images)
         await self.router.start()
         pinned, style = await self._target(request, handle)
@@ -615,7 +625,15 @@ class RenderService:
             )
         ]
         out_dir = request.output_dir or self.output_dir or default_output_dir()
-        files = write_outputs(result, Path(out_dir).expanduser())
+        try:
+            files = write_outputs(result, Path(out_dir).expanduser())
+        except OSError as exc:
+            raise RenderOutputError(
+                f"job {result.prompt_id} finished on {result.instance} but its files could not be "
+                f"written to {out_dir}: {exc}",
+                prompt_id=result.prompt_id,
+                instance=result.instance,
+            ) from exc
         return RenderOutcome(
             template=attempt.template.name,
             prompt_id=result.prompt_id,

@@ -17,9 +17,17 @@ task per instance, and the dispatch of jobs:
 * **first-free dispatch** — at most ``max_in_flight_per_instance`` of our jobs sit on one
   instance; further jobs wait in the router and go to whichever instance frees up first. This
   is what keeps a slow GPU from being handed an equal share of a burst (SwarmUI #247).
-* **resubmit** — a job whose instance died before the job started (``JobLost`` with
-  ``started=False``, or the submit itself failing to connect) is sent, unchanged (same seed, so
-  the same image), to another healthy instance of the style, up to ``resubmit_attempts`` times.
+* **jobs** — :meth:`StyleRouter.submit` returns a :class:`RoutedJob` at once (our prompt id, an
+  async iterator of typed :data:`~app.comfy.events.ComfyEvent` s, ``cancel()``, ``result()``);
+  :meth:`StyleRouter.run` is submit + result. A job is either a fixed API prompt or a
+  :data:`Prepare` callback that builds it on the chosen instance, so uploads, validation and
+  the run share one instance (``instance=`` pins a job to a named one);
+* **resubmit** — a job whose instance lost it before it started (``JobLost.resubmittable``, or
+  a submit that certainly never reached the server) is prepared again and sent (same seed, so
+  the same image) to another healthy instance of the style, up to ``resubmit_attempts`` times.
+  A ``POST /prompt`` that may have been accepted is first looked up on its instance by our own
+  prompt id (:meth:`ComfyClient.submit`), so a job never runs twice; a failure after the job
+  was accepted (a download) is never resubmitted.
 * **observability** — :meth:`StyleRouter.snapshot` (per-instance health, queue, VRAM, versions,
   jobs in flight, timings), :meth:`add_listener` (called on every change), :meth:`watch` (async
   iterator of snapshots) and :meth:`wait_until` for the GUI dashboard, the CLI and tests.
@@ -545,7 +553,8 @@ class StyleRouter:
                 routed._attach(job)
                 result = await client.wait(job, timeout=timeout)
             except asyncio.CancelledError:
-                member.failed += 1
+                if job is not None:
+                    member.failed += 1
                 # The one place a routed job is cancelled on its server. Cancelled during the
                 # POST, ComfyClient.submit has already asked the server for our id (its outcome is
                 # on the Job); later, it is asked here.
@@ -583,7 +592,8 @@ class StyleRouter:
                     continue
                 raise
             except BaseException:
-                member.failed += 1
+                if job is not None:  # not a preparation error (bad input, invalid for the instance)
+                    member.failed += 1
                 raise
             else:
                 member.done += 1

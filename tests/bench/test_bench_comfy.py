@@ -116,7 +116,8 @@ async def test_bench_client_overhead_per_job():
     print(f"  client CPU per job (fake in its own process): {out_cpu:.2f} ms")
     print(
         f"  raw GET round trip to the fake process: httpx {out_httpx:.2f} ms vs aiohttp {out_aiohttp:.2f} ms "
-        f"(ratio {out_httpx / out_aiohttp:.1f}x); a job needs 3 requests, 2 on the critical path"
+        f"(ratio {out_httpx / out_aiohttp:.1f}x); with the WebSocket up an uncached job needs 2 requests "
+        "(POST /prompt, /view), a fully cached one 3 (+ GET /history)"
     )
 
 

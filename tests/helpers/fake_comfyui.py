@@ -436,6 +436,7 @@ class FakeComfyUI:
         self._failures: list[dict] = []
         self._forced_rejections: list[tuple[int, dict]] = []
         self._swallowed_replies = 0
+        self._held_replies: list[web.Request] = []
         self._reply_gate = asyncio.Event()
         self._prompt_waiters: list[asyncio.Future] = []
         self._drop_triggers: list[dict] = []
@@ -535,6 +536,10 @@ class FakeComfyUI:
             await asyncio.gather(*self._bg_tasks, return_exceptions=True)
 
     async def _shutdown(self, *, abort: bool) -> None:
+        for held in self._held_replies:  # a swallowed reply never comes: cut its connection
+            if held.transport is not None:
+                held.transport.abort()
+        self._held_replies.clear()
         self._reply_gate.set()
         worker, self._worker = self._worker, None
         if worker is not None and worker is not asyncio.current_task():
@@ -1177,7 +1182,8 @@ class FakeComfyUI:
         await self._broadcast_status()
         if self._swallowed_replies:
             self._swallowed_replies -= 1
-            await self._reply_gate.wait()  # set only on shutdown: this reply never comes
+            self._held_replies.append(request)
+            await self._reply_gate.wait()  # set only on shutdown, after the connection was cut
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
 
     async def _get_prompt(self, request: web.Request) -> web.Response:

@@ -38,6 +38,7 @@ from app.comfy.render import (
     RenderExecutionFailed,
     RenderInvalid,
     RenderLost,
+    RenderOutputError,
     RenderRejected,
     RenderRequest,
     RenderService,
@@ -381,3 +382,78 @@ async def test_a_ui_format_file_is_converted_on_the_instance_that_runs_it(tmp_pa
     assert outcome.template == "saved_from_ui" and received.extra_data["extra_pnginfo"]["workflow"] == ui
     notes = [e.text for e in events if isinstance(e, TemplateNote)]
     assert "converted from the UI format with gpu0's node definitions" in notes
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_post_cut_off_by_a_crash_is_not_resubmitted_while_the_instance_cannot_be_asked(tmp_path):
+    async with fakes(2) as (doomed, spare), service_over(doomed, spare) as (service, _):
+        doomed.swallow_prompt_replies()
+        handle = service.start(RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path))
+        await doomed.wait_for_prompts(1)
+        await doomed.crash()  # it may have queued the job; it never says
+        with pytest.raises(RenderLost) as caught:
+            await handle.result()
+    assert spare.prompts == [] and "not resubmitting" in str(caught.value)
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_post_cut_off_by_a_restart_is_resubmitted_once_the_instance_says_it_lost_it(tmp_path):
+    settings = dataclasses.replace(SETTINGS, timeouts=dataclasses.replace(TIMEOUTS, reconnect_give_up=5.0))
+    async with fakes(2) as (doomed, spare), service_over(doomed, spare, settings=settings) as (service, _):
+        doomed.swallow_prompt_replies()
+        handle = service.start(RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path))
+        await doomed.wait_for_prompts(1)
+        await doomed.restart()  # the queue lived in memory: the job is gone, it never ran
+        outcome = await handle.result()
+    assert outcome.instance == "gpu1" and [p.prompt_id for p in spare.prompts] == [outcome.prompt_id]
+    assert doomed.history == {} and doomed.queue_remaining == 0
+
+
+async def test_an_output_folder_that_cannot_be_written_is_a_typed_error(tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the folder should be", encoding="utf-8")
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        with pytest.raises(RenderOutputError) as caught:
+            await service.render(RenderRequest("sdxl_txt2img", SMALL, output_dir=blocker / "renders"))
+    assert caught.value.prompt_id == fake.prompts[0].prompt_id and "could not be written" in str(caught.value)
+
+
+async def test_a_request_pinned_to_an_instance_runs_there_and_nowhere_else(tmp_path):
+    async with fakes(2) as (first, second), service_over(first, second) as (service, _):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", SMALL, instance="gpu1", output_dir=tmp_path)
+        )
+    assert outcome.instance == "gpu1" and first.prompts == [] and len(second.prompts) == 1
+    assert mine(first, "/api/object_info") == 0
+
+
+async def test_a_request_pinned_to_an_unconfigured_url_adds_that_instance(tmp_path):
+    async with fakes(2) as (configured, elsewhere), service_over(configured) as (service, router):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", SMALL, instance=elsewhere.url + "/", output_dir=tmp_path)
+        )
+        names = [i.name for i in router.snapshot().instances]
+    assert outcome.instance == elsewhere.url and outcome.url == elsewhere.url
+    assert configured.prompts == [] and len(elsewhere.prompts) == 1 and names == ["gpu0", elsewhere.url]
+
+
+async def test_a_render_handle_streams_its_events_and_replays_them(tmp_path):
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        handle = service.start(RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path))
+        live = [event async for event in handle]
+        outcome = await handle.result()
+        replay = [event async for event in handle]
+    kinds = [type(e) for e in live]
+    assert kinds.index(PromptPrepared) < kinds.index(JobQueued) < kinds.index(ExecutionSuccess)
+    assert replay == live and handle.prompt_id == outcome.prompt_id
+
+
+async def test_a_failing_event_callback_does_not_lose_the_render(tmp_path, caplog):
+    def broken(event):
+        raise RuntimeError("display crashed")
+
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path), on_event=broken
+        )
+    assert outcome.files and "on_event callback failed" in caplog.text
