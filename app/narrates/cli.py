@@ -64,8 +64,8 @@ from app.narrates.events import (
 from app.narrates.export import FORMATS
 from app.narrates.health import DaemonHealthGate
 from app.narrates.llm.client import LlmClient
-from app.narrates.llm.config import AGENTS, LlmSettings, load_llm_settings, resolve_backend
-from app.narrates.llm.errors import LlmError
+from app.narrates.llm.config import AGENTS, LlmSettings, load_llm_settings, open_backend, resolve_backend
+from app.narrates.llm.errors import LlmConfigError, LlmError
 from app.narrates.pipeline import TurnOutcome, TurnPipeline
 from app.narrates.rendering import SceneRenderer
 from app.narrates.service import ServiceNotReady, SessionView, StoryService
@@ -97,7 +97,13 @@ class StoryCliError(Exception):
 
 def add_parser(sub: Any) -> None:
     """Add ``story`` and its actions to the ``luna`` subparsers."""
-    story = sub.add_parser("story", help="interactive stories: sessions, turns, scenes and their renders")
+    story = sub.add_parser(
+        "story",
+        help="interactive stories: sessions, turns, scenes and their renders",
+        description="Play and manage Narrates sessions headless (see README, 'luna story').",
+        epilog="Exit codes: 0 ok, 1 render failed (the turn is kept), 2 bad input, 3 invalid for the "
+        "instance, 4 unreachable, 5 the LLM failed (the error names the stage), 130 cancelled.",
+    )
     ssub = story.add_subparsers(dest="story_command", metavar="ACTION", required=True)
 
     def llm_options(p: argparse.ArgumentParser) -> None:
@@ -233,16 +239,9 @@ async def _llm(args: argparse.Namespace, err: TextIO) -> AsyncIterator[tuple[Llm
     settings = load_llm_settings()
     effective = await resolve_backend(settings, args.llm, args.llm_model)
     print(effective.describe(), file=err, flush=True)
-    async with contextlib.AsyncExitStack() as stack:
-        if effective.kind == "embedded":
-            backend = await stack.enter_async_context(effective.create_embedded())
-        else:
-            assert effective.backend is not None
-            backend = effective.backend
-        client = await stack.enter_async_context(
-            LlmClient(backend, timeouts=settings.timeouts, retries=settings.retries)
-        )
-        yield client, settings
+    async with open_backend(effective) as backend:
+        async with LlmClient(backend, timeouts=settings.timeouts, retries=settings.retries) as client:
+            yield client, settings
 
 
 def _backend_report(client: LlmClient) -> dict[str, Any]:
@@ -463,11 +462,18 @@ async def _dispatch(args: argparse.Namespace, out: TextIO, err: TextIO) -> tuple
     if command == "new":
         cast = load_cast(args.cast) if args.cast else None
         if args.template:
-            from app.comfy.graph import WorkflowFormatError
+            from app.comfy.graph import UiFormatWorkflowError, WorkflowFormatError
             from app.comfy.templates import TemplateError, load_template
 
             try:
                 load_template(args.template)
+            except UiFormatWorkflowError as exc:
+                raise StoryCliError(
+                    EXIT_USAGE,
+                    f"{exc} — a session renders many scenes, so give it the API format: "
+                    "'luna templates convert FILE --url URL > NAME.json'",
+                    kind="template",
+                ) from exc
             except (TemplateError, WorkflowFormatError) as exc:
                 raise StoryCliError(EXIT_USAGE, str(exc), kind="template") from exc
     with SessionStore.open() as store:
@@ -559,6 +565,8 @@ def _classify(exc: BaseException) -> StoryCliError:
         return StoryCliError(
             EXIT_LLM if exc.llm else EXIT_USAGE, str(exc), kind="llm" if exc.llm else "prompt", extra=extra
         )
+    if isinstance(exc, LlmConfigError):
+        return StoryCliError(EXIT_USAGE, str(exc), kind="config")
     if isinstance(exc, LlmError):
         return StoryCliError(EXIT_LLM, f"llm: {exc}", kind="llm")
     if isinstance(exc, NotFound):

@@ -147,6 +147,12 @@ class StoryService:
     def edit(self, turn_id: int, prose: str) -> TurnRecord:
         return self.store.edit_prose(turn_id, prose)
 
+    def set_summary(self, session_id: int, text: str) -> SessionRecord:
+        """The operator's correction of the rolling summary (kept until the story is edited below it)."""
+        session = self.store.session(session_id)
+        self.store.set_summary(session_id, text.strip(), session.summary_through, edited=True)
+        return self.store.session(session_id)
+
     def export(self, session_id: int, fmt: str, out: Path) -> Path:
         return export_session(self.store, session_id, fmt, out)
 
