@@ -55,15 +55,15 @@ SCHEMA: dict[str, Any] = {
 def depicted(
     named: Sequence[str], prose: str, characters: Sequence[Character], fallback: Sequence[str] = ()
 ) -> tuple[Character, ...]:
-    """The characters to draw: those the model named that the prose names too (if the model named
-    none, the ``fallback`` names the prose names), in cast order, at most ``MAX_CHARACTERS``."""
+    """The characters to draw, in cast order, at most ``MAX_CHARACTERS``: those the model named
+    that the prose names too. If the model named none: the ``fallback`` names (the beat's cast)
+    the prose names, else everyone the prose names — the prose is what happened."""
+    in_prose = [c for c in characters if mentions(prose, c.names())]
     wanted = {n.casefold() for n in named}
-    chosen = [
-        c for c in characters if wanted & {n.casefold() for n in c.names()} and mentions(prose, c.names())
-    ]
+    chosen = [c for c in in_prose if wanted & {n.casefold() for n in c.names()}]
     if not chosen and not wanted:
         fallback_set = {n.casefold() for n in fallback}
-        chosen = [c for c in characters if c.name.casefold() in fallback_set and mentions(prose, c.names())]
+        chosen = [c for c in in_prose if c.name.casefold() in fallback_set] or in_prose
     return tuple(chosen[:MAX_CHARACTERS])
 
 

@@ -26,6 +26,11 @@ def test_only_characters_the_prose_names_are_depicted():
     assert depicted(["Mira", "Tobias"], prose, [MIRA, TOBIAS]) == (MIRA,)
     assert depicted([], prose, [MIRA, TOBIAS], fallback=["Tobias", "Mira"]) == (MIRA,)
     assert depicted(["Tobias"], prose, [MIRA, TOBIAS]) == ()
+    # the model named nobody and the beat had no one: whoever the prose names
+    assert (
+        depicted([], "The keeper waves.", [MIRA, Character("Tobias", aliases=("the keeper",))])[0].name
+        == "Tobias"
+    )
 
 
 def test_the_prompt_uses_visual_descriptors_never_the_description():
