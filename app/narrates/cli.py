@@ -416,7 +416,7 @@ async def _turn_like(
             service = StoryService(store, pipeline=pipeline)
             instance = args.url if args.url else None
             kwargs = dict(
-                style=style if not args.url else URL_STYLE,
+                style=None if args.url else style,  # --url pins the instance; the scene keeps its style
                 instance=instance,
                 render=not args.no_render,
                 on_event=printer,
@@ -449,7 +449,7 @@ async def _rerender(
         render = await service.rerender(
             args.scene,
             changes=changes,
-            style=URL_STYLE if args.url else style,
+            style=None if args.url else style,
             instance=args.url if args.url else None,
             on_event=printer,
         )
