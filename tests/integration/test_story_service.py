@@ -3,6 +3,7 @@ ComfyUI): stage events, the daemon-down fallback, user prompt overrides, the rol
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -13,6 +14,7 @@ from app.comfy.instances import InstanceConfig, InstancesConfig
 from app.comfy.render import RenderService
 from app.comfy.router import StyleRouter
 from app.comfy.templates import user_workflows_dir
+from app.narrates.errors import StageFailed
 from app.narrates.events import (
     Notice,
     RenderFinished,
@@ -24,7 +26,7 @@ from app.narrates.events import (
 )
 from app.narrates.health import DaemonHealthGate
 from app.narrates.llm.client import LlmClient
-from app.narrates.llm.types import LlmBackend
+from app.narrates.llm.types import LlmBackend, LlmTimeouts, RetryPolicy
 from app.narrates.model import Character, SessionSettings
 from app.narrates.pipeline import TurnPipeline
 from app.narrates.prompts import user_prompts_dir
@@ -33,7 +35,7 @@ from app.narrates.service import StoryService
 from app.narrates.store import SessionStore
 from app.paths import resource_path, workflows_dir
 from tests.helpers.fake_comfyui import FakeComfyUI
-from tests.helpers.fake_openai import Error, FakeOpenAI
+from tests.helpers.fake_openai import Error, FakeOpenAI, Hang, Slow
 from tests.helpers.story_llm import PROSE, StoryLlm
 
 SMALL = {"checkpoint": "sdxl_base.safetensors", "steps": 4, "width": 64, "height": 64}
@@ -179,3 +181,41 @@ async def test_older_turns_are_folded_into_the_summary_and_a_failing_summary_doe
                 await h.service.turn(sid, text, render=False, on_event=events.append)
         assert [t.player_input for t in store.timeline(sid)] == ["one", "two", "three", "four", "five"]
     assert any(isinstance(e, Notice) and "summary was not updated" in e.message for e in events)
+
+
+async def test_cancelling_a_turn_closes_the_writers_stream_and_keeps_the_finished_stages():
+    story = StoryLlm(writer=Slow(PROSE, delay_s=0.05))
+    first_token = asyncio.Event()
+
+    def on_event(event):
+        if isinstance(event, StageToken):
+            first_token.set()
+
+    with SessionStore.open() as store:
+        sid = session(store)
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = story
+            task = asyncio.create_task(h.service.turn(sid, "climb", on_event=on_event))
+            await first_token.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(llm.disconnected.wait(), 10)  # the HTTP stream was closed
+            [turn] = store.turns(sid)
+            assert turn.status == "failed" and turn.error_stage == "writer" and "cancelled" in turn.error
+            assert list(store.stages(turn.id)) == ["preprocessor", "strategist"]
+            assert comfy.prompts == []
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_hanging_llm_server_fails_the_stage_within_its_timeout():
+    with SessionStore.open() as store:
+        sid = session(store)
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = StoryLlm(strategist=Hang())
+            h.client.timeouts = LlmTimeouts(read=0.3, total=2.0)
+            h.client.retries = RetryPolicy(attempts=1)
+            await h.client.aclose()  # the next call opens a session with the short timeouts
+            with pytest.raises(StageFailed) as failed:
+                await h.service.turn(sid, "climb")
+    assert failed.value.stage == "strategist" and failed.value.llm
