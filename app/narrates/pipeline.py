@@ -222,7 +222,12 @@ class TurnPipeline:
                     settings=session.settings,
                     on_text=lambda text: emit(StageToken(turn.id, writer.NAME, text)),
                 ),
-                lambda p: {"prose": p.text, "finish_reason": p.finish_reason, "pieces": p.pieces},
+                lambda p: {
+                    "prose": p.text,
+                    "raw": p.raw,
+                    "finish_reason": p.finish_reason,
+                    "pieces": p.pieces,
+                },
                 emit,
                 prose=lambda p: p.text,
             )

@@ -1,13 +1,15 @@
 """Writer: the beat and the story context → the prose of the turn, streamed piece by piece.
 
 ``on_text`` is called with every piece as it arrives (the CLI prints it, the GUI appends it);
-the finished text is returned. An answer with no text is an
+the finished text is returned — cut back to its last full sentence when the token limit stopped
+it mid-sentence (the streamed pieces and the stored raw answer keep everything). An answer with no text is an
 :class:`~app.narrates.llm.errors.LlmOutputError`. Runs on the pipeline's loop; cancelling the
 task closes the stream (the client's contract), which stops the server generating.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,9 +27,23 @@ DEFAULTS = DEFAULT_AGENTS[NAME]
 
 @dataclass(frozen=True)
 class Prose:
+    """``text`` is what the reader keeps; ``raw`` what the model sent (differs when it was cut)."""
+
     text: str
     finish_reason: str | None
     pieces: int
+    raw: str = ""
+
+
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+
+
+def trim_unfinished(text: str) -> str:
+    """Text cut by the token limit ends at its last full sentence (when that keeps most of it)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] >= len(text) // 2:
+        return text[: ends[-1]].rstrip()
+    return text
 
 
 async def run(
@@ -66,7 +82,10 @@ async def run(
             on_text(chunk.text)
         if chunk.finish_reason:
             finish = chunk.finish_reason
-    text = "".join(parts).strip()
+    raw = "".join(parts)
+    text = raw.strip()
     if not text:
-        raise LlmOutputError("the model returned no prose (an empty answer)", raw="".join(parts))
-    return Prose(text=text, finish_reason=finish, pieces=len(parts))
+        raise LlmOutputError("the model returned no prose (an empty answer)", raw=raw)
+    if finish == "length":
+        text = trim_unfinished(text)
+    return Prose(text=text, finish_reason=finish, pieces=len(parts), raw=raw)

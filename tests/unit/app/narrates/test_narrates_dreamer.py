@@ -105,3 +105,16 @@ def test_size_is_the_templates_own_unless_the_session_sets_one_and_loras_merge()
         rng=random.Random(0),
     )
     assert (sized.width, sized.height) == (832, 1216)
+
+
+def test_prose_cut_by_the_token_limit_ends_at_its_last_full_sentence():
+    from app.narrates.agents.writer import trim_unfinished
+
+    assert trim_unfinished('You wait. "Who is there?" The door creaks and') == 'You wait. "Who is there?"'
+    assert (
+        trim_unfinished("A single unfinished thought that goes on and")
+        == "A single unfinished thought that goes on and"
+    )
+    assert trim_unfinished("Short. Then a very long tail that keeps going without any end at all so") == (
+        "Short. Then a very long tail that keeps going without any end at all so"
+    )
