@@ -217,6 +217,7 @@ class ScenePlan:
     loras: tuple[LoraSpec, ...] = ()
     values: Mapping[str, Any] = field(default_factory=dict)
     scene_tags: str = ""
+    named: tuple[str, ...] = ()  # the characters the model named (before the prose check)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -228,6 +229,7 @@ class ScenePlan:
     def from_dict(cls, data: Mapping[str, Any]) -> ScenePlan:
         values = dict(data)
         values["characters"] = tuple(data.get("characters", ()))
+        values["named"] = tuple(data.get("named", ()))
         values["loras"] = tuple(lora_from_dict(x) for x in data.get("loras", ()))
         values["values"] = dict(data.get("values", {}))
         known = set(cls.__dataclass_fields__)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from app.comfy.inject import RANDOM_SEED_LIMIT, LoraSpec
@@ -56,12 +57,14 @@ def depicted(
     named: Sequence[str], prose: str, characters: Sequence[Character], fallback: Sequence[str] = ()
 ) -> tuple[Character, ...]:
     """The characters to draw, in cast order, at most ``MAX_CHARACTERS``: those the model named
-    that the prose names too. If the model named none: the ``fallback`` names (the beat's cast)
-    the prose names, else everyone the prose names — the prose is what happened."""
+    that the prose names too. If the model named no one of the cast (names it made up do not
+    count): the ``fallback`` names (the beat's cast) the prose names, else everyone the prose
+    names — the prose is what happened."""
     in_prose = [c for c in characters if mentions(prose, c.names())]
     wanted = {n.casefold() for n in named}
-    chosen = [c for c in in_prose if wanted & {n.casefold() for n in c.names()}]
-    if not chosen and not wanted:
+    named_cast = [c for c in characters if wanted & {n.casefold() for n in c.names()}]
+    chosen = [c for c in in_prose if c in named_cast]
+    if not named_cast:
         fallback_set = {n.casefold() for n in fallback}
         chosen = [c for c in in_prose if c.name.casefold() in fallback_set] or in_prose
     return tuple(chosen[:MAX_CHARACTERS])
@@ -150,7 +153,7 @@ async def run(
     )
     answer = await llm.complete_json(request, SCHEMA, schema_name="dreamer_scene")
     cast = depicted(answer["characters"], prose, characters, fallback=present)
-    return build_plan(
+    plan = build_plan(
         tags=scene_tags(answer["scene"], characters),
         framing=answer["framing"],
         cast=cast,
@@ -158,3 +161,4 @@ async def run(
         style=style,
         rng=rng or random.SystemRandom(),
     )
+    return replace(plan, named=tuple(answer["characters"]))

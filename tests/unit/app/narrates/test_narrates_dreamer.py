@@ -26,6 +26,8 @@ def test_only_characters_the_prose_names_are_depicted():
     assert depicted(["Mira", "Tobias"], prose, [MIRA, TOBIAS]) == (MIRA,)
     assert depicted([], prose, [MIRA, TOBIAS], fallback=["Tobias", "Mira"]) == (MIRA,)
     assert depicted(["Tobias"], prose, [MIRA, TOBIAS]) == ()
+    # names the model made up do not count
+    assert depicted(["the island"], prose, [MIRA, TOBIAS]) == (MIRA,)
     # the model named nobody and the beat had no one: whoever the prose names
     assert (
         depicted([], "The keeper waves.", [MIRA, Character("Tobias", aliases=("the keeper",))])[0].name
