@@ -38,6 +38,7 @@ from app.comfy.render import (
     RenderBadInput,
     RenderError,
     RenderInvalid,
+    RenderOutputError,
     RenderRejected,
     RenderRequest,
     RenderService,
@@ -431,6 +432,8 @@ def _remove_staging(staging: Path) -> None:
 
 
 def _kind(exc: RenderError) -> str:
+    if isinstance(exc, RenderOutputError):  # the job ran; its files could not be written (disk full)
+        return "storage"
     if isinstance(exc, RenderUnavailable):
         return "unavailable"
     if isinstance(exc, (RenderInvalid, RenderRejected, RenderBadInput)):

@@ -219,3 +219,20 @@ async def test_a_hanging_llm_server_fails_the_stage_within_its_timeout():
             with pytest.raises(StageFailed) as failed:
                 await h.service.turn(sid, "climb")
     assert failed.value.stage == "strategist" and failed.value.llm
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_render_whose_files_cannot_be_written_is_a_storage_failure_and_the_turn_is_kept(monkeypatch):
+    import app.comfy.render as render_module
+
+    def full_disk(result, out_dir):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(render_module, "write_outputs", full_disk)
+    with SessionStore.open() as store:
+        sid = session(store)
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = StoryLlm()
+            outcome = await h.service.turn(sid, "climb")
+        assert outcome.turn.status == "done" and outcome.render.status == "failed"
+        assert outcome.render.error_kind == "storage" and store.integrity_check() == "ok"
