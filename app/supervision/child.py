@@ -34,13 +34,14 @@ import asyncio
 import collections
 import contextlib
 import enum
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -78,12 +79,14 @@ class ChildSpec:
 class RestartPolicy:
     """Restart after a crash: at most ``max_restarts`` in a row (0 = never restart), waiting
     ``backoff_initial_s`` doubled each time up to ``backoff_max_s``. A child that stayed ready for
-    ``stable_after_s`` starts a fresh count."""
+    ``stable_after_s`` starts a fresh count. An exit code in ``fatal_exit_codes`` gives up at once."""
 
     max_restarts: int = 3
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 10.0
     stable_after_s: float = 60.0
+    #: Exit codes that mean "this start can never succeed" (bad config, port taken): no restart.
+    fatal_exit_codes: frozenset[int] = frozenset()
 
     def delay(self, failures: int) -> float:
         return min(self.backoff_max_s, self.backoff_initial_s * (2 ** max(0, failures - 1)))
@@ -107,6 +110,22 @@ class ReadyWhenLine:
     parse: Callable[[str], Any]
     stream: OutputStream | Literal["any"] = "any"
 
+    @classmethod
+    def json_after(cls, prefix: str, stream: OutputStream | Literal["any"] = "any") -> ReadyWhenLine:
+        """Ready at a line ``PREFIX {json}`` (e.g. the daemon's ``LUNA_DAEMON_READY {...}``); the
+        parsed JSON becomes :attr:`Ready.info`. A line with the prefix but broken JSON is ignored."""
+        marker = prefix.rstrip() + " "
+
+        def parse(line: str) -> Any:
+            if not line.startswith(marker):
+                return None
+            try:
+                return json.loads(line[len(marker) :])
+            except ValueError:
+                return None
+
+        return cls(parse, stream)
+
 
 @dataclass(frozen=True)
 class ReadyWhenProbe:
@@ -125,6 +144,8 @@ Readiness = ReadyWhenLine | ReadyWhenProbe | None
 
 @dataclass(frozen=True)
 class Starting:
+    """A process is about to be spawned (``attempt`` counts every spawn of this supervision run)."""
+
     name: str
     attempt: int
     argv: tuple[str, ...]
@@ -132,6 +153,8 @@ class Starting:
 
 @dataclass(frozen=True)
 class Ready:
+    """The readiness check passed; ``info`` is what it returned (e.g. the daemon's ready JSON)."""
+
     name: str
     pid: int
     info: Any
@@ -140,6 +163,8 @@ class Ready:
 
 @dataclass(frozen=True)
 class Output:
+    """One line of the child's stdout or stderr (newline stripped, cut at ``max_line_chars``)."""
+
     name: str
     stream: OutputStream
     line: str
@@ -157,6 +182,8 @@ class Exited:
 
 @dataclass(frozen=True)
 class Restarting:
+    """The child failed (``reason``); it is started again after ``delay`` seconds (``attempt`` of the cap)."""
+
     name: str
     attempt: int
     delay: float
@@ -165,6 +192,8 @@ class Restarting:
 
 @dataclass(frozen=True)
 class GaveUp:
+    """Supervision ended without a running child: ``reason`` and the last output lines say why."""
+
     name: str
     reason: str
     last_output: tuple[str, ...] = ()
@@ -172,6 +201,8 @@ class GaveUp:
 
 @dataclass(frozen=True)
 class Stopped:
+    """Supervision ended because :meth:`ManagedChild.stop` was called."""
+
     name: str
 
 
@@ -179,6 +210,8 @@ ChildEvent = Starting | Ready | Output | Exited | Restarting | GaveUp | Stopped
 
 
 class ChildState(enum.Enum):
+    """Where supervision stands (see :attr:`ManagedChild.state`)."""
+
     IDLE = "idle"
     STARTING = "starting"
     READY = "ready"
@@ -228,6 +261,42 @@ class _Subscriber:
                     self.dropped += 1
                     break
         self.wakeup.set()
+
+
+class EventStream:
+    """An async iterator over one subscription of :meth:`ManagedChild.events`."""
+
+    def __init__(self, child: ManagedChild, subscriber: _Subscriber, until_end: bool) -> None:
+        self._child = child
+        self._subscriber = subscriber
+        self._until_end = until_end
+        self._done = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ChildEvent:
+        if self._done:
+            raise StopAsyncIteration
+        subscriber = self._subscriber
+        try:
+            while not subscriber.items:
+                subscriber.wakeup.clear()
+                await subscriber.wakeup.wait()
+        except BaseException:
+            await self.aclose()
+            raise
+        event = subscriber.items.popleft()
+        if self._until_end and isinstance(event, Stopped | GaveUp):
+            await self.aclose()  # this event is the last one delivered
+        return event
+
+    async def aclose(self) -> None:
+        """Unsubscribe; the iteration ends."""
+        if not self._done:
+            self._done = True
+            with contextlib.suppress(ValueError):
+                self._child._subscribers.remove(self._subscriber)
 
 
 def popen_options(platform: str, *, job: WindowsJob | None = None) -> dict[str, Any]:
@@ -319,21 +388,13 @@ class ManagedChild:
 
         return unsubscribe
 
-    async def events(self, *, until_end: bool = True, max_queued: int = 10_000) -> AsyncIterator[ChildEvent]:
-        """Iterate events from now on; with ``until_end`` the iteration ends after :class:`Stopped` / :class:`GaveUp`."""
+    def events(self, *, until_end: bool = True, max_queued: int = 10_000) -> EventStream:
+        """Events from this call on (subscribed at once, so none is missed before the first
+        ``await``); with ``until_end`` the iteration ends after :class:`Stopped` / :class:`GaveUp`.
+        ``async for event in child.events(): ...``; ``aclose()`` (or leaving the loop) unsubscribes."""
         subscriber = _Subscriber(max_queued)
         self._subscribers.append(subscriber)
-        try:
-            while True:
-                while not subscriber.items:
-                    subscriber.wakeup.clear()
-                    await subscriber.wakeup.wait()
-                event = subscriber.items.popleft()
-                yield event
-                if until_end and isinstance(event, Stopped | GaveUp):
-                    return
-        finally:
-            self._subscribers.remove(subscriber)
+        return EventStream(self, subscriber, until_end)
 
     def _emit(self, event: ChildEvent) -> None:
         for callback in list(self._callbacks):
@@ -432,6 +493,9 @@ class ManagedChild:
                 if ran_ready_s >= self.restart_policy.stable_after_s:
                     failures = 0
                 failures += 1
+                if outcome == "failed" and self.returncode in self.restart_policy.fatal_exit_codes:
+                    self._give_up(f"{reason}, which means it cannot start as configured; not restarted")
+                    return
                 if failures > self.restart_policy.max_restarts or outcome == "fatal":
                     tries = f"{failures} failure{'s' if failures != 1 else ''} in a row"
                     self._give_up(

@@ -1,6 +1,7 @@
 """A tiny child process for the supervision tests: ``python -m tests.helpers.child_script MODE [ARG]``.
 
-Modes (each prints ``CHILD_READY pid=N`` when it is "up", except where said):
+Modes (each prints ``CHILD_READY pid=N`` on stdout and ``CHILD_JSON_READY {"pid": N, "port": 1234}``
+on stderr when it is "up", except where said):
 
 * ``serve``: ready, then waits; SIGTERM prints ``terminated`` and exits 0; SIGUSR1 prints
   ``graceful`` and exits 0 (the graceful-stop step of the tests).
@@ -28,6 +29,7 @@ from pathlib import Path
 
 def _ready() -> None:
     print(f"CHILD_READY pid={os.getpid()}", flush=True)
+    print(f'CHILD_JSON_READY {{"pid": {os.getpid()}, "port": 1234}}', file=sys.stderr, flush=True)
 
 
 def _wait_forever() -> None:

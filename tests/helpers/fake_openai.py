@@ -24,7 +24,8 @@ Answers (every one works for both plain and streamed requests unless said):
   answer, ``Reply('{"oops": ')`` malformed JSON, ``Reply('{"x": 1}')`` JSON of the wrong shape.
 * :class:`Error` ``(status, body=None, retry_after=None)`` — an HTTP error (429 with
   ``Retry-After``, 500, …) with an OpenAI-style error body.
-* :class:`Slow` ``(text, delay_s)`` — a stream with ``delay_s`` between chunks (plain: one delay).
+* :class:`Slow` ``(text, delay_s, first_delay_s=None)`` — a stream with ``delay_s`` between
+  chunks (``first_delay_s`` before the first one, default the same; plain: one ``delay_s``).
 * :class:`Cut` ``(text, after_chunks=2)`` — the connection is dropped mid-answer (stream: after
   that many content chunks; plain: halfway through the body).
 * :class:`Endless` ``(piece=" and on", honour_max_tokens=False)`` — a stream that never ends
@@ -42,6 +43,11 @@ Server knobs (constructor keywords or attributes): ``models``; ``tokenize`` (Fal
 Inspection: ``requests`` (every :class:`RecordedRequest`: method, path, JSON body, headers),
 ``chat_requests`` (the chat bodies only), ``disconnects`` (how many streams the client closed
 early) and the ``disconnected`` event (set at the first such close; tests wait on it).
+
+Standalone, in its own process (benchmarks, subprocess tests, trying ``luna story`` by hand):
+``python -m tests.helpers.fake_openai [--port N] [--reply TEXT] [--delay S] [--refuse-json-schema]``
+prints ``FAKE_OPENAI_READY <base url>`` and serves (every answer ``Reply(TEXT)``, or ``Slow`` with
+``--delay``) until stdin closes.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class Error:
 class Slow:
     text: str
     delay_s: float = 0.05
+    first_delay_s: float | None = None  # before the first chunk (default: delay_s)
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,7 @@ class FakeOpenAI:
         app.router.add_route("*", "/{tail:.*}", self._not_found)  # recorded, like every request
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, self.port)  # 0 unless set: a free port
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -237,6 +244,14 @@ class FakeOpenAI:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _error_response(401, "Incorrect API key provided", "invalid_request_error")
         return None
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less when the server closes (then True): close() never waits on a delay."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
@@ -307,8 +322,8 @@ class FakeOpenAI:
         else:
             text = answer.text  # type: ignore[union-attr]
             finish = answer.finish_reason if isinstance(answer, Reply) else "stop"
-        if isinstance(answer, Slow):
-            await asyncio.sleep(answer.delay_s)
+        if isinstance(answer, Slow) and await self._sleep(answer.delay_s):
+            return _error_response(503, "the fake server is closing", "server_error")
         prompt = " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
         payload = json.dumps(
             {
@@ -374,7 +389,10 @@ class FakeOpenAI:
                         _drop(request)
                         return response
                     if isinstance(answer, Slow):
-                        await asyncio.sleep(answer.delay_s)
+                        first = answer.first_delay_s if answer.first_delay_s is not None else answer.delay_s
+                        if await self._sleep(first if index == 0 else answer.delay_s):
+                            _drop(request)
+                            return response
                     await response.write(frame({"content": piece}, None))
                 if isinstance(answer, Cut):
                     _drop(request)
@@ -402,3 +420,27 @@ def _error_response(
 ) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return web.json_response(body, status=status, headers=headers)
+
+
+async def _serve_standalone(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="fake OpenAI-compatible server")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reply", default="The fake narrator speaks.")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--refuse-json-schema", action="store_true")
+    args = parser.parse_args(argv)
+    fake = FakeOpenAI(default_text=args.reply, refuse_json_schema=args.refuse_json_schema)
+    fake.responder = lambda body: Slow(args.reply, args.delay) if args.delay else Reply(args.reply)
+    fake.port = args.port
+    await fake.start()
+    print(f"FAKE_OPENAI_READY {fake.url}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # until stdin closes
+    await fake.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_standalone())

@@ -97,6 +97,7 @@ def test_the_server_command_line(tmp_path):
         "--host": "127.0.0.1",
         "--port": "5555",
         "--n_threads": "3",
+        "--n_threads_batch": "3",
         "--n_ctx": "2048",
     }
     assert not llm.is_starter and EmbeddedLlm().is_starter
@@ -191,3 +192,30 @@ async def test_open_backend_starts_and_stops_the_embedded_runtime_for_a_block():
             assert reply.text.strip() and reply.completion_tokens <= 4
         pid = next(e.pid for e in events if isinstance(e, Ready))
     assert not psutil.pid_exists(pid)
+
+
+@needs_embedded
+@pytest.mark.integration
+@pytest.mark.expect_log_warnings
+async def test_a_port_taken_before_the_server_binds_it_is_replaced(monkeypatch):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+    real_free_port = embedded_module.free_port
+
+    def racing_free_port(host):
+        return ports.pop(0) if ports else real_free_port(host)
+
+    monkeypatch.setattr(embedded_module, "free_port", racing_free_port)
+    llm = EmbeddedLlm(restart=RestartPolicy(max_restarts=0))
+    try:
+        backend = await llm.start()
+        assert f":{taken.getsockname()[1]}/" not in backend.base_url
+        async with LlmClient(backend) as client:
+            assert await client.list_models()
+    finally:
+        await llm.stop()
+        taken.close()

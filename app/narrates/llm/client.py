@@ -193,6 +193,7 @@ class LlmClient:
     async def _with_retries(self, what: str, deadline: float, attempt_call: Callable[[], Any]) -> Any:
         """Run ``attempt_call`` with the retry policy; the whole thing ends by ``deadline``."""
         attempt = 0
+        limit = self._remaining(deadline)
         while True:
             attempt += 1
             try:
@@ -200,7 +201,7 @@ class LlmClient:
                     return await attempt_call()
             except TimeoutError as exc:
                 raise LlmTimeout(
-                    f"{what} did not answer within {self.timeouts.total:g} s — is the server overloaded? "
+                    f"{what} did not answer within {limit:.3g} s — is the server overloaded? "
                     "Raise timeouts.total in llm.toml or use a smaller model"
                 ) from exc
             except httpx.ReadTimeout as exc:
@@ -368,8 +369,12 @@ class LlmClient:
         runaway_limit = request.max_tokens * RUNAWAY_FACTOR + 32
         delivered: list[str] = []
         attempt = 0
+        pause = 0.0  # backoff before re-asking after a stream that broke before any text
         while True:
             attempt += 1
+            if pause:
+                await asyncio.sleep(min(pause, self._remaining(deadline)))
+                pause = 0.0
             try:
                 response = await self._open_stream(body, what, deadline)
             except _Retryable as retryable:
@@ -424,6 +429,7 @@ class LlmClient:
             except _TRANSPORT_ERRORS as exc:
                 if not delivered and attempt < self.retries.attempts and not finished:
                     log.info("%s: stream broke before any text (%r); retrying", what, exc)
+                    pause = self.retries.delay(attempt)
                     continue
                 raise LlmUnavailable(
                     f"{what}: the stream broke after {len(''.join(delivered))} characters ({type(exc).__name__}) — "
@@ -434,6 +440,7 @@ class LlmClient:
                 await response.aclose()
             if not finished:
                 if not delivered and attempt < self.retries.attempts:
+                    pause = self.retries.delay(attempt)
                     continue
                 raise LlmUnavailable(
                     f"{what}: the stream ended before the answer was complete "

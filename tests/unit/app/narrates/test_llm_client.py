@@ -180,12 +180,12 @@ async def test_a_server_that_hangs_times_out(fake):
 
 
 async def test_a_slow_stream_past_the_total_limit_times_out_with_the_partial_text(fake):
-    fake.script(Slow("a b c d e f g h i j k l m n o p", delay_s=0.1))
-    async with LlmClient(LlmBackend("fake", fake.url, model="m"), timeouts=LlmTimeouts(total=0.35)) as llm:
+    fake.script(Slow("a b c d e f g h i j k l m n o p", delay_s=30, first_delay_s=0))
+    async with LlmClient(LlmBackend("fake", fake.url, model="m"), timeouts=LlmTimeouts(total=1.0)) as llm:
         with pytest.raises(LlmTimeout) as caught:
             async for _ in llm.stream(ask()):
                 pass
-    assert caught.value.partial_text.startswith("a")
+    assert caught.value.partial_text == "a"
 
 
 async def test_a_stream_that_ignores_max_tokens_is_stopped(fake, client):
@@ -341,3 +341,45 @@ async def test_count_tokens_estimates_when_the_server_cannot_and_asks_only_once(
         assert (first, second) == (10, 20) and llm.token_count_source == "estimate"
         tried = [r.path for r in server.requests]
         assert tried == ["/tokenize", "/extras/tokenize/count", "/api/extra/tokencount"]
+
+
+async def test_a_plain_answer_past_the_total_limit_times_out(fake):
+    fake.script(Slow("late", delay_s=2.0))
+    async with LlmClient(LlmBackend("fake", fake.url, model="m"), timeouts=LlmTimeouts(total=0.3)) as llm:
+        with pytest.raises(LlmTimeout, match=r"within 0.3 s"):
+            await llm.complete(ask())
+
+
+async def test_the_fake_server_runs_standalone_in_its_own_process():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[4]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.helpers.fake_openai",
+        "--reply",
+        "from afar",
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+        assert line[0] == "FAKE_OPENAI_READY"
+        async with LlmClient(LlmBackend("standalone", line[1]), retries=FAST) as llm:
+            assert "".join([c.text async for c in llm.stream(ask())]) == "from afar"
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_count_tokens_on_a_server_that_is_down_estimates_and_asks_again_later():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with LlmClient(LlmBackend("down", f"http://127.0.0.1:{port}/v1", model="m")) as llm:
+        assert await llm.count_tokens("x" * 36) == 10
+        assert llm.token_count_source is None  # not remembered: the server may come back

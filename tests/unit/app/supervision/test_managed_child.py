@@ -326,3 +326,58 @@ async def test_a_probed_child_that_exits_is_reported_as_exited_not_as_a_timeout(
     )
     with pytest.raises(ChildGaveUp, match="exited with code 9 before it was ready"):
         await child.start()
+
+
+async def test_a_prefixed_json_ready_line_like_the_daemons_gives_its_payload():
+    child = ManagedChild(spec("serve"), ready=ReadyWhenLine.json_after("CHILD_JSON_READY", stream="stderr"))
+    async with child:
+        assert child.ready_info == {"pid": child.pid, "port": 1234}
+    parse = ReadyWhenLine.json_after("LUNA_DAEMON_READY").parse
+    assert parse('LUNA_DAEMON_READY {"port": 19283}') == {"port": 19283}
+    assert parse("LUNA_DAEMON_READY {broken") is None and parse("other line") is None
+
+
+async def test_a_graceful_step_that_hangs_is_bounded_then_the_child_is_terminated():
+    entered = asyncio.Event()
+
+    async def hangs(managed: ManagedChild) -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    child = ManagedChild(
+        spec("serve"), ready=READY_LINE, graceful_stop=hangs, stop=StopPolicy(graceful_timeout_s=0.2)
+    )
+    ready = await child.start()
+    await asyncio.wait_for(child.stop(), 15)
+    assert entered.is_set() and "terminated" in child.output
+    assert child.returncode == 0 and gone(ready.pid)
+
+
+async def test_an_events_iterator_ends_after_stopped():
+    child = ManagedChild(spec("serve"), ready=READY_LINE)
+    seen = []
+    stream = child.events()  # subscribed now, before anything happens
+
+    async def watch():
+        async for event in stream:
+            seen.append(type(event))
+
+    watcher = asyncio.create_task(watch())
+    await child.start()
+    await child.stop()
+    await asyncio.wait_for(watcher, 10)
+    assert seen[0] is Starting and Ready in seen and seen[-2:] == [Exited, Stopped]
+
+
+@pytest.mark.expect_log_warnings
+async def test_a_fatal_exit_code_gives_up_without_restarting():
+    recorder = Recorder()
+    child = ManagedChild(
+        spec("crash", "2"),
+        ready=READY_LINE,
+        restart=RestartPolicy(max_restarts=5, backoff_initial_s=0.01, fatal_exit_codes=frozenset({2})),
+        on_event=recorder,
+    )
+    with pytest.raises(ChildGaveUp, match="exited with code 2 before it was ready.*not restarted"):
+        await child.start()
+    assert recorder.of(Restarting) == [] and len(recorder.of(Starting)) == 1
