@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Pick a CUDA build with e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint bench slow clean
+.PHONY: run test lint bench slow screenshots clean
 
 $(VENV)/.torch-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,14 @@ $(VENV)/.dev-stamp: $(VENV)/.llm-stamp pyproject.toml
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[dev,embedded]'
 	touch $@ $(VENV)/.run-stamp
 
-# Until the GUI exists, `make run` launches the daemon in the foreground on embedded defaults.
+# The operator window (it starts the daemon as its child) on the saved settings, else the
+# embedded defaults. RUN_ARGS go to `luna gui`, e.g. RUN_ARGS=--no-daemon.
 run: $(VENV)/.run-stamp
-	$(PY) -m daemon $(RUN_ARGS)
+	$(PY) -m app gui $(RUN_ARGS)
+
+# PNGs of the window and each panel in docs/screenshots/ (real daemon child, fake ComfyUI; ~40 s).
+screenshots: $(VENV)/.dev-stamp
+	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(PY) -m scripts.screenshots docs/screenshots
 
 lint: $(VENV)/.dev-stamp
 	$(PY) -m ruff check .

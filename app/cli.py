@@ -6,6 +6,7 @@ Subcommands (``luna --help`` for the details)::
     luna templates list | show TEMPLATE | detect TEMPLATE | validate TEMPLATE [--url URL | --style STYLE] [--set ...]
     luna templates convert UI_WORKFLOW (--url URL | --style STYLE)
     luna instances [--json]
+    luna [gui [--self-test] [--no-daemon]]   (no command: the operator window)
 
 TEMPLATE is a file path or a template name (see ``workflows/README.md``). Progress goes to
 stderr; with ``--json`` stdout carries exactly one JSON document, also on failure.
@@ -647,11 +648,26 @@ def build_parser() -> argparse.ArgumentParser:
     instances = sub.add_parser("instances", help="health, queue and VRAM of every configured instance")
     instances.add_argument("--json", action="store_true")
     instances.add_argument("--connect-timeout", type=float, default=3.0)
+    add_gui_command(sub)
 
     from app.narrates.cli import add_parser as add_story_parser  # luna story lives with its engine
 
     add_story_parser(sub)
     return parser
+
+
+def add_gui_command(sub: Any) -> None:
+    """``luna gui`` (also what plain ``luna`` runs): the operator window."""
+    gui = sub.add_parser("gui", help="open the operator window (the default without a command)")
+    gui.add_argument(
+        "--self-test",
+        action="store_true",
+        help="build the window offscreen, start the daemon, check every panel once, exit 0 or name the failure",
+    )
+    gui.add_argument("--self-test-timeout", type=float, default=120.0, metavar="SECONDS")
+    gui.add_argument(
+        "--no-daemon", action="store_true", help="do not start (or attach to) the daemon at start"
+    )
 
 
 async def _dispatch(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -749,9 +765,13 @@ def main(
     out, err = stdout or sys.stdout, stderr or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(out)
-        return EXIT_OK
+    if args.command in (None, "gui"):
+        try:
+            from app.gui.app import run_gui  # Qt is imported only for the window
+        except ImportError as exc:
+            print(f"luna: the operator window needs PySide6, qasync and pyqtgraph ({exc})", file=err)
+            return EXIT_USAGE
+        return run_gui(args, stdout=out, stderr=err)
     if args.command == "story":
         from app.narrates.cli import run as run_story
 

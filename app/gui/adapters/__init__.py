@@ -1,0 +1,1 @@
+"""QObject adapters: each owns one service, runs its coroutines on the qasync loop, emits signals."""
