@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -598,9 +598,3 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
     else:
         _print_result(args, result, out, err)
     return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience for python -m
-    from app.cli import main as luna_main
-
-    return luna_main(["story", *(argv or sys.argv[1:])])
