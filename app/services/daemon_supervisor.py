@@ -288,7 +288,7 @@ class DaemonSupervisor:
                 backoff_max_s=options.restart_backoff_max,
                 stable_after_s=options.stable_after,
                 # Bad config or a taken port: the same start fails the same way.
-                fatal_exit_codes=frozenset({int(DaemonExit.START_FAILED)}),
+                fatal_exit_codes=frozenset({int(DaemonExit.START_FAILED), int(DaemonExit.NO_STDOUT)}),
             ),
             stop=StopPolicy(graceful_timeout_s=options.stop_grace),
             graceful_stop=self._graceful_stop,

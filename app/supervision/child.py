@@ -703,6 +703,15 @@ class ManagedChild:
             return
         try:
             if sys.platform == "win32":
+                if kill and self._job is not None:
+                    # the contract's last step: the whole job, so no grandchild survives
+                    try:
+                        self._job.terminate(1)
+                        return
+                    except OSError as exc:
+                        log.warning(
+                            "%s: TerminateJobObject failed (%s); killing the process", self.spec.name, exc
+                        )
                 process.kill() if kill else process.terminate()
             else:
                 # The child leads its own session (popen_options): signal the group, so helpers it

@@ -156,6 +156,14 @@ class WindowsJob:
         finally:
             self._k32.CloseHandle(process)
 
+    def terminate(self, exit_code: int = 1) -> None:
+        """End every process in the job (``TerminateJobObject``): the child and anything it started.
+        ``TerminateProcess`` of the child alone would leave a grandchild (daemon/PROTOCOL.md §14)."""
+        if self.handle is None:
+            raise JobObjectError(0, "the job object is closed")
+        if not self._k32.TerminateJobObject(self.handle, exit_code):
+            raise JobObjectError(self._last_error(), "TerminateJobObject failed")
+
     def close(self) -> None:
         """Close the job handle (kills whatever is still in it)."""
         if self.handle is not None:

@@ -57,6 +57,10 @@ class RecordingKernel32:
         self.calls.append(("CloseHandle", handle))
         return 1
 
+    def TerminateJobObject(self, job, exit_code):
+        self.calls.append(("TerminateJobObject", job, exit_code))
+        return self._result("TerminateJobObject", 1)
+
 
 def test_the_job_object_kills_on_close_and_takes_each_child():
     kernel32 = RecordingKernel32()
@@ -135,3 +139,48 @@ def test_a_failing_prctl_stops_the_start():
 def test_orphan_protection_names_the_mechanism():
     expected = {"linux": "pdeathsig", "win32": "job-object"}.get(sys.platform, "none")
     assert orphan_protection() == expected
+
+
+def test_terminating_the_job_ends_every_process_in_it_and_a_failure_is_an_error():
+    kernel32 = RecordingKernel32()
+    WindowsJob(kernel32).terminate(1)
+    assert kernel32.calls[-1] == ("TerminateJobObject", 0x100, 1)
+    with pytest.raises(JobObjectError, match="TerminateJobObject"):
+        WindowsJob(RecordingKernel32(fail="TerminateJobObject")).terminate(1)
+
+
+class _Process:
+    """The part of asyncio.subprocess.Process that ManagedChild._signal uses."""
+
+    pid = 4321
+    returncode = None
+
+    def __init__(self) -> None:
+        self.signals: list[str] = []
+
+    def kill(self) -> None:
+        self.signals.append("kill")
+
+    def terminate(self) -> None:
+        self.signals.append("terminate")
+
+
+@pytest.mark.parametrize("job_fails", [False, True])
+def test_on_windows_the_kill_step_terminates_the_job_and_falls_back_to_the_process(
+    monkeypatch, caplog, job_fails
+):
+    from app.supervision import child as child_module
+
+    monkeypatch.setattr(child_module.sys, "platform", "win32")
+    kernel32 = RecordingKernel32(fail="TerminateJobObject" if job_fails else None)
+    managed = child_module.ManagedChild(
+        child_module.ChildSpec("daemon", ("python", "-c", "pass")),
+        ready=child_module.ReadyWhenLine(lambda line: None),
+        job=WindowsJob(kernel32),
+    )
+    process = _Process()
+    managed._signal(process, kill=False)  # terminate step: the process only (graceful-ish)
+    managed._signal(process, kill=True)  # kill step: the whole job
+    assert process.signals == (["terminate", "kill"] if job_fails else ["terminate"])
+    assert ("TerminateJobObject", 0x100, 1) in kernel32.calls
+    assert ("TerminateJobObject failed" in caplog.text) is job_fails
