@@ -40,7 +40,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from daemon.tcp_service import bind_listener
+from daemon.tcp_service import bind_with_retry, set_abortive_close
 from daemon.wire.status import (
     GET_STATUS,
     SCALING,
@@ -117,7 +117,7 @@ class StatusWebSocket:
     async def start(self) -> tuple[str, int]:
         """Bind (port 0 → a free port) and start broadcasting; returns the bound (host, port)."""
         # Bound like the protocol port: exclusively on Windows, so no second daemon can share it.
-        listener = bind_listener(self._host, self._port)
+        listener = await bind_with_retry(self._host, self._port)
         try:
             self._server = await serve(
                 self._handle,
@@ -143,6 +143,12 @@ class StatusWebSocket:
                 await self._ticker
             self._ticker = None
         if self._server is not None:
+            # The closing handshake still runs; the TCP teardown after it is then a reset, so no
+            # connection of this port lingers to block the next daemon's exclusive bind (Windows).
+            for client in self._clients:
+                sock = client.connection.transport.get_extra_info("socket")
+                if sock is not None:
+                    set_abortive_close(sock)
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None

@@ -17,7 +17,16 @@ headers, tensor counts, dims and element counts are bounded; a peer that does no
 answers within ``Limits.write_timeout`` is dropped. A bad or slow client gets an error or a
 closed connection, and nobody else notices. Binding: loopback by default; any other address
 needs a token; the port is bound exclusively (``SO_EXCLUSIVEADDRUSE`` on Windows, never
-``SO_REUSEADDR`` there) and a port in use raises :class:`PortInUseError`.
+``SO_REUSEADDR`` there) and a port in use raises :class:`PortInUseError` (a port Windows reserves,
+WSAEACCES: :class:`PortReservedError`). ``localhost`` is bound as ``127.0.0.1``, the address the
+clients dial (Windows resolves ``localhost`` to ``::1`` first).
+
+Closing (why it matters on Windows): with ``SO_EXCLUSIVEADDRUSE`` Windows refuses to bind the port
+again while a connection accepted on it is still active, and a connection the daemon closed first
+while the peer keeps its end open (an idle ComfyUI client) lingers in FIN_WAIT for minutes. So a
+connection the daemon ends is closed only after the peer had ``close_drain`` seconds to close
+first (it then holds the TIME_WAIT), else with ``SO_LINGER`` 0 (a reset, nothing lingers); and
+the bind is retried for ``bind_retry`` seconds (an old daemon may still be exiting).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import hmac
 import ipaddress
 import logging
 import socket
+import struct
 import sys
 import time
 import typing
@@ -57,7 +67,7 @@ from .wire.protocol import (
 )
 from .wire.shm import ReplyWriter, ShmAttachments, probe_answer
 
-__all__ = ["Limits", "OpHandler", "Peer", "PortInUseError", "TcpService"]
+__all__ = ["Limits", "OpHandler", "Peer", "PortInUseError", "PortReservedError", "TcpService"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,20 @@ class PortInUseError(OSError):
     """The TCP port is taken (most likely by another daemon)."""
 
 
+class PortReservedError(OSError):
+    """Windows refuses the port (WSAEACCES 10013): it lies in a range reserved by Hyper-V, WSL or
+    Docker (``netsh interface ipv4 show excludedportrange protocol=tcp``) or a policy blocks it."""
+
+
+#: Winsock codes as CPython reports them on Windows (``OSError.winerror``, and ``errno`` too).
+WSAEACCES = 10013
+WSAEADDRINUSE = 10048
+#: How long a bind is retried while the port is in use: on Windows an exiting daemon's connections
+#: can hold the port for a moment after its process ended; on POSIX SO_REUSEADDR covers that.
+BIND_RETRY_SECONDS = 5.0 if sys.platform == "win32" else 0.0
+BIND_RETRY_INTERVAL = 0.25
+
+
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
@@ -91,11 +115,45 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
-    """Bind and listen on (host, port) exclusively; raises PortInUseError if it is taken."""
+def listen_host(host: str) -> str:
+    """The address to bind for ``host``: ``localhost`` → ``127.0.0.1``, what every client dials
+    (Windows resolves ``localhost`` to ``::1`` first, and only the first address is bound)."""
+    return "127.0.0.1" if host.strip().lower() == "localhost" else host
+
+
+def _bind_error_code(exc: OSError) -> int | None:
+    return getattr(exc, "winerror", None) or exc.errno
+
+
+def _is_in_use(exc: OSError) -> bool:
+    return _bind_error_code(exc) in (errno.EADDRINUSE, WSAEADDRINUSE)
+
+
+def _is_reserved(exc: OSError) -> bool:
+    # errno EACCES on POSIX is a privileged port: reported as it is, not as a Windows reservation.
+    return _bind_error_code(exc) == WSAEACCES
+
+
+def set_abortive_close(sock: socket.socket | typing.Any) -> None:
+    """Make ``close()`` reset the connection (SO_LINGER on, 0 s): nothing lingers in FIN_WAIT or
+    TIME_WAIT to block the next daemon's bind. Windows' ``struct linger`` is two u_short, POSIX's
+    two int. Best effort: a socket already gone is fine."""
+    value = struct.pack("HH", 1, 0) if sys.platform == "win32" else struct.pack("ii", 1, 0)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+    except OSError:
+        pass
+
+
+def bind_listener(
+    host: str, port: int, *, make_socket: typing.Callable[..., socket.socket] = socket.socket
+) -> socket.socket:
+    """Bind and listen on (host, port) exclusively; raises PortInUseError if it is taken,
+    PortReservedError if Windows reserves it."""
+    host = listen_host(host)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sock = make_socket(family, kind, proto)
     try:
         if sys.platform == "win32":
             # SO_REUSEADDR on Windows lets a second process steal a bound port; forbid sharing.
@@ -106,9 +164,16 @@ def bind_listener(host: str, port: int) -> socket.socket:
         try:
             sock.bind(address)
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1), 10048, 10013):
+            if _is_in_use(exc):
                 raise PortInUseError(
                     exc.errno, f"port {port} on {host} is already in use (is another Luna daemon running?)"
+                ) from None
+            if _is_reserved(exc):
+                raise PortReservedError(
+                    exc.errno,
+                    f"Windows does not allow port {port} on {host} (WSAEACCES): it is in a range "
+                    "reserved by Hyper-V/WSL/Docker or blocked by policy; see `netsh interface ipv4 "
+                    "show excludedportrange protocol=tcp` and choose another port",
                 ) from None
             raise
         sock.listen(128)
@@ -117,6 +182,47 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def close_after_peer(sock: socket.socket, drain: float) -> bool:
+    """Close ``sock`` after giving its peer up to ``drain`` seconds to close first (what it still
+    sends is discarded); reset it if the peer did not. True when the peer closed first. The
+    socket is closed in every case, also when this is cancelled."""
+    loop = asyncio.get_running_loop()
+    peer_closed = False
+    try:
+        if drain > 0:
+            async with asyncio.timeout(drain):
+                while await loop.sock_recv(sock, 65536):
+                    pass
+            peer_closed = True
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        if not peer_closed:
+            set_abortive_close(sock)
+        sock.close()
+    return peer_closed
+
+
+async def bind_with_retry(
+    host: str,
+    port: int,
+    *,
+    retry_for: float = BIND_RETRY_SECONDS,
+    interval: float = BIND_RETRY_INTERVAL,
+    bind: typing.Callable[[str, int], socket.socket] = bind_listener,
+) -> socket.socket:
+    """:func:`bind_listener`, retried every ``interval`` s for ``retry_for`` s while the port is
+    in use (never for other errors); the last PortInUseError propagates."""
+    deadline = time.monotonic() + max(0.0, retry_for)
+    while True:
+        try:
+            return bind(host, port)
+        except PortInUseError:
+            if port == 0 or time.monotonic() + interval > deadline:
+                raise
+        await asyncio.sleep(interval)
 
 
 class TcpService:
@@ -134,6 +240,8 @@ class TcpService:
         ops: typing.Iterable[str] = HANDLER_OPS,
         counters: RequestCounters | None = None,
         server_name: str = f"luna-daemon/{__version__}",
+        bind_retry: float = BIND_RETRY_SECONDS,
+        close_drain: float = 0.5,
     ):
         self.handler = handler
         self.host = host
@@ -143,22 +251,27 @@ class TcpService:
         self.log = logger or logging.getLogger("luna.daemon.tcp")
         self.ops = tuple(ops)
         self.server_name = server_name
+        self.bind_retry = bind_retry
+        #: seconds a peer gets to close first after the daemon's last answer (see module docstring)
+        self.close_drain = close_drain
         self.stats = counters if counters is not None else RequestCounters()
         self.closing = False
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
         self._connections: set[_Connection] = set()
+        self._refused: dict[asyncio.Task, socket.socket] = {}  # refused, waiting for the peer to close
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
         """Bind and start accepting; returns the bound (host, port) (port 0 → a free port)."""
-        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        host = listen_host(self.host)
+        infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         if not _is_loopback(infos[0][4][0]) and not self.token:
             raise ValueError(
                 f"refusing to listen on non-loopback address {self.host!r} without "
                 f"a token (anyone on the network could use the daemon)"
             )
-        self._listener = bind_listener(self.host, self.port)
+        self._listener = await bind_with_retry(host, self.port, retry_for=self.bind_retry)
         bound = self._listener.getsockname()
         self.address = (bound[0], bound[1])
         self._accept_task = asyncio.get_running_loop().create_task(
@@ -201,13 +314,24 @@ class TcpService:
                     sock.send(refusal)  # best effort, never waits
                 except OSError:
                     pass
-                sock.close()
+                self._close_refused(sock)
                 continue
             connection = _Connection(self, sock, peer)
             self._connections.add(connection)
             self.stats.connections_open += 1
             self.stats.connections_total += 1
             connection.task = loop.create_task(connection.run(), name=f"luna-conn-{peer}")
+
+    def _close_refused(self, sock: socket.socket) -> None:
+        """Close a refused socket the way connections close (module docstring), in the
+        background; beyond ``max_connections`` of them waiting, reset at once (a flood)."""
+        if len(self._refused) >= self.limits.max_connections:
+            set_abortive_close(sock)
+            sock.close()
+            return
+        task = asyncio.get_running_loop().create_task(close_after_peer(sock, self.close_drain))
+        self._refused[task] = sock
+        task.add_done_callback(lambda done: self._refused.pop(done, None))
 
     def _forget(self, connection: _Connection) -> None:
         if connection in self._connections:
@@ -235,6 +359,20 @@ class TcpService:
         for connection in connections:
             connection.stop()
         await asyncio.gather(*(c.task for c in connections if c.task is not None), return_exceptions=True)
+        refused = dict(self._refused)
+        for task in refused:
+            task.cancel()  # close_after_peer still closes (resets) the socket once it has run
+        await asyncio.gather(*refused, return_exceptions=True)
+        # A task cancelled before it first ran never reached its clean-up: close what it held.
+        for sock in refused.values():
+            if sock.fileno() != -1:
+                set_abortive_close(sock)
+                sock.close()
+        for connection in connections:
+            if connection.sock.fileno() != -1:
+                set_abortive_close(connection.sock)
+                connection.sock.close()
+            self._forget(connection)
 
 
 class _FrameTimeout(Exception):
@@ -258,6 +396,8 @@ class _Connection:
         self.send_lock = asyncio.Lock()
         self.task: asyncio.Task | None = None
         self._broken = False
+        self.peer_closed = False  # the peer's EOF arrived: our close leaves nothing lingering
+        self.last_send = -float("inf")  # loop time the last answer was written
 
     def peer(self) -> Peer:
         return Peer(self.address, self.authenticated, self.client_name, self.shm is not None)
@@ -286,6 +426,7 @@ class _Connection:
                     received = await loop.sock_recv_into(self.sock, buffer)
                 del buffer
                 if received == 0:
+                    self.peer_closed = True
                     decoder.eof()
                     return
                 self.service.stats.bytes_in += received
@@ -321,8 +462,19 @@ class _Connection:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.shm is not None:
             self.shm.close()
-        self.sock.close()
-        self.service._forget(self)
+        try:
+            await self._close_socket()
+        finally:
+            self.service._forget(self)
+
+    async def _close_socket(self) -> None:
+        """Close so nothing lingers (module docstring): a peer that was just answered gets
+        ``close_drain`` seconds to close first; otherwise, or if it does not, reset."""
+        if self.peer_closed:
+            self.sock.close()
+            return
+        remaining = self.last_send + self.service.close_drain - asyncio.get_running_loop().time()
+        self.peer_closed = await close_after_peer(self.sock, remaining)
 
     async def _send_error_and_close(self, error: ErrorResponse) -> None:
         self.service.stats.errors_by_code[error.code.value] += 1
@@ -342,6 +494,7 @@ class _Connection:
                     for buffer in buffers:
                         await loop.sock_sendall(self.sock, buffer)
                         self.service.stats.bytes_out += memoryview(buffer).nbytes
+                    self.last_send = loop.time()
             except BaseException:
                 # A frame was cut short: the stream is unusable. Stop the reader too.
                 self._broken = True

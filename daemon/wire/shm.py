@@ -18,8 +18,11 @@ SIGBUS on first write. Here creation reserves the pages (``posix_fallocate``) an
 clean ``OSError`` instead, which callers treat as "send through the socket".
 
 Works on Linux/macOS (POSIX ``shm_open``) and Windows (named file mappings, which vanish when
-the last handle closes). Stdlib + numpy only; vendored into the ComfyUI node pack with
-``client.py`` and ``protocol.py``. Classes are not thread-safe: each belongs to one connection
+the last handle closes). On Windows each :class:`Segment` keeps its own handle to the section
+open for as long as it is mapped: ``mmap(tagname=…)`` opens a section *by name* and silently
+creates a new zeroed one when none exists, so the handle held across that call is what makes it
+map the client's section, and a section that vanished is a ``FileNotFoundError``, never zeros.
+Stdlib + numpy only; vendored into the ComfyUI node pack with ``client.py`` and ``protocol.py``. Classes are not thread-safe: each belongs to one connection
 and is used by that connection's owner (a lock-holding blocking client or one event loop).
 """
 
@@ -42,6 +45,8 @@ if _WINDOWS:  # pragma: no cover - exercised on Windows only
 else:
     import _posixshmem
     from multiprocessing import resource_tracker
+
+    _winapi = None  # tests put a fake here to run the Windows branches
 
 MIN_SEGMENT_BYTES = 1 << 20
 SHM_MIN_TENSOR_BYTES = 64 * 1024  # smaller tensors are cheaper inline in the frame
@@ -66,12 +71,13 @@ def new_prefix() -> str:
 class Segment:
     """One mapped named shared-memory segment (created here, or attached by name)."""
 
-    def __init__(self, name: str, size: int, mapping: mmap.mmap, *, owner: bool):
+    def __init__(self, name: str, size: int, mapping: mmap.mmap, *, owner: bool, section: int | None = None):
         self.name = name
         self.size = size
         self.owner = owner
         self._mmap: mmap.mmap | None = mapping
         self._unlinked = False
+        self._section = section  # Windows: our handle to the file mapping, closed in close()
 
     @property
     def buf(self) -> memoryview:
@@ -84,22 +90,9 @@ class Segment:
         """Create a new segment of at least ``size`` bytes; raises OSError if it cannot."""
         if size <= 0:
             raise ValueError("segment size must be > 0")
-        if _WINDOWS:  # pragma: no cover
-            handle = _winapi.CreateFileMapping(
-                _winapi.INVALID_HANDLE_VALUE,
-                _winapi.NULL,
-                _winapi.PAGE_READWRITE,
-                (size >> 32) & 0xFFFFFFFF,
-                size & 0xFFFFFFFF,
-                name,
-            )
-            try:
-                if _winapi.GetLastError() == _winapi.ERROR_ALREADY_EXISTS:
-                    raise FileExistsError(f"shared memory {name!r} already exists")
-                mapping = mmap.mmap(-1, size, tagname=name)
-            finally:
-                _winapi.CloseHandle(handle)
-            return cls(name, size, mapping, owner=True)
+        if _WINDOWS:
+            mapping, section = _win_create(name, size)
+            return cls(name, size, mapping, owner=True, section=section)
         posix_name = "/" + name
         fd = _posixshmem.shm_open(posix_name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
@@ -120,17 +113,9 @@ class Segment:
     @classmethod
     def attach(cls, name: str) -> Segment:
         """Map an existing segment read-write without taking ownership (never unlinks it)."""
-        if _WINDOWS:  # pragma: no cover
-            handle = _winapi.OpenFileMapping(_winapi.FILE_MAP_READ, False, name)
-            try:
-                view = _winapi.MapViewOfFile(handle, _winapi.FILE_MAP_READ, 0, 0, 0)
-            finally:
-                _winapi.CloseHandle(handle)
-            try:
-                size = _winapi.VirtualQuerySize(view)
-            finally:
-                _winapi.UnmapViewOfFile(view)
-            return cls(name, size, mmap.mmap(-1, size, tagname=name), owner=False)
+        if _WINDOWS:
+            mapping, size, section = _win_attach(name)
+            return cls(name, size, mapping, owner=False, section=section)
         fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
         try:
             size = os.fstat(fd).st_size
@@ -149,6 +134,9 @@ class Segment:
                 mapping.close()
             except BufferError:
                 pass  # exported views keep it alive; mmap's deallocator unmaps quietly later
+        section, self._section = self._section, None
+        if section is not None:
+            _winapi.CloseHandle(section)  # a live mmap holds a handle of its own
 
     def unlink(self) -> None:
         """Remove the name (owner only; on Windows the mapping dies with its last handle)."""
@@ -175,6 +163,48 @@ class Segment:
         if offset < 0 or nbytes < 0 or offset + nbytes > self.size:
             raise ValueError(f"range {offset}+{nbytes} is outside segment {self.name!r} of {self.size} bytes")
         return self.buf[offset : offset + nbytes]
+
+
+def _map_section(size: int, name: str) -> mmap.mmap:
+    """Map the section called ``name`` (Windows; CPython opens it with CreateFileMappingW, which
+    creates a new one if the name is free — callers hold a handle so it is not)."""
+    return mmap.mmap(-1, size, tagname=name)  # type: ignore[call-arg]  # Windows-only argument
+
+
+def _win_create(name: str, size: int) -> tuple[mmap.mmap, int]:
+    """A new named section of ``size`` bytes, mapped; returns the mapping and our handle."""
+    handle = _winapi.CreateFileMapping(
+        _winapi.INVALID_HANDLE_VALUE,
+        _winapi.NULL,
+        _winapi.PAGE_READWRITE,
+        (size >> 32) & 0xFFFFFFFF,
+        size & 0xFFFFFFFF,
+        name,
+    )
+    try:
+        if _winapi.GetLastError() == _winapi.ERROR_ALREADY_EXISTS:
+            raise FileExistsError(f"shared memory {name!r} already exists")
+        return _map_section(size, name), handle
+    except BaseException:
+        _winapi.CloseHandle(handle)
+        raise
+
+
+def _win_attach(name: str) -> tuple[mmap.mmap, int, int]:
+    """Map the client's existing section ``name``: (mapping, size, our handle). The handle stays
+    open across the name-based ``mmap`` (and for the segment's life), so the section cannot vanish
+    in between and be replaced by a new zeroed one. FileNotFoundError when it is gone already."""
+    handle = _winapi.OpenFileMapping(_winapi.FILE_MAP_READ, False, name)
+    try:
+        view = _winapi.MapViewOfFile(handle, _winapi.FILE_MAP_READ, 0, 0, 0)
+        try:
+            size = _winapi.VirtualQuerySize(view)
+        finally:
+            _winapi.UnmapViewOfFile(view)
+        return _map_section(size, name), size, handle
+    except BaseException:
+        _winapi.CloseHandle(handle)
+        raise
 
 
 class Lease:
