@@ -3,9 +3,9 @@
 Each runs a frozen executable of ``dist/Luna/`` as the operator would, with none of this
 checkout's Python on its path: ``Luna gui --self-test`` (the window, offscreen, with the bundled
 ``luna-daemon`` as its child), ``luna-daemon`` on port 0 (READY line, status over the WebSocket,
-a VAE decode, the authenticated shutdown op), ``luna-llm-server`` on the bundled starter model, and the node
-pack's sources shipped as data. Skipped with the reason when no bundle is built; deselected from
-``make test`` by the ``bundle`` marker.
+a VAE decode, the authenticated shutdown op), ``luna-llm-server`` on the bundled starter model,
+and ``luna-daemon install-comfyui-nodes`` from the node pack's sources shipped as data. Skipped
+with the reason when no bundle is built; deselected from ``make test`` by the ``bundle`` marker.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 
 from daemon.wire.client import AsyncDaemonClient
 from tests.helpers.daemon_fixtures import tiny_vae_file, wait_ready
-from tests.smoke.bundle import bundle_dir, child_env, executable, missing_reason
+from tests.smoke.bundle import REPO_ROOT, bundle_dir, child_env, executable, missing_reason
 
 pytestmark = [
     pytest.mark.bundle,
@@ -175,9 +175,28 @@ async def test_frozen_llm_server_serves_the_bundled_starter_model(tmp_path):
             await drain
 
 
-def test_node_pack_sources_ship_as_data():
-    pack = bundle_dir() / "_internal" / "resources" / "comfyui_node_pack"
-    nodes = {path.name for path in (pack / "luna_shared_daemon").iterdir()}
-    wire = {path.name for path in (pack / "wire").iterdir()}
-    assert {"__init__.py", "nodes.py", "README.md"} <= nodes
-    assert {"client.py", "protocol.py", "shm.py"} <= wire
+async def test_frozen_daemon_installs_the_node_pack_from_its_data_into_comfyui(tmp_path):
+    comfyui = tmp_path / "ComfyUI"
+    (comfyui / "custom_nodes").mkdir(parents=True)
+    (comfyui / "main.py").write_text("# ComfyUI\n")
+    proc = await asyncio.create_subprocess_exec(
+        str(executable("luna-daemon")),
+        "install-comfyui-nodes",
+        "--comfyui",
+        str(comfyui),
+        cwd=str(tmp_path),
+        env=child_env(tmp_path / "home"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await _communicate(proc, 120)
+    assert proc.returncode == 0, out + err
+    pack = comfyui / "custom_nodes" / "luna_shared_daemon"
+    # Byte for byte the checkout's node modules and wire package (frozen, they come from data).
+    for source in sorted((REPO_ROOT / "daemon" / "comfyui_nodes").glob("*.py")):
+        if source.name != "install.py":
+            assert (pack / source.name).read_bytes() == source.read_bytes(), source.name
+    for source in sorted((REPO_ROOT / "daemon" / "wire").glob("*.py")):
+        if source.name != "__init__.py":
+            assert (pack / "_vendor" / source.name).read_bytes() == source.read_bytes(), source.name
+    assert not (pack / "install.py").exists()
