@@ -38,7 +38,12 @@ def size_report(root: Path, top: int = 14) -> list[str]:
     lines = [f"bundle {root}: {folder_size(root) / 2**20:,.0f} MiB in all"]
     for exe in sorted(p for p in root.iterdir() if p.is_file()):
         lines.append(f"  {exe.name:<34} {exe.stat().st_size / 2**20:8.1f} MiB")
-    entries = [(folder_size(p) if p.is_dir() else p.stat().st_size, p) for p in internal.iterdir()]
+    # Top-level symlinks (PyInstaller links libraries to where their package keeps them) are not counted.
+    entries = [
+        (folder_size(p) if p.is_dir() else p.stat().st_size, p)
+        for p in internal.iterdir()
+        if not p.is_symlink()
+    ]
     for size, path in sorted(entries, key=lambda item: item[0], reverse=True)[:top]:
         lines.append(f"  _internal/{path.name:<24} {size / 2**20:8.1f} MiB")
     return lines
