@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Pick a CUDA build with e.g. TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test lint bench slow screenshots clean
+.PHONY: run test lint bench slow screenshots bundle bundle-test clean
 
 $(VENV)/.torch-stamp:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,21 @@ run: $(VENV)/.run-stamp
 # PNGs of the window and each panel in docs/screenshots/ (real daemon child, fake ComfyUI; ~40 s).
 screenshots: $(VENV)/.dev-stamp
 	QT_QPA_PLATFORM=$${QT_QPA_PLATFORM:-offscreen} $(PY) -m scripts.screenshots docs/screenshots
+
+# The one-folder PyInstaller bundle dist/Luna/ (Luna, luna-daemon, luna-llm-server; see build.spec).
+# On Windows the same two steps run by hand (README "Windows bundle"). LUNA_BUNDLE_DEBUG=1 builds
+# the console/debug variant in dist/Luna-debug/. ~8 minutes on 2 cores.
+$(VENV)/.bundle-stamp: $(VENV)/.run-stamp pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[bundle,embedded]'
+	touch $@
+
+bundle: $(VENV)/.bundle-stamp
+	$(PY) -m PyInstaller --noconfirm build.spec
+
+# Smoke tests of the built bundle (skipped, saying why, when dist/Luna does not exist;
+# LUNA_BUNDLE_DIR=path tests another one).
+bundle-test: $(VENV)/.dev-stamp
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest tests/smoke -m bundle $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev-stamp
 	$(PY) -m ruff check .

