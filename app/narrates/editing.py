@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from app.comfy.inject import InjectionError, LoraSpec, ParamSpec, parse_value
 from app.narrates.errors import InvalidEdit
 from app.narrates.model import Character, ScenePlan, WorldNote
+from app.narrates.store import RenderRecord
 
 _LORAS = ParamSpec("loras", "loras")
 SEED_MODES = ("keep", "new", "typed")
@@ -166,3 +167,39 @@ def rerender_changes(plan: ScenePlan, form: RerenderForm, shown_seed: int | None
     if loras_from_text(form.loras) != tuple(plan.loras):
         changes["loras"] = form.loras.strip()
     return changes
+
+
+def render_facts(render: RenderRecord) -> dict[str, str]:
+    """A render's parameters and timings as labelled text (the history shows and compares these)."""
+    params = dict(render.params or {})
+    timings = render.timings or {}
+    facts = {
+        "status": render.status + (f" ({render.error_kind})" if render.error_kind else ""),
+        "seed": "" if render.seed is None else str(render.seed),
+        "template": render.template,
+        "style": render.style or "default",
+        "instance": render.instance or "",
+        "size": f"{params['width']}x{params['height']}" if "width" in params and "height" in params else "",
+        "prompt": str(params.get("positive", "")),
+        "negative": str(params.get("negative", "")),
+        "loras": ", ".join(
+            f"{x.get('name')}:{x.get('strength', 1.0):g}"
+            for x in params.get("loras") or ()
+            if isinstance(x, Mapping)
+        ),
+        "changes": ", ".join(f"{k}={v}" for k, v in sorted(render.changes.items())) or "none",
+    }
+    for name in ("queued", "running", "total"):
+        if name in timings:
+            facts[f"{name} (s)"] = f"{timings[name]:.2f}"
+    for name in ("steps", "cfg", "sampler", "scheduler", "checkpoint"):
+        if name in params:
+            facts[name] = str(params[name])
+    return facts
+
+
+def compare_renders(a: RenderRecord, b: RenderRecord) -> list[tuple[str, str, str, bool]]:
+    """``(label, a's value, b's value, differs)`` for every fact either render has."""
+    left, right = render_facts(a), render_facts(b)
+    labels = list(left) + [k for k in right if k not in left]
+    return [(k, left.get(k, ""), right.get(k, ""), left.get(k, "") != right.get(k, "")) for k in labels]

@@ -77,6 +77,8 @@ def render_readiness(
     if not instances:
         level = "blocked"
         lines.append(f"No ComfyUI instance serves {label}: the scene's render will fail (the prose is kept).")
+    elif not any(i.healthy for i in instances) and all(i.state == "unknown" for i in instances):
+        lines.append(f"ComfyUI for {label} is being checked ({', '.join(i.name for i in instances)}).")
     elif not any(i.healthy for i in instances):
         level = "blocked"
         names = ", ".join(f"{i.name} ({i.last_error or i.state})" for i in instances)
