@@ -1,0 +1,243 @@
+"""The Story tab against the real engine: the real StoryService, LlmClient (fake OpenAI server),
+RenderService and style router (fake ComfyUI), the app's status-feed adapter (no daemon running).
+Everything is awaited on Qt signals on the qasync loop; nothing sleeps."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from app.bootstrap_story import StoryParts, build_story
+from app.comfy.instances import InstanceConfig, InstancesConfig
+from app.comfy.router import RouterSettings, StyleRouter
+from app.gui.adapters.instances import InstancesAdapter
+from app.gui.adapters.messages import MessageHub
+from app.gui.adapters.status_feed import StatusFeedAdapter, default_feed_factory
+from app.narrates.model import Character, SessionSettings
+from app.narrates.store import SessionStore
+from app.services.llm_backend import BackendChoice, LlmBackendManager
+from tests.gui.conftest import wait_signal, wait_until
+from tests.helpers.fake_comfyui import FakeComfyUI
+from tests.helpers.fake_openai import FakeOpenAI, Reply, Slow
+from tests.helpers.operator_scene import free_port
+from tests.helpers.story_llm import PROSE, StoryLlm
+
+pytestmark = [pytest.mark.gui, pytest.mark.integration]
+SMALL = {"checkpoint": "sdxl_base.safetensors", "steps": 4, "width": 64, "height": 64}
+
+
+async def no_servers(*_args, **_kwargs):
+    return []
+
+
+@dataclass
+class Rig:
+    story: StoryParts
+    llm: FakeOpenAI
+    comfy: FakeComfyUI
+    messages: MessageHub
+
+    @property
+    def panel(self):
+        return self.story.panel
+
+    @property
+    def adapter(self):
+        return self.story.adapter
+
+    def session(self, template: str = "sdxl_txt2img") -> int:
+        sid = self.adapter.store.create_session(
+            "Lighthouse",
+            SessionSettings(render_values=SMALL, template=template),
+            [Character("Mira", "brave", "silver hair")],
+        ).id
+        self.adapter.refresh_sessions()
+        self.panel.sessions.list.setCurrentRow(0)  # the operator clicks it
+        assert self.adapter.session_id == sid
+        return sid
+
+    async def turn(self, text: str = "climb the stairs") -> tuple[str, str]:
+        self.panel.input.setPlainText(text)
+        ended = wait_signal(self.adapter.turn_ended)
+        self.panel.send_button.click()
+        return await ended
+
+
+@contextlib.asynccontextmanager
+async def rig(qtbot, *, comfy_up: bool = True, render_delay: float = 0.0) -> AsyncIterator[Rig]:
+    async with FakeOpenAI() as llm, FakeComfyUI(render_delay=render_delay, image_size=(96, 64)) as comfy:
+        llm.responder = StoryLlm()
+        url = comfy.url if comfy_up else f"http://127.0.0.1:{free_port()}"
+        messages = MessageHub()
+        router = StyleRouter(
+            InstancesConfig((InstanceConfig("box", url, styles=("anime",)),), default_style="anime"),
+            settings=RouterSettings(health_interval=0.2, no_instance_timeout=2.0),
+        )
+        instances = InstancesAdapter(router, messages)
+        feed = StatusFeedAdapter(default_feed_factory(lambda: None), messages)  # no daemon: never connected
+        story = build_story(
+            messages,
+            instances,
+            feed,
+            backends=LlmBackendManager(discover=no_servers),
+            store=SessionStore.open(),
+        )
+        qtbot.addWidget(story.panel)
+        story.panel.resize(1400, 900)
+        await instances.start()
+        await story.start()
+        await story.adapter.backends.choose(BackendChoice("url", llm.url))
+        try:
+            yield Rig(story, llm, comfy, messages)
+        finally:
+            await story.aclose()
+            await feed.aclose()
+            await instances.aclose()
+
+
+def test_a_turn_streams_its_prose_advances_the_stages_and_shows_the_image_inline(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            r.llm.responder = StoryLlm(writer=Slow(PROSE, delay_s=0.01))
+            r.session()
+            seen: list[str] = []
+            stages: list[tuple[str, str]] = []
+            r.adapter.prose_token.connect(lambda _t: seen.append(r.panel.transcript.live.text))
+            r.adapter.stage_changed.connect(lambda stage, state, _d: stages.append((stage, state)))
+            outcome, detail = await r.turn()
+            assert (outcome, detail) == ("done", "")
+            # the prose arrived piece by piece in the live card before the turn ended
+            assert len(seen) > 3 and PROSE.startswith(seen[1]) and len(seen[1]) < len(PROSE)
+            running = [s for s, state in stages if state == "running"]
+            assert running == ["preprocessor", "strategist", "writer", "dreamer", "render"]
+            assert set(r.panel.stages.states.values()) == {"done"}
+            assert r.panel.stages.progress.value() == 1000
+            (card,) = r.panel.transcript.cards
+            assert "lamp room door stands open" in card.prose.text()
+            assert card.thumbnail is not None and not card.thumbnail.pixmap().isNull()
+            viewer = r.panel.open_image(card.thumbnail.path)
+            assert viewer.image.pixmap().size().toTuple() == (96, 64)  # the image at full size
+            assert r.panel.transcript.live is None and r.panel.send_button.isEnabled()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_cancel_mid_turn_stops_the_writer_and_keeps_the_story_as_it_was(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            sid = r.session()
+            r.llm.responder = StoryLlm(writer=Slow(PROSE * 20, delay_s=0.05))
+            first_token = wait_signal(r.adapter.prose_token)
+            ended = wait_signal(r.adapter.turn_ended)
+            r.panel.input.setPlainText("climb")
+            r.panel.send_button.click()
+            await first_token
+            assert r.panel.cancel_button.isEnabled() and not r.panel.send_button.isEnabled()
+            r.panel.cancel_button.click()
+            outcome, _detail = await ended
+            assert outcome == "cancelled"
+            assert r.panel.stages.states["writer"] == "failed"
+            assert r.panel.stages.states["preprocessor"] == "done"
+            (turn,) = r.adapter.store.turns(sid)
+            assert turn.status == "failed" and "cancelled" in turn.error
+            assert r.panel.transcript.cards == [] and r.panel.transcript.live is None
+            assert r.panel.send_button.isEnabled() and not r.panel.cancel_button.isEnabled()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_regenerate_adds_a_swipe_both_stay_browsable_and_undo_removes_the_turn(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            r.session()
+            assert (await r.turn())[0] == "done"
+            r.llm.responder = StoryLlm(writer=Reply("The stairs give way to a quiet lamp room."))
+            ended = wait_signal(r.adapter.turn_ended)
+            r.panel.regenerate_button.click()
+            assert (await ended)[0] == "done"
+            (card,) = r.panel.transcript.cards
+            assert card.swipe_label.text() == "variant 2/2" and "quiet lamp room" in card.prose.text()
+            card.back_button.click()  # swipe back: the first variant is kept
+            (card,) = r.panel.transcript.cards
+            assert card.swipe_label.text() == "variant 1/2" and "lamp room door" in card.prose.text()
+            # edit the prose in place
+            card.edit_button.click()
+            card.editor.setPlainText("You climb. The door is open.")
+            card.save_button.click()
+            (card,) = r.panel.transcript.cards
+            assert "The door is open." in card.prose.text() and card.turn.prose_edited
+            r.panel.undo_button.click()
+            assert r.panel.transcript.cards == [] and not r.panel.undo_button.isEnabled()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_rerender_with_a_new_seed_adds_a_second_thumbnail_and_keeps_the_first(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            r.session()
+            assert (await r.turn())[0] == "done"
+            (card,) = r.panel.transcript.cards
+            scene_id = r.adapter.view.turns[0].scenes[0][0].id
+            history = r.panel.open_history(scene_id)
+            assert len(history.columns) == 1 and history.columns[0].render.chosen
+            dialog = r.panel.open_rerender(scene_id)
+            first_seed = history.columns[0].render.seed
+            assert dialog.prompt.toPlainText() == r.adapter.scene(scene_id).plan.positive  # pre-filled
+            assert dialog.seed.text() == str(first_seed)
+            dialog.seed_new.setChecked(True)
+            done = wait_signal(r.adapter.rerender_finished)
+            dialog.render_button.click()
+            _scene, record = await done
+            assert record.status == "done" and record.seed != first_seed
+            assert [c.render.id for c in history.columns] == [history.columns[0].render.id, record.id]
+            assert history.columns[0].render.chosen and not history.columns[1].render.chosen
+            assert all(not c.thumbnail.pixmap().isNull() for c in history.columns)
+            for column in history.columns:
+                column.compare_box.setChecked(True)
+            compare = history.compare()
+            assert ("seed", str(first_seed), str(record.seed), True) in compare.rows
+            history.columns[1].use_button.click()  # the scene now uses the new one
+            assert [c.render.chosen for c in history.columns] == [False, True]
+
+    qloop.run_until_complete(scenario())
+
+
+def test_before_the_turn_the_panel_says_the_daemon_is_down_and_what_the_render_falls_back_to(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            r.session(template="sdxl_txt2img_luna_daemon")
+            await wait_until(
+                lambda: (
+                    "Renders go to" not in r.panel.health.text() and "checked" not in r.panel.health.text()
+                ),
+                r.adapter.readiness_changed,
+            )
+            text = r.panel.health.text()
+            assert r.panel.health.isVisible() or not r.panel.isVisible()
+            assert "Luna daemon is down (not running)" in text and "stock variant 'sdxl_txt2img'" in text
+            assert r.adapter.readiness.level == "fallback"
+            outcome, _ = await r.turn()
+            assert outcome == "done"
+            (prompt,) = r.comfy.prompts  # rendered with the stock variant, as announced
+            assert not any(n["class_type"].startswith("LunaShared") for n in prompt.prompt.values())
+
+    qloop.run_until_complete(scenario())
+
+
+@pytest.mark.expect_log_warnings  # the router warns about the instance that is down
+def test_before_the_turn_the_panel_says_the_styles_comfyui_is_down(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot, comfy_up=False) as r:
+            r.session()
+            await wait_until(lambda: r.adapter.readiness.level == "blocked", r.adapter.readiness_changed)
+            assert (
+                "ComfyUI for the default style is down" in r.panel.health.text()
+                or "box" in r.panel.health.text()
+            )
+            assert "prose" in r.panel.health.text()
+
+    qloop.run_until_complete(scenario())
