@@ -114,6 +114,13 @@ class RerenderForm:
     loras: str
 
 
+def _plan_size(plan: ScenePlan) -> tuple[str, str]:
+    """The size a render of ``plan`` asks for: its own, else the session's render values ("" = the template's)."""
+    width = plan.width if plan.width is not None else plan.values.get("width")
+    height = plan.height if plan.height is not None else plan.values.get("height")
+    return ("" if width is None else str(width), "" if height is None else str(height))
+
+
 def form_for(plan: ScenePlan, seed: int | None) -> RerenderForm:
     """The dialog pre-filled with the scene's current values (``seed``: the one its shown render used)."""
     shown = plan.seed if plan.seed is not None else seed
@@ -124,8 +131,7 @@ def form_for(plan: ScenePlan, seed: int | None) -> RerenderForm:
         plan.negative,
         plan.style or "",
         plan.template,
-        "" if plan.width is None else str(plan.width),
-        "" if plan.height is None else str(plan.height),
+        *_plan_size(plan),
         loras_to_text(plan.loras),
     )
 
@@ -159,8 +165,7 @@ def rerender_changes(plan: ScenePlan, form: RerenderForm, shown_seed: int | None
     if form.template.strip() and form.template.strip() != plan.template:
         changes["template"] = form.template.strip()
     width, height = form.width.strip(), form.height.strip()
-    current = ("" if plan.width is None else str(plan.width), "" if plan.height is None else str(plan.height))
-    if (width, height) != current:
+    if (width, height) != _plan_size(plan):
         if not (width.isdigit() and height.isdigit()) or int(width) < 8 or int(height) < 8:
             raise InvalidEdit("re-render: width and height must both be whole numbers of at least 8")
         changes["size"] = f"{width}x{height}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.narrates.llm import (
@@ -137,9 +137,15 @@ class LlmBackendManager:
     async def _resolve(self) -> EffectiveBackend:
         try:
             settings = self._settings_now()
-            self.effective = await resolve_backend(
+            effective = await resolve_backend(
                 settings, self.choice.cli_llm(), self.choice.model, discover=self._discover
             )
+            if self.choice.mode != "auto":  # resolve_backend words it for --llm; say where it came from
+                backend = effective.backend
+                if backend is not None:
+                    backend = replace(backend, name="server", origin="configured")
+                effective = replace(effective, backend=backend, reason="chosen in the Story tab")
+            self.effective = effective
             self._error = ""
         except Exception as exc:
             self._error = str(exc)

@@ -87,6 +87,15 @@ class BackendPicker(QGroupBox):
         self.choice_made.emit(choice)
 
     def on_state(self, state: BackendState) -> None:
+        choice = state.choice
+        index = self.mode.findData((choice.mode, choice.url if choice.mode == "url" else ""))
+        if index < 0 and choice.mode == "url":
+            index = self.mode.findData(("url", ""))
+            self.url.setText(choice.url)
+        self.mode.blockSignals(True)
+        self.mode.setCurrentIndex(max(0, index))
+        self.mode.blockSignals(False)
+        self._on_mode()
         self.effective.setText(state.describe().split("\nNote:")[0].replace("\n", "<br>"))
         effective = state.effective
         starter = effective is not None and effective.is_starter and not state.error

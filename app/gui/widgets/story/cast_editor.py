@@ -134,11 +134,23 @@ class CastEditor(QWidget):
             )
         for n in view.world:
             _add_row(self.notes, [n.title, ", ".join(n.keys), str(n.priority), n.content])
+        for table in (self.characters, self.notes):
+            table.resizeColumnsToContents()
+            for column in range(table.columnCount()):
+                table.setColumnWidth(column, min(table.columnWidth(column), 220))
+            table.resizeRowsToContents()
         settings = view.session.settings
         self.policy.setCurrentIndex(max(0, self.policy.findData(settings.seed_policy)))
         self.style.setText(settings.style or "")
         self.template.setText(settings.template)
         self.size.setText(f"{settings.width}x{settings.height}" if settings.width and settings.height else "")
+        values = settings.render_values
+        own = (
+            f"{values['width']}x{values['height']} from the session's render values"
+            if "width" in values and "height" in values
+            else "the template's own"
+        )
+        self.size.setPlaceholderText(f"{own} (e.g. 1024x1024)")
         self.premise.setText(settings.premise)
         self._filled = self._snapshot()
 

@@ -96,7 +96,7 @@ class StoryPanel(QWidget):
         for widget in (left, middle, right):
             splitter.addWidget(widget)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([280, 760, 420])
+        splitter.setSizes([260, 800, 440])
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
         self._connect()

@@ -100,7 +100,7 @@ class TurnCard(QFrame):
             scene_row = QHBoxLayout()
             render = shown_render(renders)
             if render is not None:
-                self.thumbnail = Thumbnail(render.files[0].path, 320)
+                self.thumbnail = Thumbnail(render.files[0].path, 280)
                 self.thumbnail.clicked.connect(transcript.image_clicked)
                 scene_row.addWidget(self.thumbnail)
             side = QVBoxLayout()
@@ -135,8 +135,9 @@ def _render_note(renders: Sequence[RenderRecord], shown: RenderRecord | None) ->
         if last.status == "running":
             text = "Rendering…"
         elif last.status == "failed":
+            lines = [line.strip(" -") for line in (last.error or "").splitlines() if line.strip()]
             text = f"<span style='color:#c62828'>Last render failed ({last.error_kind}):</span> " + _escape(
-                (last.error or "").splitlines()[0] if last.error else ""
+                " — ".join(lines[:2])
             )
         elif shown is not None:
             total = (shown.timings or {}).get("total")
@@ -145,7 +146,8 @@ def _render_note(renders: Sequence[RenderRecord], shown: RenderRecord | None) ->
             text = ""
     label = QLabel(text)
     label.setWordWrap(True)
-    label.setMaximumWidth(360)
+    label.setMinimumWidth(200)
+    label.setMaximumWidth(300)
     return label
 
 
@@ -182,6 +184,7 @@ class Transcript(QScrollArea):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWidgetResizable(True)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self._body = QWidget()
         self._layout = QVBoxLayout(self._body)
         self._layout.addStretch(1)

@@ -68,3 +68,9 @@ def test_changed_fields_become_changes_and_bad_ones_are_refused():
     ):
         with pytest.raises(InvalidEdit):
             rerender_changes(PLAN, bad)
+
+
+def test_the_size_comes_from_the_sessions_render_values_when_the_scene_has_none():
+    plan = replace(PLAN, width=None, height=None, values={"width": 512, "height": 384})
+    form = form_for(plan, None)
+    assert (form.width, form.height) == ("512", "384") and rerender_changes(plan, form) == {}
