@@ -375,8 +375,12 @@ class StoryAdapter(QObject):
                 self._messages.error("Change the LLM after the running turn")
                 return
             try:
-                await self.backends.choose(choice)
-            except Exception as exc:  # an llm.toml error: said in the picker, and here
+                effective = await self.backends.choose(choice)
+                if choice.mode == "embedded" and effective.kind == "embedded":
+                    # the operator picked it: start it now (it takes a while), supervised by the manager
+                    await self.backends.client()
+                    self._messages.info("The embedded LLM is running")
+            except Exception as exc:  # an llm.toml error, a missing runtime: said in the picker, and here
                 self._messages.error(f"LLM backend: {exc}")
 
         return self._tasks.spawn(run(), "story-backend", "Choosing the LLM backend")

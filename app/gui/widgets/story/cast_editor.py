@@ -137,7 +137,7 @@ class CastEditor(QWidget):
         for table in (self.characters, self.notes):
             table.resizeColumnsToContents()
             for column in range(table.columnCount()):
-                table.setColumnWidth(column, min(table.columnWidth(column), 220))
+                table.setColumnWidth(column, min(table.columnWidth(column), 150))
             table.resizeRowsToContents()
         settings = view.session.settings
         self.policy.setCurrentIndex(max(0, self.policy.findData(settings.seed_policy)))
