@@ -24,7 +24,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -311,11 +311,6 @@ def build_config(overrides: Mapping[str, Any] | None = None, *, source: str = "d
     if leftover:
         raise ConfigError(leftover[0], "unknown setting")
     return config
-
-
-def with_overrides(config: DaemonConfig, **changes: Any) -> DaemonConfig:
-    """Convenience for tests and embedding: ``dataclasses.replace`` on the top level."""
-    return replace(config, **changes)
 
 
 def _take_models(values: dict[str, Any]) -> dict[str, ModelSetConfig]:

@@ -52,6 +52,8 @@ from daemon.wire.status import (
     loads_bounded,
 )
 
+#: Queue kind of a status carrying the static facts (never dropped in favour of a tick).
+FULL_STATUS = "status+static"
 #: Largest client message accepted (a get_status is 21 bytes).
 MAX_CLIENT_MESSAGE = 4096
 
@@ -70,10 +72,13 @@ class _Client:
         self.deferred_reply: asyncio.TimerHandle | None = None
 
     def enqueue(self, kind: str, text: str) -> None:
-        if kind == STATUS:
-            # Only the newest status matters: drop any status still waiting.
+        if kind in (STATUS, FULL_STATUS):
+            # Only the newest status matters: drop statuses still waiting that this one supersedes.
+            # A full status (static facts: the first one, a get_status reply) supersedes both kinds;
+            # a 1 Hz tick supersedes only ticks, so it never swallows a pending full status.
+            superseded = (STATUS, FULL_STATUS) if kind == FULL_STATUS else (STATUS,)
             before = len(self.pending)
-            self.pending = deque(item for item in self.pending if item[0] != STATUS)
+            self.pending = deque(item for item in self.pending if item[0] not in superseded)
             self.dropped += before - len(self.pending)
         self.pending.append((kind, text))
         while len(self.pending) > self.max_pending:
@@ -193,7 +198,7 @@ class StatusWebSocket:
         self._log.debug("status client connected from %s", connection.remote_address)
         try:
             client.last_full_status = asyncio.get_running_loop().time()
-            client.enqueue(STATUS, self.status_message(full=True))
+            client.enqueue(FULL_STATUS, self.status_message(full=True))
             async for raw in connection:
                 self._on_message(client, raw)
         except ConnectionClosed:
@@ -240,7 +245,7 @@ class StatusWebSocket:
             return
         client.last_full_status = asyncio.get_running_loop().time()
         try:
-            client.enqueue(STATUS, self.status_message(full=True))
+            client.enqueue(FULL_STATUS, self.status_message(full=True))
         except Exception:  # a status bug must not kill this client's connection
             self._log.exception("building the status failed")
 

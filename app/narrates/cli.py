@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -409,15 +409,14 @@ async def _turn_like(
     store.session(args.session)
     async with _llm(args, err) as (client, settings):
         router, style = _router(args)
-        async with router:
+        try:  # the render service starts the router (its health probes) only when a scene renders
             renderer = SceneRenderer(store, RenderService(router), daemon_health=DaemonHealthGate())
             params = {name: settings.agent(name) for name in AGENTS}
             pipeline = TurnPipeline(store, client, params=params, renderer=renderer)
             service = StoryService(store, pipeline=pipeline)
-            instance = args.url if args.url else None
             kwargs = dict(
                 style=None if args.url else style,  # --url pins the instance; the scene keeps its style
-                instance=instance,
+                instance=args.url or None,
                 render=not args.no_render,
                 on_event=printer,
             )
@@ -425,6 +424,8 @@ async def _turn_like(
                 outcome = await service.turn(args.session, args.text, **kwargs)
             else:
                 outcome = await service.regenerate(args.session, **kwargs)
+        finally:
+            await router.close()
         result = _turn_json(outcome, client)
     code = EXIT_OK
     if outcome.render is not None and outcome.render.status != "done":
@@ -598,9 +599,3 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr: TextI
     else:
         _print_result(args, result, out, err)
     return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience for python -m
-    from app.cli import main as luna_main
-
-    return luna_main(["story", *(argv or sys.argv[1:])])

@@ -2,9 +2,8 @@
 
 Owns three things the node classes share:
 
-* the import of the daemon client. Installed into ComfyUI, the pack carries vendored copies of
-  ``daemon/client.py``, ``protocol.py`` and ``shm.py`` in its ``_vendor`` sub-package (written by
-  ``install.py``); run from this repository there is no ``_vendor`` and the real ``daemon.wire.client``
+* the import of the daemon client. Installed into ComfyUI, the pack carries a vendored copy of
+  the wire package ``daemon/wire/`` in its ``_vendor`` sub-package (written by ``install.py``); run from this repository there is no ``_vendor`` and the real ``daemon.wire.client``
   is used. Nothing else from this project is imported, so the installed pack needs only the
   standard library, numpy and torch (which ComfyUI already has).
 * :class:`DaemonEndpoint` resolution: a node's ``host``/``port`` inputs, else the

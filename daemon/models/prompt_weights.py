@@ -26,6 +26,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from daemon.models.errors import ModelInputError
+
 EMPHASIS = 1.1
 EMBEDDING_PREFIX = "embedding:"
 
@@ -35,7 +37,7 @@ _ESCAPED_OPEN = "\0\2"
 _EMBEDDING_BOUNDARY = re.compile(r"[ \n]" + re.escape(EMBEDDING_PREFIX))
 
 
-class PromptWeightError(ValueError):
+class PromptWeightError(ModelInputError):
     """A prompt's weight syntax asks for something that cannot be encoded (e.g. ``nan``)."""
 
 

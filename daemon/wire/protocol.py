@@ -22,7 +22,7 @@ import enum
 import json
 import math
 import struct
-import sys
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -60,7 +60,6 @@ _NATIVE_TO_WIRE: dict[np.dtype, str] = {
 # Ops answered by the transport itself; the rest go to the op handler.
 OP_HELLO = "hello"
 OP_PING = "ping"
-TRANSPORT_OPS = (OP_HELLO, OP_PING)
 HANDLER_OPS = ("status", "models", "clip_encode", "vae_encode", "vae_decode", "shutdown")
 
 
@@ -391,15 +390,6 @@ def encode_error(error: ErrorResponse) -> list[Any]:
     return _encode_frame(header, (), None, None)
 
 
-def encode_message(message: Message, **kwargs: Any) -> list[Any]:
-    """Encode any message type."""
-    if isinstance(message, Request):
-        return encode_request(message, **kwargs)
-    if isinstance(message, Response):
-        return encode_response(message, **kwargs)
-    return encode_error(message)
-
-
 def frame_bytes(buffers: Sequence[Any]) -> bytes:
     """Join encoded buffers (tests and tiny messages; real senders send the list)."""
     return b"".join(bytes(b) for b in buffers)
@@ -461,6 +451,7 @@ class FrameDecoder:
         self.bytes_received = 0
         self._shm_bytes = 0
         self._spare: np.ndarray | None = None  # last big payload buffer, reused once unreferenced
+        self._spare_lent: weakref.ref[np.ndarray] | None = None
 
     def take_shm_bytes(self) -> int:
         """Tensor bytes read from shared memory since the last call (for statistics)."""
@@ -579,13 +570,15 @@ class FrameDecoder:
         if not payload_len:
             return None
         owner = self._spare
-        # numpy views and np.frombuffer arrays all reference the owning array, so a refcount
-        # of 3 (our attribute + the local ``owner`` + the call's argument) means no array,
-        # memoryview or tensor still uses the previous frame's memory: writing over it is safe.
+        # The previous big payload is written over only once nothing made from it is alive:
+        # ``_spare_lent`` is a weak reference to the array every decoded tensor was cut from
+        # (see ``_finish``), so it is dead exactly when no tensor, view, memoryview or torch
+        # tensor still uses that memory. No refcount values involved.
+        lent = self._spare_lent
         if (
             owner is not None
             and payload_len + TENSOR_ALIGNMENT <= owner.size <= 2 * payload_len + TENSOR_ALIGNMENT
-            and sys.getrefcount(owner) == 3
+            and (lent is None or lent() is None)
         ):
             skip = -owner.ctypes.data % TENSOR_ALIGNMENT
             return owner[skip : skip + payload_len]
@@ -679,8 +672,17 @@ class FrameDecoder:
                 code, message = ErrorCode.INTERNAL, f"{error['code']}: {error.get('message', '')}"
             return ErrorResponse(request_id, code, message, bool(error.get("retryable", False)))
         payload = pending.payload
-        if payload is not None and payload.size >= self._RECYCLE_MIN:
-            self._spare = payload.base  # the owning array (payloads are aligned views)
+        if payload is not None:
+            # Tensors are cut from ``lent``, an array over a memoryview of the payload: numpy
+            # collapses view chains down to the array that owns the memory, but stops at a
+            # memoryview, so every tensor (and every view of one) keeps ``lent`` alive, and
+            # the weak reference to it says whether the payload memory may be reused.
+            lent = np.frombuffer(memoryview(payload), np.uint8)
+            if payload.size >= self._RECYCLE_MIN:
+                self._spare = payload.base  # the owning array (payloads are aligned views)
+                self._spare_lent = weakref.ref(lent)
+            pending.payload = lent
+            del lent
         del payload
         try:
             tensors = self._tensors(pending)

@@ -3,10 +3,15 @@
 Ownership rule: the *client* owns every segment. Per connection it keeps a :class:`ShmArena`
 of segments named ``<prefix><n>`` (the prefix is random per connection), leases one segment per
 request id for that request's input tensors plus a reply area, and releases it when the answer
-has been copied out. The server only *attaches* (:class:`ShmAttachments`): it reads inputs as
+has arrived. The server only *attaches* (:class:`ShmAttachments`): it reads inputs as
 zero-copy views and writes the response tensors into the reply area (:class:`ReplyWriter`). So
 a segment's lifetime is tied to one request id, only one process ever unlinks it, and a server
 never leaks a segment whatever a client does.
+
+Answer arrays are views on the segment, never copies (:meth:`Lease.answer_view`): the segment
+is lent to no later request while any array made from the answer is alive, so a returned
+array is never written over; the round trip costs two copies (into the segment, and the
+daemon's answer into the reply area).
 
 Why not ``multiprocessing.shared_memory.SharedMemory`` directly (it is the same OS mechanism,
 and the creator still registers with its ``resource_tracker`` for crash clean-up on POSIX):
@@ -29,6 +34,7 @@ import mmap
 import os
 import secrets
 import sys
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -178,11 +184,43 @@ class Segment:
 
 
 class Lease:
-    """One request's segment: inputs are written from offset 0, the reply area follows."""
+    """One request's segment: inputs are written from offset 0, the reply area follows.
+
+    Answer tensors are handed out as views on the segment (:meth:`answer_view`), not copied.
+    Every such view is cut from one array over the whole segment (``_window``); once the answer
+    is decoded the lease keeps only a weak reference to it (:meth:`seal`), so :attr:`in_use`
+    says whether any array made from the answer (a view, a memoryview, a torch tensor…) is
+    still alive. The arena lends the segment to no other request until it is not.
+    """
 
     def __init__(self, segment: Segment):
         self.segment = segment
         self.used = 0
+        self._window: np.ndarray | None = None
+        self._lent: weakref.ref[np.ndarray] | None = None
+
+    def answer_view(self, offset: int, nbytes: int) -> memoryview:
+        """A zero-copy view of an answer tensor's bytes; raises ValueError when out of bounds."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.segment.size:
+            raise ValueError(
+                f"range {offset}+{nbytes} is outside segment {self.segment.name!r} of {self.segment.size} bytes"
+            )
+        if self._window is None:
+            # numpy collapses view chains to the array owning the memory but stops at this
+            # array (its base is a memoryview), so every tensor cut from it keeps it alive.
+            self._window = np.frombuffer(self.segment.buf, dtype=np.uint8)
+        return memoryview(self._window[offset : offset + nbytes])
+
+    def seal(self) -> None:
+        """The answer is decoded: from now on only the arrays made from it keep the window."""
+        if self._window is not None:
+            self._lent = weakref.ref(self._window)
+            self._window = None
+
+    @property
+    def in_use(self) -> bool:
+        """True while an array made from this lease's answer is alive somewhere."""
+        return self._window is not None or (self._lent is not None and self._lent() is not None)
 
     def place(self, array: np.ndarray) -> ShmRef | None:
         """ShmPlacer for request tensors: copy into the segment, or None (send inline)."""
@@ -206,7 +244,11 @@ class ShmArena:
 
     Segments are sized in powers of two from 1 MiB (4 MiB steps above 16 MiB); up to
     ``max_idle`` free ones (``max_idle_bytes`` in all, but always the largest) are kept for the
-    next requests, the rest are unlinked at once. :meth:`close` unlinks all.
+    next requests, the rest are unlinked at once. A released lease whose answer arrays are
+    still alive (:attr:`Lease.in_use`) is *retired* instead: it goes back to the pool at the
+    first :meth:`lease` after the last of them is gone, so a later request never writes over
+    an array the caller holds. :meth:`close` unlinks all (arrays still alive keep their memory:
+    an unlinked segment stays mapped until its last view goes).
     """
 
     def __init__(
@@ -224,6 +266,7 @@ class ShmArena:
         self._counter = 0
         self._idle: list[Segment] = []
         self._leased: dict[int, Lease] = {}
+        self._retired: list[Lease] = []  # released, but answer arrays still view them
         self.created = 0
         self.closed = False
 
@@ -235,6 +278,7 @@ class ShmArena:
         """A segment of at least ``nbytes`` for ``request_id``, or None if none can be made."""
         if self.closed or nbytes <= 0 or nbytes > self.max_segment_bytes:
             return None
+        self._reclaim()
         best = None
         for segment in self._idle:
             if segment.size >= nbytes and (best is None or segment.size < best.size):
@@ -257,10 +301,28 @@ class ShmArena:
         lease = self._leased.pop(request_id, None)
         if lease is None:
             return
+        lease.seal()
         if self.closed:
             self._destroy(lease.segment)
+        elif lease.in_use:
+            self._retired.append(lease)
+        else:
+            self._make_idle(lease.segment)
+
+    def _reclaim(self) -> None:
+        """Retired leases whose answer arrays are all gone become idle segments again."""
+        if not self._retired:
             return
-        self._idle.append(lease.segment)
+        still_used = []
+        for lease in self._retired:
+            if lease.in_use:
+                still_used.append(lease)
+            else:
+                self._make_idle(lease.segment)
+        self._retired = still_used
+
+    def _make_idle(self, segment: Segment) -> None:
+        self._idle.append(segment)
         self._idle.sort(key=lambda s: s.size)
         # Keep few idle segments and bounded idle memory, but always the largest one, so a
         # stream of same-size big requests never re-creates its segment.
@@ -283,7 +345,11 @@ class ShmArena:
 
     @property
     def segment_names(self) -> list[str]:
-        return [s.name for s in self._idle] + [lease.segment.name for lease in self._leased.values()]
+        return (
+            [s.name for s in self._idle]
+            + [lease.segment.name for lease in self._leased.values()]
+            + [lease.segment.name for lease in self._retired]
+        )
 
     def close(self) -> None:
         """Unlink every segment, leased or idle (the connection is gone)."""
@@ -291,9 +357,10 @@ class ShmArena:
         for segment in self._idle:
             self._destroy(segment)
         self._idle.clear()
-        for lease in self._leased.values():
+        for lease in [*self._leased.values(), *self._retired]:
             self._destroy(lease.segment)
         self._leased.clear()
+        self._retired.clear()
 
 
 class ShmAttachments:

@@ -572,7 +572,7 @@ async def test_shared_memory_path_moves_tensors_without_the_socket(start_service
         with DaemonClient(*service.address, shared_memory=True) as client:
             assert client.uses_shared_memory
             _, (negated,) = client.request("negate", {}, (values,))
-            names = client._connection.arena.segment_names
+            names = client._connection.session.segment_names
             return negated, names
 
     negated, names = await asyncio.to_thread(run)

@@ -441,6 +441,29 @@ def test_payload_buffer_is_reused_only_when_no_array_uses_it():
     np.testing.assert_array_equal(third.tensors[0], big)
 
 
+@pytest.mark.parametrize(
+    "keep",
+    [
+        lambda array: array[2:].reshape(-1, 2)[::2],  # a view of a view of a view
+        lambda array: memoryview(array),
+        lambda array: np.asarray(array).view(np.uint8),
+    ],
+    ids=["nested view", "memoryview", "reinterpreted view"],
+)
+def test_payload_buffer_is_not_reused_while_anything_derived_from_a_tensor_lives(keep):
+    big = np.arange(1 << 19, dtype=np.float32)
+    frame = frame_bytes(encode_request(Request(1, "x", {}, (big,))))
+    decoder = FrameDecoder()
+    (first,) = decoder.feed(frame)
+    address = first.tensors[0].ctypes.data
+    kept = keep(first.tensors[0])
+    expected = np.array(kept, copy=True)
+    del first
+    (second,) = decoder.feed(frame_bytes(encode_request(Request(2, "x", {}, (big * 3,)))))
+    assert second.tensors[0].ctypes.data != address  # the first payload is still in use
+    np.testing.assert_array_equal(np.asarray(kept), expected)  # never written over
+
+
 def test_op_error_carries_code_message_and_retryable():
     error = OpError(ErrorCode.OOM, "out of memory", retryable=True)
     assert (error.code, error.message, error.retryable) == (ErrorCode.OOM, "out of memory", True)

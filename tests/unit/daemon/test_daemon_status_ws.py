@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.status_ws import STATUS, StatusWebSocket, _Client
+from daemon.status_ws import FULL_STATUS, STATUS, StatusWebSocket, _Client
 from daemon.wire.status import (
     DaemonStatus,
     ModelState,
@@ -98,10 +98,11 @@ async def test_static_facts_come_on_connect_and_in_get_status_replies_but_not_at
         first = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
         tick = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
         await ws.send(json.dumps({"type": "get_status"}))
-        while True:  # ticks may come first; the reply is the one with static facts
-            reply = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
-            if reply.static is not None:
-                break
+        async with asyncio.timeout(10):
+            while True:  # ticks may come first; the reply is the one with static facts
+                reply = parse_status_message(await ws.recv())
+                if reply.static is not None:
+                    break
     assert first.static is not None and first.static.config == {"pad": ""}
     assert tick.static is None and "config" not in tick.to_data()
 
@@ -117,9 +118,10 @@ async def test_get_status_flood_is_coalesced_and_a_good_client_still_gets_its_ti
         ticks = [await recv_json(listener) for _ in range(3)]
         # every request is accounted for: answered at once, deferred once, or coalesced
         await flooder.send('{"type":"get_status"}')
-        reply = await recv_json(flooder)
-        while reply["type"] != "status" or "config" not in reply["data"]:
+        async with asyncio.timeout(10):
             reply = await recv_json(flooder)
+            while reply["type"] != "status" or "config" not in reply["data"]:
+                reply = await recv_json(flooder)
     assert all(t["type"] == "status" for t in ticks)
     assert server.get_status_coalesced >= 1900
     # 2000 requests cost a handful of full builds, not 2000
@@ -219,3 +221,17 @@ def test_client_queue_keeps_only_the_newest_status_but_every_scaling_event():
     pending, dropped = asyncio.run(run())
     assert pending == [("scaling", "up"), (STATUS, "s10")]
     assert dropped == 10
+
+
+def test_a_tick_never_swallows_a_pending_full_status():
+    class FakeConnection:
+        remote_address = ("127.0.0.1", 1)
+
+    async def run():
+        client = _Client(FakeConnection(), max_pending=4)
+        client.enqueue(STATUS, "tick1")
+        client.enqueue(FULL_STATUS, "full")  # a get_status reply: supersedes the tick
+        client.enqueue(STATUS, "tick2")  # must not drop the reply
+        return list(client.pending)
+
+    assert asyncio.run(run()) == [(FULL_STATUS, "full"), (STATUS, "tick2")]
