@@ -241,3 +241,68 @@ def test_before_the_turn_the_panel_says_the_styles_comfyui_is_down(qloop, qtbot)
             assert "prose" in r.panel.health.text()
 
     qloop.run_until_complete(scenario())
+
+
+def test_cancel_during_the_render_keeps_the_turn_and_records_the_render_as_cancelled(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot, render_delay=60.0) as r:
+            r.session()
+            rendering = wait_signal(
+                r.adapter.stage_changed, lambda stage, state, _d: (stage, state) == ("render", "running")
+            )
+            ended = wait_signal(r.adapter.turn_ended)
+            r.panel.input.setPlainText("climb")
+            r.panel.send_button.click()
+            await rendering
+            r.panel.cancel_button.click()
+            assert (await ended)[0] == "cancelled"
+            (card,) = r.panel.transcript.cards  # the turn's text is kept
+            (render,) = r.adapter.view.turns[0].scenes[0][1]
+            assert render.status == "failed" and render.error_kind == "cancelled"
+            assert r.panel.stages.states["writer"] == "done" and r.panel.stages.states["render"] == "failed"
+
+    qloop.run_until_complete(scenario())
+
+
+def test_sessions_new_rename_export_and_delete_from_the_panel(qloop, qtbot, tmp_path):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            sessions = r.panel.sessions
+            sessions.title.setText("Harbour")
+            sessions.new_button.click()
+            assert r.adapter.view.session.title == "Harbour" and sessions.list.count() == 1
+            sessions.title.setText("Harbour at night")
+            sessions.rename_button.click()
+            assert sessions.list.item(0).text().startswith("Harbour at night")
+            assert (await r.turn("look at the boats"))[0] == "done"
+            for fmt in ("md", "html"):
+                out = r.adapter.export(fmt, tmp_path / f"story.{fmt}")
+                assert "lamp room door" in out.read_text(encoding="utf-8")
+            sessions.delete_button.click()  # the first click only arms it
+            assert sessions.list.count() == 1 and sessions.delete_button.text() == "Click again to delete"
+            sessions.delete_button.click()
+            assert sessions.list.count() == 0 and r.adapter.view is None
+            assert "Open a session" in r.panel.transcript.placeholder.text()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_the_cast_editor_saves_characters_and_shows_a_bad_field_without_saving(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            sid = r.session()
+            cast = r.panel.cast
+            assert cast.characters.item(0, 0).text() == "Mira"
+            cast.characters.item(0, 4).setText("style_anime.safetensors:0.7")
+            cast.characters.item(0, 5).setText("12")
+            cast.policy.setCurrentIndex(cast.policy.findData("character"))
+            cast.save_button.click()
+            (mira,) = r.adapter.store.characters(sid)
+            assert mira.seed == 12 and mira.loras[0].name == "style_anime.safetensors"
+            assert r.adapter.store.session(sid).settings.seed_policy == "character"
+            cast.characters.item(0, 5).setText("twelve")
+            cast.save_button.click()
+            assert "character Mira: the seed" in cast.error.text()
+            assert r.adapter.store.characters(sid)[0].seed == 12  # nothing saved
+
+    qloop.run_until_complete(scenario())

@@ -156,8 +156,8 @@ class StoryAdapter(QObject):
 
     def new_session(self, title: str) -> int:
         session = self.service.new_session(title=title.strip() or None)
-        self.refresh_sessions()
         self.open_session(session.id)
+        self.refresh_sessions()  # after opening it, so the list selects the new one
         return session.id
 
     def rename_session(self, session_id: int, title: str) -> None:
