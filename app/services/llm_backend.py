@@ -30,6 +30,7 @@ from app.narrates.llm import (
     load_llm_settings,
     resolve_backend,
 )
+from app.supervision.child import ChildEvent, GaveUp
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "embedded", "url")
@@ -98,10 +99,25 @@ class LlmBackendManager:
         self._settings: LlmSettings | None = None
         self._lock = asyncio.Lock()
         self._listeners: list[Callable[[BackendState], None]] = []
+        self._child_listeners: list[Callable[[ChildEvent], None]] = []
         self._error = ""
+        self._stale = False
 
     def add_listener(self, listener: Callable[[BackendState], None]) -> None:
         self._listeners.append(listener)
+
+    def add_child_listener(self, listener: Callable[[ChildEvent], None]) -> None:
+        """Hear the embedded server's supervision events (output lines, restarts, give-ups)."""
+        self._child_listeners.append(listener)
+
+    def _on_child_event(self, event: ChildEvent) -> None:
+        for listener in self._child_listeners:
+            listener(event)
+        if isinstance(event, GaveUp) and self._client is not None:
+            # the child is gone for good: the next turn starts it again instead of talking to nobody
+            self._stale = True
+            self._error = f"the embedded model stopped: {event.reason} (the next turn starts it again)"
+            self._notify()
 
     @property
     def state(self) -> BackendState:
@@ -166,6 +182,9 @@ class LlmBackendManager:
     async def client(self) -> LlmClient:
         """The client turns use; starts the embedded runtime here if that is the effective backend."""
         async with self._lock:
+            if self._stale:
+                self._stale = False
+                await self._release()
             if self._client is not None:
                 return self._client
             effective = self.effective or await self._resolve()
@@ -174,7 +193,8 @@ class LlmBackendManager:
                 assert effective.backend is not None
                 backend = effective.backend
             else:
-                self.embedded = effective.create_embedded(**self._embedded_kwargs)
+                kwargs = {"on_event": self._on_child_event, **self._embedded_kwargs}
+                self.embedded = effective.create_embedded(**kwargs)
                 try:
                     backend = await self.embedded.start()
                 except BaseException as exc:

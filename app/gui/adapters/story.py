@@ -55,6 +55,7 @@ from app.narrates.rendering import SceneRenderer, TemplateCache
 from app.narrates.service import SessionView, StoryService
 from app.narrates.store import SessionStore
 from app.services.llm_backend import BackendChoice, LlmBackendManager
+from app.supervision.child import GaveUp, Output, Restarting
 
 log = logging.getLogger(__name__)
 PANEL_STAGES = (*STAGES, "render")
@@ -102,6 +103,7 @@ class StoryAdapter(QObject):
         self.readiness: RenderReadiness | None = None
         self.stage_states: dict[str, str] = dict.fromkeys(PANEL_STAGES, "waiting")
         backends.add_listener(self.backend_changed.emit)
+        backends.add_child_listener(self._on_llm_child)
         feed.feed_state_changed.connect(lambda *_: self.update_readiness())
         feed.status_received.connect(self._on_status)
         instances.rows_changed.connect(lambda _rows: self.update_readiness())
@@ -347,6 +349,15 @@ class StoryAdapter(QObject):
         ok = status.status == "ok"
         if ok != self._daemon_ok:
             self.update_readiness()
+
+    def _on_llm_child(self, event: Any) -> None:
+        """The embedded LLM server's supervision, in words (its output goes to the log only)."""
+        if isinstance(event, Restarting):
+            self._messages.error(f"The embedded LLM stopped ({event.reason}); restarting it")
+        elif isinstance(event, GaveUp):
+            self._messages.error(f"The embedded LLM gave up: {event.reason}")
+        elif isinstance(event, Output):
+            log.debug("embedded LLM %s: %s", event.stream, event.line)
 
     def update_readiness(self) -> None:
         """Recompute what the next turn's render will do (daemon, the style's instances)."""

@@ -50,3 +50,19 @@ async def test_a_url_choice_gives_one_client_and_switching_closes_it():
 def test_a_url_choice_needs_a_url():
     with pytest.raises(ValueError, match="URL"):
         BackendChoice("url", " ")
+
+
+async def test_a_child_that_gave_up_is_replaced_by_the_next_client_call_and_listeners_hear_it():
+    from app.supervision.child import GaveUp
+
+    heard = []
+    async with FakeOpenAI() as llm:
+        manager = LlmBackendManager(discover=no_servers)
+        manager.add_child_listener(heard.append)
+        await manager.choose(BackendChoice("url", llm.url))
+        first = await manager.client()
+        manager._on_child_event(GaveUp("embedded-llm", "crashed 3 times"))  # what the supervisor sends
+        assert heard and "next turn starts it again" in manager.state.describe()
+        second = await manager.client()
+        assert second is not first and manager.state.error == ""
+        await manager.aclose()
