@@ -103,12 +103,15 @@ class LlmBackendManager:
         self._error = ""
         self._stale = False
 
-    def add_listener(self, listener: Callable[[BackendState], None]) -> None:
+    def add_listener(self, listener: Callable[[BackendState], None]) -> Callable[[], None]:
+        """Hear every state change; returns the call that removes the listener."""
         self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
-    def add_child_listener(self, listener: Callable[[ChildEvent], None]) -> None:
+    def add_child_listener(self, listener: Callable[[ChildEvent], None]) -> Callable[[], None]:
         """Hear the embedded server's supervision events (output lines, restarts, give-ups)."""
         self._child_listeners.append(listener)
+        return lambda: self._child_listeners.remove(listener)
 
     def _on_child_event(self, event: ChildEvent) -> None:
         for listener in self._child_listeners:

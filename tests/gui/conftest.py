@@ -9,6 +9,7 @@ signals or events with timeouts, never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,10 @@ def qloop(qapp):
         loop.run_until_complete(_drain())
         loop.close()
         asyncio.set_event_loop(None)
+        # qasync's timer and signaller QObjects sit in reference cycles; collect them here, on the
+        # GUI thread. Left to the cyclic collector they may be destroyed later on a worker thread
+        # (a later test's executor), and Qt then fires their timers on freed memory (segfault).
+        gc.collect()
     if errors:
         details = "; ".join(str(context.get("exception") or context.get("message")) for context in errors)
         pytest.fail(f"errors on the qasync loop: {details}")

@@ -102,11 +102,20 @@ class StoryAdapter(QObject):
         self.view: SessionView | None = None
         self.readiness: RenderReadiness | None = None
         self.stage_states: dict[str, str] = dict.fromkeys(PANEL_STAGES, "waiting")
-        backends.add_listener(self.backend_changed.emit)
-        backends.add_child_listener(self._on_llm_child)
-        feed.feed_state_changed.connect(lambda *_: self.update_readiness())
-        feed.status_received.connect(self._on_status)
-        instances.rows_changed.connect(lambda _rows: self.update_readiness())
+        # Undone in aclose: the manager and the app's adapters outlive a closed story adapter
+        # (tests), and a reference cycle through them would leave this QObject to the cyclic
+        # garbage collector, which may run on any thread.
+        self._unsubscribe = (
+            backends.add_listener(self.backend_changed.emit),
+            backends.add_child_listener(self._on_llm_child),
+        )
+        self._connections = (
+            (feed.feed_state_changed, self._on_feed_state),
+            (feed.status_received, self._on_status),
+            (instances.rows_changed, self._on_rows),
+        )
+        for signal, slot in self._connections:
+            signal.connect(slot)
         self._daemon_ok: bool | None = None
 
     # --- services -------------------------------------------------------------------------
@@ -345,6 +354,12 @@ class StoryAdapter(QObject):
 
     # --- health and backend ---------------------------------------------------------------
 
+    def _on_feed_state(self, _state: str, _error: str) -> None:
+        self.update_readiness()
+
+    def _on_rows(self, _rows: Any) -> None:
+        self.update_readiness()
+
     def _on_status(self, status: Any) -> None:
         ok = status.status == "ok"
         if ok != self._daemon_ok:
@@ -422,3 +437,8 @@ class StoryAdapter(QObject):
         await self._tasks.cancel_all()
         await self.backends.aclose()
         self.store.close()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        for signal, slot in self._connections:
+            signal.disconnect(slot)
+        self._pipeline = None

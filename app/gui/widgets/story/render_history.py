@@ -156,8 +156,8 @@ class RenderHistory(QDialog):
         self.resize(1100, 560)
 
     def set_renders(self, renders: Sequence[RenderRecord]) -> None:
-        for column in self.columns:
-            column.setParent(None)
+        for column in self.columns:  # see transcript._discard: Qt deletes them, later
+            column.hide()
             column.deleteLater()
         while self._row.count():
             self._row.takeAt(0)

@@ -197,8 +197,7 @@ class Transcript(QScrollArea):
 
     def set_view(self, view: SessionView | None, variants_of: Callable[[int], Sequence[TurnRecord]]) -> None:
         for card in self.cards:
-            card.setParent(None)
-            card.deleteLater()
+            _discard(self._layout, card)
         self.cards = []
         if view is None:
             self.placeholder.setText("Open a session on the left, or create one with New.")
@@ -227,13 +226,21 @@ class Transcript(QScrollArea):
 
     def end_live(self) -> None:
         if self.live is not None:
-            self.live.setParent(None)
-            self.live.deleteLater()
+            _discard(self._layout, self.live)
             self.live = None
 
     def _scroll_to_end(self) -> None:
         bar = self.verticalScrollBar()
         bar.setValue(bar.maximum())
+
+
+def _discard(layout, widget: QWidget) -> None:
+    """Take ``widget`` out of ``layout`` and let Qt delete it later. No ``setParent(None)``: that
+    hands the C++ object to Python, which would delete it at once when the last reference goes —
+    possibly inside the widget's own signal (a card's Save or swipe button reloads the view)."""
+    layout.removeWidget(widget)
+    widget.hide()
+    widget.deleteLater()
 
 
 def _escape(text: str) -> str:
