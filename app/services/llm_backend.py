@@ -63,6 +63,7 @@ class BackendState:
     effective: EffectiveBackend | None
     running: bool
     error: str = ""
+    discovered: tuple[DiscoveredBackend, ...] = ()  # what the last scan found (the picker lists them)
 
     def describe(self) -> str:
         if self.error:
@@ -125,7 +126,7 @@ class LlmBackendManager:
     @property
     def state(self) -> BackendState:
         running = self._client is not None
-        return BackendState(self.choice, self.effective, running, self._error)
+        return BackendState(self.choice, self.effective, running, self._error, self.discovered)
 
     def _notify(self) -> None:
         state = self.state

@@ -18,6 +18,7 @@ from app.comfy.router import RouterSettings, StyleRouter
 from app.gui.adapters.instances import InstancesAdapter
 from app.gui.adapters.messages import MessageHub
 from app.gui.adapters.status_feed import StatusFeedAdapter, default_feed_factory
+from app.narrates.llm import DiscoveredBackend
 from app.narrates.model import Character, SessionSettings
 from app.narrates.store import SessionStore
 from app.services.llm_backend import BackendChoice, LlmBackendManager
@@ -330,5 +331,35 @@ def test_picking_the_embedded_model_starts_it_says_it_is_weak_and_closing_leaves
             pid = r.adapter.backends.embedded.child.pid
             assert psutil.pid_exists(pid)
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+    qloop.run_until_complete(scenario())
+
+
+def test_the_picker_lists_what_discovery_found_and_switches_to_it(qloop, qtbot):
+    async def scenario() -> None:
+        async with rig(qtbot) as r:
+
+            async def found(*_args, **_kwargs):
+                return [DiscoveredBackend("ollama", r.llm.url, 11434, ("llama3",), 0.001)]
+
+            r.adapter.backends._discover = found  # what a scan of the usual ports would return
+            picker = r.panel.backend
+            changed = wait_signal(r.adapter.backend_changed, lambda state: bool(state.discovered))
+            picker.scan_button.click()
+            await changed
+            index = picker.index_of(("url", r.llm.url))
+            assert (
+                index > 2
+                and "ollama" in picker.mode.itemText(index)
+                and "llama3" in picker.mode.itemText(index)
+            )
+            picker.mode.setCurrentIndex(index)
+            chosen = wait_signal(r.adapter.backend_changed, lambda state: state.choice.url == r.llm.url)
+            picker.use_button.click()
+            await chosen
+            assert "chosen in the Story tab" in picker.effective.text()
+            r.session()
+            assert (await r.turn())[0] == "done"
+            assert r.adapter.view.turns[0].turn.backend["base_url"] == r.llm.url
 
     qloop.run_until_complete(scenario())

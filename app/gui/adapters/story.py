@@ -414,7 +414,7 @@ class StoryAdapter(QObject):
     def refresh_backend(self) -> asyncio.Task:
         async def run() -> None:
             await self.backends.discover()
-            try:
+            try:  # resolve notifies the picker, with what discovery found
                 await self.backends.resolve()
             except Exception as exc:
                 self._messages.error(f"LLM backend: {exc}")

@@ -107,5 +107,4 @@ class BackendPicker(QGroupBox):
             f"⚠ Weak starter model. {STARTER_NOTE[0].upper()}{STARTER_NOTE[1:]}" if starter else ""
         )
         self.warning.setVisible(starter)
-        if effective is not None and effective.discovered:
-            self.set_discovered(effective.discovered)
+        self.set_discovered(state.discovered)

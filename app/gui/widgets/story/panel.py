@@ -135,8 +135,7 @@ class StoryPanel(QWidget):
         QShortcut(QKeySequence("Ctrl+Return"), self.input, activated=self.send)
 
     def _rescan(self) -> None:
-        task = self.adapter.refresh_backend()
-        task.add_done_callback(lambda _t: self.backend.set_discovered(self.adapter.backends.discovered))
+        self.adapter.refresh_backend()  # the picker lists what it finds (backend_changed)
 
     def send(self) -> None:
         if self.adapter.send(self.input.toPlainText()):
