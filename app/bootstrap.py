@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from app.bootstrap_story import StoryParts, build_story
 from app.comfy.router import RouterSettings, StyleRouter
 from app.gui.adapters.instances import InstancesAdapter
 from app.gui.adapters.messages import MessageHub
@@ -98,6 +99,7 @@ class Operator:
         self.window = window
         self.widgets = widgets
         self._started = False
+        self.story: StoryParts | None = None  # the Story tab (app.bootstrap_story)
         self._tasks = TaskSet(messages.error)
 
     async def start(self) -> None:
@@ -108,6 +110,8 @@ class Operator:
         if self.options.autostart_daemon and self.settings.daemon.autostart:
             self.supervisor.start()
         await self.instances.start()
+        if self.story is not None:
+            await self.story.start()
 
     async def aclose(self) -> None:
         """Feed, router, then the daemon child; remembers the window state."""
@@ -118,6 +122,8 @@ class Operator:
                 log.info("could not save the window state: %s", exc)
         self.vram.stop()
         await self._tasks.cancel_all()
+        if self.story is not None:  # its turn renders through the router: closed before it
+            await self.story.aclose()
         await self.feed.aclose()
         await self.instances.aclose()
         await self.supervisor.aclose()
@@ -207,6 +213,8 @@ def build_operator(settings: OperatorSettings, options: BuildOptions | None = No
         window=window,
         widgets=widgets,
     )
+    operator.story = build_story(messages, instances, feed)
+    window.add_tab("story", "Story", operator.story.panel)
     _add_actions(window, operator)
     if options.remember_window:
         window.restore(load_ui_state(options.config_dir))

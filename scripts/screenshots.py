@@ -24,6 +24,7 @@ from PySide6.QtWidgets import QWidget
 from app.bootstrap import build_operator
 from app.gui.app import application, run_on_qt_loop
 from app.gui.widgets.settings_dialog import SettingsDialog
+from scripts.story_screenshots import take_story
 from tests.helpers.fake_comfyui import txt2img_prompt
 from tests.helpers.operator_scene import GIB, clip_prompts, operator_scene, vae_burst
 
@@ -105,6 +106,7 @@ async def take(out_dir: Path) -> int:
             dialog.close()
             render.cancel()
             await asyncio.gather(render, return_exceptions=True)
+            await take_story(operator, scene.fakes, out_dir, save)
             await operator.aclose()
             operator.window.allow_close()
     return 0

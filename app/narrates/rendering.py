@@ -361,6 +361,12 @@ class SceneRenderer:
             return self.store.render(render_id)
         except OSError as exc:  # the render service could not write an output file
             return self._failed(scene, render_id, "storage", f"cannot write the image: {exc}", emit)
+        except asyncio.CancelledError:
+            # the operator cancelled (the render service has cancelled the job on its server):
+            # the row says so now rather than staying 'running' until the next start
+            self._failed(scene, render_id, "cancelled", "cancelled by the operator", emit)
+            _remove_staging(staging)
+            raise
         try:
             files = self._store_files(outcome.files)
         except OSError as exc:

@@ -153,6 +153,33 @@ class StoryService:
         self.store.set_summary(session_id, text.strip(), session.summary_through, edited=True)
         return self.store.session(session_id)
 
+    def rename(self, session_id: int, title: str) -> SessionRecord:
+        return self.store.rename_session(session_id, title)
+
+    def delete(self, session_id: int) -> None:
+        self.store.delete_session(session_id)
+
+    def set_cast(
+        self,
+        session_id: int,
+        characters: tuple[Character, ...],
+        world: tuple[WorldNote, ...],
+        settings: SessionSettings | None = None,
+    ) -> SessionRecord:
+        """The cast editor's save: characters, world notes and (optionally) the session settings."""
+        self.store.replace_cast(session_id, characters, world)
+        if settings is not None:
+            self.store.update_settings(session_id, settings)
+        return self.store.session(session_id)
+
+    def choose_variant(self, turn_id: int) -> TurnRecord:
+        """Show another finished variant (swipe) of a turn's position."""
+        return self.store.choose_variant(turn_id)
+
+    def choose_render(self, render_id: int) -> RenderRecord:
+        """Mark the render its scene uses (shown inline and exported)."""
+        return self.store.choose_render(render_id)
+
     def export(self, session_id: int, fmt: str, out: Path) -> Path:
         return export_session(self.store, session_id, fmt, out)
 

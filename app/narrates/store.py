@@ -455,25 +455,7 @@ class SessionStore:
                 (title, _dumps(settings.as_dict()), now, now),
             )
             session_id = cursor.lastrowid
-            for character in characters:
-                db.execute(
-                    "INSERT INTO characters (session_id, name, description, visual, aliases, loras, seed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        session_id,
-                        character.name,
-                        character.description,
-                        character.visual,
-                        _dumps(list(character.aliases)),
-                        _dumps([lora_to_dict(x) for x in character.loras]),
-                        character.seed,
-                    ),
-                )
-            for note in world:
-                db.execute(
-                    "INSERT INTO world_notes (session_id, title, content, keys, priority) VALUES (?, ?, ?, ?, ?)",
-                    (session_id, note.title, note.content, _dumps(list(note.keys)), note.priority),
-                )
+            self._insert_cast(db, session_id, characters, world)
         return self.session(session_id)
 
     def session(self, session_id: int) -> SessionRecord:
@@ -498,6 +480,83 @@ class SessionStore:
             "FROM sessions s ORDER BY s.updated_at DESC, s.id DESC"
         ).fetchall()
         return [SessionListing(r["id"], r["title"], r["n"], r["updated_at"]) for r in rows]
+
+    def rename_session(self, session_id: int, title: str) -> SessionRecord:
+        if not title.strip():
+            raise InvalidEdit("the session title is empty")
+        self.session(session_id)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sessions SET title = ?, updated_at = ? WHERE id = ?",
+                (title.strip(), time.time(), session_id),
+            )
+        return self.session(session_id)
+
+    def delete_session(self, session_id: int) -> None:
+        """Delete the session and (by cascade) its cast, turns, scenes and render rows; the image
+        files stay in the content-addressed store (another render may share them)."""
+        self.session(session_id)
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def update_settings(self, session_id: int, settings: SessionSettings) -> SessionRecord:
+        self.session(session_id)
+        with self._tx() as db:
+            db.execute(
+                "UPDATE sessions SET settings = ?, updated_at = ? WHERE id = ?",
+                (_dumps(settings.as_dict()), time.time(), session_id),
+            )
+        return self.session(session_id)
+
+    def replace_cast(
+        self, session_id: int, characters: Sequence[Character], world: Sequence[WorldNote]
+    ) -> None:
+        """Replace the session's characters and world notes in one transaction (the cast editor's
+        save); names must be unique (case-insensitive), else nothing changes."""
+        self.session(session_id)
+        seen: set[str] = set()
+        for character in characters:
+            key = character.name.strip().casefold()
+            if not key:
+                raise InvalidEdit("a character has no name")
+            if key in seen:
+                raise InvalidEdit(f"two characters are named {character.name!r}")
+            seen.add(key)
+        for note in world:
+            if not note.title.strip():
+                raise InvalidEdit("a world note has no title")
+        with self._tx() as db:
+            db.execute("DELETE FROM characters WHERE session_id = ?", (session_id,))
+            db.execute("DELETE FROM world_notes WHERE session_id = ?", (session_id,))
+            self._insert_cast(db, session_id, characters, world)
+            self._touch(db, session_id)
+
+    def _insert_cast(
+        self,
+        db: sqlite3.Connection,
+        session_id: int,
+        characters: Sequence[Character],
+        world: Sequence[WorldNote],
+    ) -> None:
+        for character in characters:
+            db.execute(
+                "INSERT INTO characters (session_id, name, description, visual, aliases, loras, seed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    character.name.strip(),
+                    character.description,
+                    character.visual,
+                    _dumps(list(character.aliases)),
+                    _dumps([lora_to_dict(x) for x in character.loras]),
+                    character.seed,
+                ),
+            )
+        for note in world:
+            db.execute(
+                "INSERT INTO world_notes (session_id, title, content, keys, priority) VALUES (?, ?, ?, ?, ?)",
+                (session_id, note.title, note.content, _dumps(list(note.keys)), note.priority),
+            )
 
     def characters(self, session_id: int) -> tuple[Character, ...]:
         rows = self._db.execute(

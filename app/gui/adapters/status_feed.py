@@ -48,6 +48,12 @@ class StatusFeedAdapter(QObject):
         self.last_status: DaemonStatus | None = None
         self.state = "offline"
 
+    @property
+    def feed(self) -> Any | None:
+        """The live :class:`AsyncStatusFeed` (None while the daemon is down): the story panel's
+        daemon health gate reads it instead of opening a second connection."""
+        return self._feed
+
     def connect_to(self, ready: ReadyInfo) -> None:
         self._tasks.spawn(self._switch(ready), "status-feed-switch", "Connecting to the daemon status")
 
