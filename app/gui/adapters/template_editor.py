@@ -378,6 +378,7 @@ class TemplateEditorAdapter(QObject):
                 self.render_progress.emit(view)
 
         self.render_started.emit()
+        self._messages.info(f"Test render of '{document.name}' started on {instance}")
         self._render = service.start(RenderRequest(template, values, instance=instance), on_event=on_event)
         try:
             outcome = await self._render.result()

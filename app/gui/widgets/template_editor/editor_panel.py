@@ -165,9 +165,11 @@ class TemplateEditorPanel(QWidget):
                 "info",
             )
         elif problems:
+            listed = "; ".join(f"“{p.param}”: {p.message}" for p in problems[:3])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             self._banner(
-                f"{len(problems)} problem(s) in the map (red rows). Saving now keeps a draft; renders use "
-                "the last saved map until the problems are fixed and it is saved again.",
+                f"{len(problems)} problem(s) in the map — {listed}{more}. Saving keeps a draft; renders "
+                "use the last saved map until these are fixed and it is saved again.",
                 "error",
             )
         elif document.from_draft:
@@ -188,7 +190,9 @@ class TemplateEditorPanel(QWidget):
 
     def save(self) -> None:
         if self.adapter.document is not None and not self.adapter.document.read_only:
-            self.adapter.save()
+            result = self.adapter.save()
+            if result is not None and result.draft:
+                self.mapping.show_row(result.problems[0].param)
 
     def duplicate_open(self) -> None:
         document = self.adapter.document

@@ -251,6 +251,12 @@ class MappingTable(QTableWidget):
         self.refresh()
         self.edited.emit()
 
+    def show_row(self, name: str) -> None:
+        """Scroll to a parameter's row (e.g. the first problem after a draft save); not selected,
+        so its red marking stays visible."""
+        if name in self._names:
+            self.scrollToItem(self.item(self._names.index(name), 0))
+
     def row_of(self, name: str) -> int:
         return self._names.index(name)
 

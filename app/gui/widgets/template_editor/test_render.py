@@ -82,6 +82,7 @@ class TestRenderPanel(QWidget):
         self.issues.setObjectName("generalIssues")
         self.issues.setWordWrap(True)
         self.issues.setMaximumHeight(90)
+        self.issues.hide()  # shown when it has something to say
 
         picker = QHBoxLayout()
         picker.addWidget(QLabel("Instance:"))
@@ -125,7 +126,7 @@ class TestRenderPanel(QWidget):
     def on_document(self, document: TemplateDocument | None) -> None:
         self.document = document
         self.rebuild_fields()
-        self.issues.clear()
+        self._clear_issues()
         self._update_buttons()
 
     def rebuild_fields(self) -> None:
@@ -146,7 +147,7 @@ class TestRenderPanel(QWidget):
             self.form.addRow(row.name, field)
 
     def on_validation(self, view: ValidationView) -> None:
-        self.issues.clear()
+        self._clear_issues()
         for problem in view.problems:
             self._issue(f"✖ {problem.param or 'map'}: {problem.message}", "error")
         for issue in view.located.general:
@@ -164,7 +165,7 @@ class TestRenderPanel(QWidget):
             self._set_progress(ProgressView(0, 1, "✖ fix the map's problems first (red rows)"))
 
     def on_render_started(self) -> None:
-        self.issues.clear()
+        self._clear_issues()
         self.result_text.setText("")
         self._set_progress(ProgressView(0, 0, "Preparing…"))
         self._update_buttons()
@@ -235,7 +236,12 @@ class TestRenderPanel(QWidget):
         failed = view.text.startswith("✖")
         self.progress_text.setStyleSheet(f"color: {marks.ERROR_TEXT.name()};" if failed else "")
 
+    def _clear_issues(self) -> None:
+        self.issues.clear()
+        self.issues.hide()
+
     def _issue(self, text: str, severity: str) -> None:
+        self.issues.show()
         self.issues.addItem(text)
         item = self.issues.item(self.issues.count() - 1)
         item.setForeground(marks.ERROR_TEXT if severity == "error" else marks.WARN_TEXT)
