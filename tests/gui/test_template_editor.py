@@ -199,3 +199,58 @@ def test_import_a_ui_format_workflow_converted_with_the_instances_object_info(ql
             assert not (user_workflows_dir() / "again.json").exists()
 
     qloop.run_until_complete(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_node_failing_during_the_test_render_is_shown_on_its_rows_and_cancel_stops_a_render(
+    qloop, qtbot, tmp_path
+):
+    async def scenario() -> None:
+        async with editor(tmp_path, qtbot, render_delay=0.2) as (_operator, adapter, panel, fake):
+            adapter.duplicate("sdxl_txt2img", "mine")
+            panel.mapping.set_default("checkpoint", "tiny_sd15.safetensors")
+            fake.fail_on(node="3", exception_type="torch.OutOfMemoryError", message="CUDA out of memory")
+            panel.test_render.render_button.click()
+            (failure,) = await wait_signal(adapter.render_failed, timeout=60)
+            assert "failed on comfyui-anime" in failure.message
+            assert (
+                "failed while running: torch.OutOfMemoryError: CUDA out of memory"
+                in panel.mapping.status_text("steps")
+            )
+            assert "CUDA out of memory" in panel.nodes.topLevelItem(0).text(3)  # node #3, first in the table
+            assert panel.test_render.progress_text.text().startswith("✖")
+            assert panel.test_render.render_button.isEnabled()
+
+            fake.pause()  # the next job stays running until cancelled
+            panel.test_render.fields["seed"].setText("7")
+            panel.test_render.render_button.click()
+            await wait_signal(adapter.render_started)
+            await wait_until(lambda: panel.test_render.cancel_button.isEnabled(), adapter.render_progress)
+            panel.test_render.cancel_button.click()
+            (failure,) = await wait_signal(adapter.render_failed, timeout=30)
+            fake.resume()
+            assert "cancelled" in failure.message
+            assert (
+                panel.test_render.render_button.isEnabled()
+                and not panel.test_render.cancel_button.isEnabled()
+            )
+
+    qloop.run_until_complete(asyncio.wait_for(scenario(), 120))
+
+
+def test_opening_another_template_keeps_unsaved_edits_as_a_draft(qloop, qtbot, tmp_path):
+    async def scenario() -> None:
+        async with editor(tmp_path, qtbot) as (_operator, adapter, panel, _fake):
+            adapter.duplicate("sdxl_txt2img", "mine")
+            panel.mapping.set_default("steps", "13")
+            panel.nodes.edit_value("5", "width", "768")
+            adapter.open("sdxl_img2img")
+            assert adapter.library.entry("mine").has_draft
+            assert "kept as its draft" in operator_notice(adapter)
+            adapter.open("mine")
+            assert adapter.document.from_draft and adapter.document.row("steps").default == "13"
+            assert adapter.document.workflow["5"]["inputs"]["width"] == 768
+            panel.discard_button.click()  # back to the saved template, nothing kept
+            assert not adapter.document.from_draft and adapter.document.row("steps").default == ""
+            assert not adapter.library.entry("mine").has_draft
+
+    qloop.run_until_complete(asyncio.wait_for(scenario(), 60))

@@ -28,10 +28,18 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from app.comfy.errors import ComfyError
+from app.comfy.graph import node_title
 from app.comfy.inject import InjectionError, inject
-from app.comfy.render import RenderError, RenderHandle, RenderOutcome, RenderRequest, RenderService
+from app.comfy.render import (
+    RenderError,
+    RenderExecutionFailed,
+    RenderHandle,
+    RenderOutcome,
+    RenderRequest,
+    RenderService,
+)
 from app.comfy.router import StyleRouter
-from app.comfy.validate import ValidationReport, validate_workflow
+from app.comfy.validate import ValidationIssue, ValidationReport, validate_workflow
 from app.gui.adapters.messages import MessageHub
 from app.gui.adapters.tasks import TaskSet
 from app.services.instances_monitor import InstanceRow
@@ -157,7 +165,28 @@ class TemplateEditorAdapter(QObject):
         if document is not None:
             self._set_document(document)
 
+    def _keep_unsaved(self) -> None:
+        """Unsaved edits of a user template are kept as its draft before another one replaces
+        it (or the app closes): switching templates never loses work."""
+        document = self.document
+        if document is None or not document.dirty:
+            return
+        if document.read_only:
+            self._messages.info(
+                f"Edits to the shipped '{document.name}' were not kept (duplicate it to edit)"
+            )
+            return
+        try:
+            self.library.save_draft(document)
+        except (LibraryError, OSError) as exc:
+            self._messages.error(f"Could not keep the unsaved edits of '{document.name}' as a draft: {exc}")
+            return
+        self._messages.info(f"Unsaved edits of '{document.name}' kept as its draft")
+        self.refresh()
+
     def _set_document(self, document: TemplateDocument | None) -> None:
+        if document is not self.document:
+            self._keep_unsaved()
         self.document = document
         self.last_validation = None
         self.document_changed.emit(document)
@@ -206,6 +235,7 @@ class TemplateEditorAdapter(QObject):
             self._messages.error(f"Cannot delete '{name}': {exc}")
             return
         if self.document is not None and self.document.name == name:
+            self.document = None  # deleted on purpose: nothing to keep as a draft
             self._set_document(None)
         self.refresh()
         self._messages.info(f"Deleted '{name}'")
@@ -273,6 +303,7 @@ class TemplateEditorAdapter(QObject):
         if document is None:
             return
         self.library.discard_draft(document.name)
+        document.dirty = False  # discarded on purpose: not kept as a draft again
         self.refresh()
         self.open(document.name)
         self._messages.info(f"Discarded the draft of '{document.name}'")
@@ -348,10 +379,10 @@ class TemplateEditorAdapter(QObject):
 
     @property
     def rendering(self) -> bool:
-        return self._render_task is not None and not self._render_task.done()
+        return self._render is not None
 
     def test_render(self, instance: str, test_values: Mapping[str, str]) -> None:
-        if self.rendering:
+        if self.rendering or (self._render_task is not None and not self._render_task.done()):
             self._messages.error("A test render is running; cancel it first")
             return
         self._render_task = self._tasks.spawn(
@@ -377,16 +408,14 @@ class TemplateEditorAdapter(QObject):
             if view is not None:
                 self.render_progress.emit(view)
 
+        self._render = service.start(RenderRequest(template, values, instance=instance), on_event=on_event)
         self.render_started.emit()
         self._messages.info(f"Test render of '{document.name}' started on {instance}")
-        self._render = service.start(RenderRequest(template, values, instance=instance), on_event=on_event)
         try:
             outcome = await self._render.result()
         except RenderError as exc:
-            located = locate_issues(ValidationReport(exc.issues), document)
-            self.render_failed.emit(RenderFailure(str(exc), located))
-            details = "; ".join(issue.describe() for issue in exc.issues[:3])
-            self._messages.error(f"Test render failed: {exc}" + (f" — {details}" if details else ""))
+            self._render = None  # ended: the panel's buttons read ``rendering`` on the signal
+            self._report_render_failure(exc, document)
             return
         finally:
             self._render = None
@@ -394,11 +423,31 @@ class TemplateEditorAdapter(QObject):
         self.render_finished.emit(outcome)
         self._messages.info(f"Test render finished on {outcome.instance} in {outcome.timings.total:.1f} s")
 
+    def _report_render_failure(self, exc: RenderError, document: TemplateDocument) -> None:
+        issues = list(exc.issues)
+        if isinstance(exc, RenderExecutionFailed) and exc.node_id is not None:
+            # A node that raised while running belongs on its rows like a validation error.
+            issues.append(
+                ValidationIssue(
+                    "execution_error",
+                    f"failed while running: {exc.exception_type}: {exc.exception_message.strip()}",
+                    node_id=exc.node_id,
+                    node_title=node_title(document.workflow, exc.node_id),
+                    class_type=document.workflow.get(exc.node_id, {}).get("class_type"),
+                    params=exc.params,
+                )
+            )
+        located = locate_issues(ValidationReport(tuple(issues)), document)
+        self.render_failed.emit(RenderFailure(str(exc), located))
+        details = "; ".join(issue.describe() for issue in exc.issues[:3])
+        self._messages.error(f"Test render failed: {exc}" + (f" — {details}" if details else ""))
+
     def cancel_render(self) -> None:
         if self._render is not None:
             self._tasks.spawn(self._render.cancel(), "template-render-cancel", "Cancelling the test render")
 
     async def aclose(self) -> None:
+        self._keep_unsaved()
         if self._render is not None:
             await self._render.cancel()
         await self._tasks.cancel_all()
