@@ -4,8 +4,8 @@ Drives the real editor of a running operator like an operator would: duplicates 
 ``sdxl_txt2img``, remaps ``steps`` onto the sampler's cfg input with a default the instance
 refuses, validates (errors on their rows, in the mapping and the node table), fixes the rows,
 test-renders on a fake ComfyUI (grabbed mid-render and with the image), keeps a map with an
-unbound custom parameter as a draft, shows a shipped template read-only and the import dialog
-with a pasted UI-format workflow. Runs on the qasync loop.
+unbound custom parameter as a draft, shows a shipped template read-only, a pasted workflow
+whose detected map has ambiguities, and the import dialog with a UI-format workflow. Runs on the qasync loop.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QWidget
 
 from app.bootstrap import Operator
-from tests.helpers.fake_comfyui import FakeComfyUI
+from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
 from tests.helpers.ui_workflows import default_ui_workflow
 
 
@@ -88,6 +88,19 @@ async def take_template_shots(
     panel.save()
     await _settled()
     save(window, out_dir / "templates_draft.png")
+
+    # A pasted API workflow with a hires-fix pass: the detected map flags the second sampler.
+    hires = txt2img_prompt(width=832, height=1216)
+    hires["10"] = {
+        "class_type": "KSampler",
+        "inputs": {**hires["3"]["inputs"], "latent_image": ["3", 0], "denoise": 0.45, "steps": 12},
+        "_meta": {"title": "Hires fix"},
+    }
+    hires["8"]["inputs"]["samples"] = ["10", 0]
+    adapter.import_text("hires_fix", json.dumps(hires))
+    await _next(adapter.document_changed)
+    await _settled()
+    save(window, out_dir / "templates_imported.png")
 
     dialog = panel.show_import()
     dialog.name.setText("portrait_from_ui")

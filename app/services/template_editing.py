@@ -22,8 +22,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from app.comfy.detect import detect_map
-from app.comfy.graph import Workflow, describe_node, is_link, node_title, sorted_node_ids
+from app.comfy.detect import LORA_LOADERS, detect_map
+from app.comfy.graph import Workflow, consumers, describe_node, is_link, node_title, sorted_node_ids
 from app.comfy.inject import InjectionError, parse_value
 from app.comfy.render import json_value
 from app.comfy.templates import (
@@ -241,8 +241,16 @@ class TemplateDocument:
         ambiguities: dict[str, list[str]] = {}
         if template.detected:
             for ambiguity in detect_map(template.workflow).ambiguities:
+                message = ambiguity.message
+                if ambiguity.param == "sampler" and len(ambiguity.candidates) > 1:
+                    # The same choice concerns six rows: say it short, row by row.
+                    chosen, *others = ambiguity.candidates
+                    message = (
+                        f"{len(ambiguity.candidates)} samplers: bound to {describe_node(template.workflow, chosen)}, "
+                        f"not {', '.join(describe_node(template.workflow, o) for o in others)}"
+                    )
                 for param in _ambiguity_params(ambiguity.param):
-                    ambiguities.setdefault(param, []).append(ambiguity.message)
+                    ambiguities.setdefault(param, []).append(message)
         rows = [
             _row_from_spec(spec, "; ".join(ambiguities.get(spec.name, ())))
             for spec in template.injection_map.params.values()
@@ -333,6 +341,35 @@ class TemplateDocument:
             self._put(replace(row, bindings=rest, ambiguity=""))
             return
         self._put(replace(row, bindings=(Binding(node_id, input_name), *rest), ambiguity=""))
+
+    def set_lora_target(self, node_id: str | None) -> None:
+        """Where ``loras`` go, picked by one node: a ``LoraLoader`` (its chain of loaders is
+        filled, unused ones spliced out) or any model loader (new loaders inserted after it, with
+        its CLIP output too when the prompts take CLIP from it). None unmaps it."""
+        row = self.row("loras")
+        if node_id is None:
+            self._put(replace(row, lora=None, ambiguity=""))
+            return
+        if node_id not in self.workflow:
+            raise DocumentError(f"the workflow has no node #{node_id}")
+        if self.workflow[node_id]["class_type"] in LORA_LOADERS:
+            chain = [node_id]
+            while True:
+                following = [
+                    consumer
+                    for consumer, input_name in consumers(self.workflow, chain[-1], 0)
+                    if input_name == "model" and self.workflow[consumer]["class_type"] in LORA_LOADERS
+                ]
+                if not following or following[0] in chain:
+                    break
+                chain.append(following[0])
+            target = LoraChainTarget(nodes=tuple(chain))
+        else:
+            clip_used = any(name == "clip" for _, name in consumers(self.workflow, node_id, 1))
+            target = LoraChainTarget(
+                model_source=(node_id, 0), clip_source=(node_id, 1) if clip_used else None
+            )
+        self._put(replace(row, lora=target, ambiguity=""))
 
     def set_default(self, name: str, text: str) -> None:
         self._put(replace(self.row(name), default=text.strip() if self.row(name).kind != "text" else text))

@@ -254,3 +254,32 @@ def test_opening_another_template_keeps_unsaved_edits_as_a_draft(qloop, qtbot, t
             assert not adapter.library.entry("mine").has_draft
 
     qloop.run_until_complete(asyncio.wait_for(scenario(), 60))
+
+
+def test_rename_and_delete_from_the_library_and_loras_picked_by_node(qloop, qtbot, tmp_path):
+    async def scenario() -> None:
+        async with editor(tmp_path, qtbot) as (_operator, adapter, panel, _fake):
+            adapter.duplicate("sdxl_txt2img", "first")
+            lora = combo(panel, "loras", "Node")
+            lora.setCurrentIndex(lora.findData(None))
+            assert not adapter.document.row("loras").mapped
+            lora = combo(panel, "loras", "Node")
+            lora.setCurrentIndex(lora.findData("4"))
+            assert panel.mapping.cell_text("loras", "Input") == "new loaders after it (model + CLIP)"
+            panel.save()
+
+            panel.library.select("first")
+            panel.library.ask_text = lambda *_args: "second"
+            panel.library.buttons["rename"].click()
+            assert adapter.document.name == "second" and "second" in panel.title.text()
+            assert [e.name for e in adapter.entries if e.origin == "user"] == ["second"]
+            asked = []
+            panel.library.confirm = lambda question: asked.append(question) or True
+            panel.library.select("second")
+            panel.library.buttons["delete"].click()
+            assert "Delete the template 'second'" in asked[0]
+            assert adapter.document is None and "No template open" in panel.title.text()
+            assert not (user_workflows_dir() / "second.json").exists()
+            assert not (user_workflows_dir() / "second.luna.toml").exists()
+
+    qloop.run_until_complete(asyncio.wait_for(scenario(), 60))

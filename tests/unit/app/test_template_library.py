@@ -254,3 +254,35 @@ def test_saved_map_text_parses_back(library):
     library.save(document)
     text = (library.user_dir / "i2i.luna.toml").read_text()
     assert parse_map(tomllib.loads(text)).params["positive"].default == 'a "quoted"\nline'
+
+
+def test_loras_are_mapped_by_picking_a_model_loader_or_a_lora_loader(library):
+    document = library.open("sdxl_txt2img")
+    document.set_lora_target(None)
+    assert not document.row("loras").mapped
+    document.set_lora_target("4")  # the checkpoint: its CLIP feeds the prompts, so model + CLIP
+    lora = document.row("loras").lora
+    assert lora.model_source == ("4", 0) and lora.clip_source == ("4", 1) and lora.nodes == ()
+    values = parse_test_values(document, {"loras": "detail.safetensors:0.5"})
+    injected = inject(document.template(), values).workflow
+    loader = next(n for n in injected.values() if n["class_type"] == "LoraLoader")
+    assert loader["inputs"]["model"] == ["4", 0] and loader["inputs"]["strength_model"] == 0.5
+
+    workflow = txt2img_prompt()
+    for node_id, source in (("20", ["4", 0]), ("21", ["20", 0])):
+        workflow[node_id] = {
+            "class_type": "LoraLoader",
+            "inputs": {
+                "model": source,
+                "clip": ["4", 1],
+                "lora_name": "a",
+                "strength_model": 1.0,
+                "strength_clip": 1.0,
+            },
+        }
+    workflow["3"]["inputs"]["model"] = ["21", 0]
+    from app.comfy.templates import template_from_workflow
+
+    chained = TemplateDocument.from_template(template_from_workflow("chained", workflow))
+    chained.set_lora_target("20")
+    assert chained.row("loras").lora.nodes == ("20", "21")

@@ -28,6 +28,7 @@ from app.services.template_editing import LocatedIssues, ParamRow, TemplateDocum
 
 COLUMNS = ("Parameter", "Kind", "Node", "Input", "Default", "Value in workflow", "Status")
 NOT_MAPPED = "— not mapped —"
+STATUS_LIMIT = 120
 
 
 def lora_target_text(row: ParamRow, document: TemplateDocument) -> str:
@@ -36,10 +37,15 @@ def lora_target_text(row: ParamRow, document: TemplateDocument) -> str:
         return f"stacker {document.node_label(lora.node)}, {lora.slots} slots"
     if isinstance(lora, LoraChainTarget):
         if lora.nodes:
-            return "loader chain " + ", ".join(f"#{n}" for n in lora.nodes)
+            return "fills loaders " + ", ".join(f"#{n}" for n in lora.nodes)
         if lora.model_source:
-            return f"inserted after {document.node_label(lora.model_source[0])}"
+            return "new loaders after it" + (" (model + CLIP)" if lora.clip_source else " (model only)")
     return NOT_MAPPED
+
+
+def _short(text: str, limit: int = STATUS_LIMIT) -> str:
+    """A status that keeps its row at most two lines high; the whole text is in the tooltip."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip(" ,;") + "… (hover for all)"
 
 
 class MappingTable(QTableWidget):
@@ -77,9 +83,12 @@ class MappingTable(QTableWidget):
     # --- drawing -----------------------------------------------------------------------------
 
     def set_document(self, document: TemplateDocument | None) -> None:
+        switched = document is not self.document
         self.document = document
         self.located = LocatedIssues()
         self.refresh()
+        if switched:
+            self.scrollToTop()
 
     def set_located(self, located: LocatedIssues) -> None:
         self.located = located
@@ -121,11 +130,17 @@ class MappingTable(QTableWidget):
         node_column, input_column = COLUMNS.index("Node"), COLUMNS.index("Input")
         self.removeCellWidget(index, node_column)
         self.removeCellWidget(index, input_column)
-        if row.kind == "loras":
+        if isinstance(row.lora, LoraStackerTarget):
             self._item(index, "Node", lora_target_text(row, document)).setToolTip(
-                "LoRA targets are set in the .luna.toml map (see workflows/README.md)"
+                "A LoRA stacker is set in the .luna.toml map (see workflows/README.md)"
             )
             self._item(index, "Input", "")
+        elif row.kind == "loras":
+            self._item(index, "Node", "")
+            self._item(index, "Input", lora_target_text(row, document) if row.lora else "").setToolTip(
+                "Pick a LoraLoader (its chain is filled) or the model loader (LoRA loaders are inserted after it)"
+            )
+            self.setCellWidget(index, node_column, self._lora_combo(row, document, editable))
         else:
             self._item(index, "Node", "")
             self._item(index, "Input", "")
@@ -160,7 +175,8 @@ class MappingTable(QTableWidget):
             text, colour, back = "not mapped (renders keep the workflow's value)", marks.MUTED_TEXT, None
         else:
             text, colour, back = "✔ mapped", marks.OK_TEXT, None
-        item = self._item(index, "Status", text)
+        # Errors are shown whole (they name what to pick instead); notes are kept short.
+        item = self._item(index, "Status", text if colour == marks.ERROR_TEXT else _short(text))
         item.setForeground(colour)
         item.setToolTip(text)
         if back is not None:
@@ -186,6 +202,26 @@ class MappingTable(QTableWidget):
             lambda _i, name=row.name, c=combo: self._on_node_picked(name, c.currentData())
         )
         return combo
+
+    def _lora_combo(self, row: ParamRow, document: TemplateDocument, editable: bool) -> QComboBox:
+        combo = QComboBox()
+        combo.addItem(NOT_MAPPED, None)
+        for node_id in document.node_ids():
+            combo.addItem(document.node_label(node_id), node_id)
+        lora = row.lora
+        if isinstance(lora, LoraChainTarget):
+            picked = lora.nodes[0] if lora.nodes else (lora.model_source[0] if lora.model_source else None)
+            found = combo.findData(picked)
+            combo.setCurrentIndex(max(found, 0))
+        combo.setEnabled(editable)
+        combo.currentIndexChanged.connect(lambda _i, c=combo: self._on_lora_picked(c.currentData()))
+        return combo
+
+    def _on_lora_picked(self, node_id: str | None) -> None:
+        if self._filling or self.document is None:
+            return
+        self.document.set_lora_target(node_id)
+        self._changed()
 
     def _input_combo(self, row: ParamRow, document: TemplateDocument, editable: bool) -> QComboBox:
         combo = QComboBox()

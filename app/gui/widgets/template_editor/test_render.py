@@ -124,6 +124,13 @@ class TestRenderPanel(QWidget):
         self._update_buttons()
 
     def on_document(self, document: TemplateDocument | None) -> None:
+        if document is None or self.document is None or document.name != self.document.name:
+            # Another template: its own values, and no image or timings of the last one.
+            self.fields = {}
+            self.image.clear()
+            self.image.setText("The test render's image appears here")
+            self.result_text.setText("")
+            self._set_progress(ProgressView(0, 1, "No render yet"))
         self.document = document
         self.rebuild_fields()
         self._clear_issues()
