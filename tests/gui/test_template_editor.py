@@ -190,6 +190,17 @@ def test_import_a_ui_format_workflow_converted_with_the_instances_object_info(ql
             assert panel.mapping.cell_text("seed", "Input") == "seed"
             assert "detected from the graph" in panel.banner.text()
             assert (user_workflows_dir() / "from_ui.json").is_file()
+            assert dialog.result() == dialog.DialogCode.Accepted
+
+            # A refused import keeps the dialog and the pasted text, and says why.
+            again = panel.show_import()
+            again.name.setText("from_ui")
+            again.text.setPlainText(json.dumps(default_ui_workflow()))
+            again.accept_import()
+            await wait_signal(adapter.import_finished)
+            assert again.isVisible() and again.text.toPlainText()
+            assert "Not imported: a template named 'from_ui' exists already" in again.hint.text()
+            again.reject()
 
             # Without an instance the UI format is refused, saying what to do.
             adapter.import_text("again", json.dumps(default_ui_workflow()), None)

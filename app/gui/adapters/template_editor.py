@@ -13,7 +13,8 @@ Signals: ``entries_changed(list[TemplateEntry])``, ``document_changed(TemplateDo
 (after open / save / import; row edits go straight to the document),
 ``instances_changed(tuple[tuple[str, str], ...])`` (name, health), ``validation_finished(
 ValidationView)``, ``render_started()``, ``render_progress(ProgressView)``,
-``render_finished(RenderOutcome)``, ``render_failed(RenderFailure)``, ``busy_changed(str)``.
+``render_finished(RenderOutcome)``, ``render_failed(RenderFailure)``, ``busy_changed(str)``,
+``import_finished(ImportResult)``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ class ValidationView:
         return self.report.ok and not self.problems
 
 
+class InstanceUnavailable(Exception):
+    """The chosen instance's node definitions could not be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """How an import ended: the new document, or the error (nothing was written then)."""
+
+    document: TemplateDocument | None
+    error: str = ""
+
+
 @dataclass(frozen=True)
 class RenderFailure:
     """A test render that failed: the one-line message and its issues sorted onto rows."""
@@ -97,6 +110,7 @@ class TemplateEditorAdapter(QObject):
     render_finished = Signal(object)
     render_failed = Signal(object)
     busy_changed = Signal(str)
+    import_finished = Signal(object)
 
     def __init__(
         self,
@@ -262,23 +276,20 @@ class TemplateEditorAdapter(QObject):
         self, name: str, call: Callable[[Mapping | None], TemplateDocument], instance: str | None
     ) -> None:
         try:
-            document = call(None)
-        except NeedsObjectInfo as exc:
-            if instance is None:
-                self._messages.error(f"Import: {exc}")
-                return
-            object_info = await self._object_info(instance)
-            if object_info is None:
-                return
-            document = self._library_call("Import", lambda: call(object_info))
-        except (LibraryError, OSError) as exc:
+            try:
+                document = call(None)
+            except NeedsObjectInfo:
+                if instance is None:
+                    raise
+                document = call(await self._fetch_object_info(instance))
+        except (LibraryError, OSError, InstanceUnavailable) as exc:
             self._messages.error(f"Import: {exc}")
-            return
-        if document is None:
+            self.import_finished.emit(ImportResult(None, str(exc)))
             return
         self.refresh()
         self._set_document(document)
         self._messages.info(f"Imported '{document.name}': check the detected mapping, then save")
+        self.import_finished.emit(ImportResult(document, ""))
 
     def save(self) -> SaveResult | None:
         document = self.document
@@ -316,21 +327,31 @@ class TemplateEditorAdapter(QObject):
             self.instances = instances
             self.instances_changed.emit(instances)
 
-    async def _object_info(self, instance: str) -> Mapping[str, Any] | None:
+    async def _fetch_object_info(self, instance: str) -> Mapping[str, Any]:
+        """The instance's node definitions, fresh; :class:`InstanceUnavailable` saying why not."""
         try:
             client = self._router().client(instance)
         except KeyError:
-            self._messages.error(f"No ComfyUI instance named '{instance}' (see Settings → ComfyUI instances)")
-            return None
+            raise InstanceUnavailable(
+                f"no ComfyUI instance named '{instance}' (see Settings → ComfyUI instances)"
+            ) from None
         self.busy_changed.emit(f"Reading the node definitions of {instance}…")
         try:
             async with asyncio.timeout(OBJECT_INFO_TIMEOUT):
                 return await client.object_info(refresh=True)
         except (ComfyError, TimeoutError) as exc:
-            self._messages.error(f"Cannot read /object_info of {instance}: {exc or 'timed out'}")
-            return None
+            raise InstanceUnavailable(
+                f"cannot read /object_info of {instance}: {exc or 'timed out'}"
+            ) from exc
         finally:
             self.busy_changed.emit("")
+
+    async def _object_info(self, instance: str) -> Mapping[str, Any] | None:
+        try:
+            return await self._fetch_object_info(instance)
+        except InstanceUnavailable as exc:
+            self._messages.error(str(exc)[0].upper() + str(exc)[1:])
+            return None
 
     # --- validation --------------------------------------------------------------------------
 

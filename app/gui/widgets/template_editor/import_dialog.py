@@ -1,5 +1,6 @@
 """The import dialog: a name, pasted JSON or a file, and the instance a UI-format file is
-converted with. Non-modal (the qasync loop keeps running); on OK it calls the adapter's import.
+converted with. Non-modal (the qasync loop keeps running); Import calls the adapter's import and
+the dialog closes once it succeeded — a refused import keeps the pasted text and says why.
 GUI thread; reads the chosen file only to show it.
 """
 
@@ -22,7 +23,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.gui.adapters.template_editor import TemplateEditorAdapter
+from app.gui.adapters.template_editor import ImportResult, TemplateEditorAdapter
+from app.gui.widgets.template_editor.marks import ERROR_TEXT
 
 
 class ImportDialog(QDialog):
@@ -57,6 +59,8 @@ class ImportDialog(QDialog):
         buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel
         )
+        self.ok_button = buttons.button(QDialogButtonBox.StandardButton.Ok)
+        self.ok_button.setText("Import")
         buttons.accepted.connect(self.accept_import)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -65,6 +69,7 @@ class ImportDialog(QDialog):
         layout.addWidget(self.hint)
         layout.addWidget(buttons)
         self.resize(720, 520)
+        adapter.import_finished.connect(self.on_import_finished)
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Workflow file", "", "ComfyUI workflow (*.json)")
@@ -75,17 +80,30 @@ class ImportDialog(QDialog):
         try:
             self.text.setPlainText(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            self.hint.setText(f"Cannot read {path}: {exc}")
+            self._say(f"Cannot read {path}: {exc}")
             return
         if not self.name.text().strip():
             self.name.setText(path.stem.removesuffix("_api"))
-        self.hint.setText(f"Loaded {path}")
+        self._say(f"Loaded {path}", error=False)
 
     def accept_import(self) -> None:
+        """Start the import; the dialog stays open (with the pasted text) until it succeeded."""
         name, text = self.name.text().strip(), self.text.toPlainText()
         if not name or not text.strip():
-            self.hint.setText("Give the template a name and paste or load a workflow.")
+            self._say("Give the template a name and paste or load a workflow.")
             return
         instance = self.instance.currentData()
+        self.ok_button.setEnabled(False)
+        self._say("Importing…", error=False)
         self.adapter.import_text(name, text, str(instance) if instance is not None else None)
+
+    def on_import_finished(self, result: ImportResult) -> None:
+        self.ok_button.setEnabled(True)
+        if result.document is None:
+            self._say(f"Not imported: {result.error}")
+            return
         self.accept()
+
+    def _say(self, text: str, *, error: bool = True) -> None:
+        self.hint.setText(text)
+        self.hint.setStyleSheet(f"color: {ERROR_TEXT.name()};" if error else "")
