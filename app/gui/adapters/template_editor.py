@@ -38,6 +38,7 @@ from app.comfy.render import (
     RenderOutcome,
     RenderRequest,
     RenderService,
+    default_output_dir,
 )
 from app.comfy.router import StyleRouter
 from app.comfy.validate import ValidationIssue, ValidationReport, validate_workflow
@@ -125,7 +126,8 @@ class TemplateEditorAdapter(QObject):
         self.library = library
         self._router = router
         self._messages = messages
-        self._output_dir = render_output_dir
+        # Test renders are kept apart from the story's renders.
+        self._output_dir = render_output_dir or default_output_dir() / "template-tests"
         self._tasks = TaskSet(messages.error)
         self.document: TemplateDocument | None = None
         self.entries = []

@@ -104,6 +104,7 @@ class TemplateEditorPanel(QWidget):
         adapter.document_changed.connect(self.on_document)
         adapter.instances_changed.connect(self.test_render.on_instances)
         adapter.validation_finished.connect(self.on_validation)
+        adapter.busy_changed.connect(self.test_render.on_busy)
         adapter.render_started.connect(self.test_render.on_render_started)
         adapter.render_progress.connect(self.test_render.on_progress)
         adapter.render_finished.connect(self.test_render.on_render_finished)

@@ -171,6 +171,11 @@ class TestRenderPanel(QWidget):
         else:
             self._set_progress(ProgressView(0, 1, "✖ fix the map's problems first (red rows)"))
 
+    def on_busy(self, text: str) -> None:
+        """The adapter is waiting on the instance (e.g. reading its node definitions)."""
+        if text:
+            self._set_progress(ProgressView(0, 0, text))
+
     def on_render_started(self) -> None:
         self._clear_issues()
         self.result_text.setText("")
