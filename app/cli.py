@@ -649,6 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     instances.add_argument("--json", action="store_true")
     instances.add_argument("--connect-timeout", type=float, default=3.0)
     add_gui_command(sub)
+
+    from app.narrates.cli import add_parser as add_story_parser  # luna story lives with its engine
+
+    add_story_parser(sub)
     return parser
 
 
@@ -768,6 +772,11 @@ def main(
             print(f"luna: the operator window needs PySide6, qasync and pyqtgraph ({exc})", file=err)
             return EXIT_USAGE
         return run_gui(args, stdout=out, stderr=err)
+    if args.command == "story":
+        from app.narrates.cli import run as run_story
+
+        with _library_logging(err, verbose=args.verbose):
+            return run_story(args, stdout=out, stderr=err)
     console = Console(out, err, json=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
     try:
         with _library_logging(err, verbose=args.verbose):

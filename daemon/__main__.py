@@ -31,6 +31,7 @@ FLAG_KEYS: dict[str, str] = {
     "load_models": "daemon.load_models",
     "status_interval": "daemon.status_interval",
     "prompt_cache_size": "daemon.prompt_cache_size",
+    "shutdown_grace": "daemon.shutdown_grace",
     "log_level": "daemon.log_level",
     "mode": "scaling.mode",
     "min_vae_workers": "scaling.min_vae_workers",
@@ -126,6 +127,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--status-interval", type=float, metavar="SECONDS", help="status broadcast period (default 1)"
     )
     misc.add_argument("--prompt-cache-size", type=int, metavar="N", help="cached prompts (default 256)")
+    misc.add_argument(
+        "--shutdown-grace",
+        type=float,
+        metavar="SECONDS",
+        help="on stop, time given to requests in flight before the process exits (default 5)",
+    )
     misc.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
 
 

@@ -9,7 +9,7 @@ daemon's bug). Pure Python (stdlib ``tomllib``); no torch, no I/O except reading
 TOML layout (see ``resources/daemon.example.toml``)::
 
     [daemon]   device, precision, load_models ("lazy" | "start"), status_interval,
-               prompt_cache_size, log_level, max_queue
+               prompt_cache_size, log_level, max_queue, shutdown_grace
     [network]  host, port, ws_port, allowed_origins, token_file, require_token
     [scaling]  mode ("dynamic" | "static"), min/max_vae_workers, min/max_clip_workers,
                idle_timeout, scale_up_queue_threshold, scale_up_delay, safety_margin_gb,
@@ -24,7 +24,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -128,6 +128,9 @@ class DaemonConfig:
     status_interval: float = 1.0
     prompt_cache_size: int = 256
     max_queue: int = 256
+    # Seconds a stop (SIGTERM, Ctrl+C, the shutdown op) gives the requests in flight; then they
+    # are answered SHUTTING_DOWN and the process exits even if a model call is still running.
+    shutdown_grace: float = 5.0
     log_level: str = "INFO"
     models: Mapping[str, ModelSetConfig] = field(default_factory=lambda: MappingProxyType({}))
     source: str = "defaults"
@@ -172,6 +175,7 @@ _SECTION_KEYS: dict[str, set[str]] = {
         "status_interval",
         "prompt_cache_size",
         "max_queue",
+        "shutdown_grace",
         "log_level",
     },
     "network": {"host", "port", "ws_port", "allowed_origins", "token_file", "require_token"},
@@ -303,6 +307,7 @@ def build_config(overrides: Mapping[str, Any] | None = None, *, source: str = "d
         status_interval=take.number("daemon.status_interval", 1.0, low=0.01, high=3600.0),
         prompt_cache_size=take.integer("daemon.prompt_cache_size", 256, low=0, high=1_000_000),
         max_queue=take.integer("daemon.max_queue", 256, low=1, high=1_000_000),
+        shutdown_grace=take.number("daemon.shutdown_grace", 5.0, low=0.0, high=600.0),
         log_level=take.choice("daemon.log_level", "INFO", LOG_LEVELS, upper=True),
         models=MappingProxyType(models),
         source=source,
@@ -311,11 +316,6 @@ def build_config(overrides: Mapping[str, Any] | None = None, *, source: str = "d
     if leftover:
         raise ConfigError(leftover[0], "unknown setting")
     return config
-
-
-def with_overrides(config: DaemonConfig, **changes: Any) -> DaemonConfig:
-    """Convenience for tests and embedding: ``dataclasses.replace`` on the top level."""
-    return replace(config, **changes)
 
 
 def _take_models(values: dict[str, Any]) -> dict[str, ModelSetConfig]:

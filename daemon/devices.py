@@ -39,10 +39,6 @@ class DeviceChoice:
     reason: str  # one line for the log: why this device
     name: str  # hardware name, e.g. "NVIDIA GeForce RTX 3060" or "cpu"
 
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
 
 @dataclass(frozen=True)
 class MemoryInfo:

@@ -8,8 +8,12 @@ nothing is ever replaced by a later registration (the old daemon's "last one win
 Identity: a loaded model is keyed by (kind, file identity = resolved path + size + mtime,
 device, dtype), so two sets naming the same file share one copy, and a file replaced on disk
 is loaded afresh on its next use. A file that fails to load is remembered with its error for
-that identity (no reload storm on every request) and answered as NOT_LOADED with the reason;
-the daemon keeps running.
+that identity (no reload storm on every request) and raised again with the reason; the daemon
+keeps running.
+
+Errors are the registry's own (:class:`ModelError` and its kinds: :class:`ModelNotConfigured`,
+:class:`ModelFileMissing`, :class:`ModelLoadFailed`); the ops layer (``daemon/ops.py``) maps
+them to wire codes, so this module knows nothing of the protocol.
 
 Threads: public coroutines run on the event loop; loading itself runs on a one-thread loader
 executor (serialised, so two big loads never peak memory together). Concurrent requests for a
@@ -32,11 +36,31 @@ import torch
 
 from daemon.config import ModelSetConfig
 from daemon.devices import memory_info
-from daemon.wire.protocol import ErrorCode, OpError
 from daemon.wire.status import ModelState
 
 VAE_KIND = "vae"
 CLIP_KIND = "clip"
+
+
+class ModelError(Exception):
+    """A model set's model cannot be handed out (the request itself may be fine)."""
+
+    def __init__(self, set_name: str, message: str):
+        super().__init__(message)
+        self.set_name = set_name
+        self.message = message
+
+
+class ModelNotConfigured(ModelError):
+    """The set is not configured, or has no model of the kind asked for."""
+
+
+class ModelFileMissing(ModelError):
+    """A configured weights file does not exist (or cannot be stat'ed)."""
+
+
+class ModelLoadFailed(ModelError):
+    """Loading the model failed (bad file, unknown layout, device error); remembered per file."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +186,7 @@ class ModelRegistry:
         """The set's VAE (its own file, or the one inside its checkpoint)."""
         model_set = self._model_set(set_name)
         if not model_set.has_vae:
-            raise OpError(ErrorCode.NOT_LOADED, f"model set {set_name!r} has no VAE configured")
+            raise ModelNotConfigured(set_name, f"model set {set_name!r} has no VAE configured")
         path = model_set.vae or model_set.checkpoint
         files = {"vae" if model_set.vae else "checkpoint": str(path)}
         key = self._key(set_name, VAE_KIND, {"vae": path})
@@ -178,8 +202,8 @@ class ModelRegistry:
         """The set's text encoder (CLIP-L, CLIP-L + CLIP-G, or from its checkpoint)."""
         model_set = self._model_set(set_name)
         if not model_set.has_clip:
-            raise OpError(
-                ErrorCode.NOT_LOADED,
+            raise ModelNotConfigured(
+                set_name,
                 f"model set {set_name!r} has no text encoder (clip_l/clip_g or checkpoint) configured",
             )
         parts = {"clip_l": model_set.clip_l, "clip_g": model_set.clip_g}
@@ -217,7 +241,7 @@ class ModelRegistry:
             for _, getter in wanted:
                 try:
                     await getter(name)
-                except OpError as exc:
+                except ModelError as exc:
                     errors.append(exc.message)
         return errors
 
@@ -258,8 +282,8 @@ class ModelRegistry:
     def _model_set(self, set_name: str) -> ModelSetConfig:
         if not isinstance(set_name, str) or set_name not in self.model_sets:
             known = ", ".join(sorted(self.model_sets)) or "none"
-            raise OpError(
-                ErrorCode.NOT_LOADED,
+            raise ModelNotConfigured(
+                str(set_name),
                 f"model set {set_name!r} is not configured (configured sets: {known}); "
                 "add [models.NAME] to the daemon config or pass --vae/--clip-l/--checkpoint",
             )
@@ -269,7 +293,7 @@ class ModelRegistry:
         try:
             identities = tuple((name, FileIdentity.of(path)) for name, path in sorted(parts.items()))
         except FileNotFoundError as exc:
-            raise OpError(ErrorCode.NOT_LOADED, f"model set {set_name!r}: {exc}") from None
+            raise ModelFileMissing(set_name, f"model set {set_name!r}: {exc}") from None
         return (kind, identities, str(self.device), self.precision, extra)
 
     async def _get(
@@ -288,9 +312,7 @@ class ModelRegistry:
             assert entry.waiters is not None
             await asyncio.shield(entry.waiters)
         if entry.state != "loaded":
-            raise OpError(
-                ErrorCode.NOT_LOADED, f"model set {set_name!r}: {kind} failed to load: {entry.error}"
-            )
+            raise ModelLoadFailed(set_name, f"model set {set_name!r}: {kind} failed to load: {entry.error}")
         return entry.model
 
     async def _load(self, entry: LoadedModel, set_name: str, load: Callable[[], Any]) -> None:

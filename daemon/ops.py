@@ -3,9 +3,12 @@
 Owns the meaning of the handler ops of ``daemon/PROTOCOL.md`` (``clip_encode``, ``vae_encode``,
 ``vae_decode``, ``status``, ``models``, ``shutdown``): option and tensor validation (a bad
 request is answered BAD_REQUEST before it queues, and costs nobody else anything), model-set
-resolution through :class:`~daemon.model_registry.ModelRegistry` (NOT_LOADED when a set is
-not configured or its file failed), the prompt cache, and the mapping of failures to error
-codes (out-of-memory → OOM retryable, full queue → BUSY, shutdown → SHUTTING_DOWN).
+resolution through :class:`~daemon.model_registry.ModelRegistry`, the prompt cache, and the
+mapping of domain errors to wire codes: the registry's ``ModelError`` (set not configured,
+file missing, load failed) → NOT_LOADED; the model layer's ``ModelInputError`` (bad prompt
+syntax, unknown embedding, wrong tensor for the model) → BAD_REQUEST; out-of-memory → OOM
+retryable; full queue → BUSY; shutdown → SHUTTING_DOWN. Anything else is a bug and reaches the
+transport, which logs it and answers INTERNAL — never BAD_REQUEST.
 
 Threads: :meth:`DaemonOps.handle` runs on the event loop; tensor conversion and model calls run
 inside pool jobs on worker threads, so the loop never touches torch compute.
@@ -14,24 +17,27 @@ inside pool jobs on worker threads, so the loop never touches torch compute.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from daemon.model_registry import CLIP_KIND, ModelRegistry
+from daemon.auth import tokens_match
+from daemon.model_registry import CLIP_KIND, ModelError, ModelRegistry
+from daemon.models.errors import ModelInputError
 from daemon.pools import PoolClosed, PoolFull, WorkerPool
 from daemon.prompt_cache import CacheKey, PromptCache
 from daemon.tcp_service import Peer
-from daemon.wire.protocol import ErrorCode, OpError
+from daemon.wire.protocol import ErrorCode, Limits, OpError
 
 MAX_PROMPT_CHARS = 100_000
 CLIP_SKIP_RANGE = range(-24, 0)  # ComfyUI CLIPSetLastLayer: -24 … -1
 MAX_SIDE = 16_384  # pixels (or 8× latent) per side
+#: Largest result tensor: the protocol's per-tensor limit (Limits.max_elements, 2^28 values).
+MAX_RESULT_ELEMENTS = Limits().max_elements
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -77,7 +83,9 @@ def _one_float_tensor(op: str, tensors: list[np.ndarray], what: str) -> np.ndarr
 
 
 def _to_torch(array: np.ndarray) -> torch.Tensor:
-    """float32 CPU tensor owning its memory (wire/shm buffers may be read-only or reused)."""
+    """float32 CPU tensor over the request's array, without a copy when it is writable float32
+    C order: a view on the decoder's payload or the client's shared-memory lease is safe to
+    alias, since neither is reused while the tensor lives. Anything else is copied."""
     if array.dtype != np.float32 or not array.flags.writeable or not array.flags.c_contiguous:
         array = np.array(array, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(array).all():
@@ -151,7 +159,7 @@ class DaemonOps:
         if tensors:
             raise _bad(f"clip_encode takes no tensors, got {len(tensors)}")
         model = _model_option(options)
-        encoder = await self.registry.text_encoder(model)
+        encoder = await self._model(self.registry.text_encoder, model)
         key = CacheKey(repr(self.registry.model_key(model, CLIP_KIND)), clip_skip, text)
 
         async def encode() -> tuple[str, tuple[np.ndarray, ...]]:
@@ -187,7 +195,16 @@ class DaemonOps:
                 raise _bad(
                     f"vae_decode: latent {list(array.shape)} decodes to more than {MAX_SIDE} pixels per side"
                 )
-        vae = await self.registry.vae(model)
+            batch, _, height, width = array.shape
+            values = batch * height * 8 * width * 8 * 3
+            if values > MAX_RESULT_ELEMENTS:
+                # A small latent batch can ask for a huge answer (64×4×256×256 → 3.2 GB of pixels,
+                # plus the activations): refused before any memory is taken.
+                raise _bad(
+                    f"vae_decode: latent {list(array.shape)} decodes to {values} values, more than "
+                    f"the {MAX_RESULT_ELEMENTS} one answer may carry; decode fewer or smaller latents"
+                )
+        vae = await self._model(self.registry.vae, model)
         if op == "vae_decode" and array.shape[1] != vae.latent_channels:
             raise _bad(
                 f"vae_decode: latent has {array.shape[1]} channels, model set {model!r} "
@@ -208,11 +225,7 @@ class DaemonOps:
 
     def _shutdown(self, options: dict, peer: Peer) -> dict:
         token = options.get("token")
-        allowed = peer.authenticated or (
-            self._shutdown_token is not None
-            and isinstance(token, str)
-            and hmac.compare_digest(token.encode(), self._shutdown_token.encode())
-        )
+        allowed = peer.authenticated or tokens_match(token, self._shutdown_token)
         if not allowed:
             raise OpError(
                 ErrorCode.UNAUTHORIZED,
@@ -226,6 +239,13 @@ class DaemonOps:
 
     # ------------------------------------------------------------------ running
 
+    @staticmethod
+    async def _model(get: Callable[[str], Awaitable[Any]], set_name: str) -> Any:
+        try:
+            return await get(set_name)
+        except ModelError as exc:
+            raise OpError(ErrorCode.NOT_LOADED, exc.message) from None
+
     async def _submit(self, pool: WorkerPool, job: Callable[[], Any]) -> Any:
         try:
             return await pool.submit(job)
@@ -235,8 +255,8 @@ class DaemonOps:
             raise OpError(ErrorCode.BUSY, str(exc), retryable=True) from None
         except PoolClosed as exc:
             raise OpError(ErrorCode.SHUTTING_DOWN, str(exc), retryable=True) from None
-        except ValueError as exc:  # the model layer's input errors (VAEInputError …)
-            raise _bad(str(exc)) from None
+        except ModelInputError as exc:  # only the model layer's own input errors: other
+            raise _bad(str(exc)) from None  # ValueErrors are bugs, answered INTERNAL
         except Exception as exc:
             if _is_out_of_memory(exc):
                 self._log.warning("%s pool: out of memory: %s", pool.name, exc)

@@ -14,8 +14,10 @@
    SHUTTING_DOWN), close the pools, the WebSocket and the loader.
 
 :func:`run_daemon` is the process entry (used by ``python -m daemon``): logging to stderr and
-a rotating file, SIGINT/SIGTERM (SIGBREAK, i.e. Ctrl+Break, on Windows) → graceful stop, exit
-status 0 after a clean stop, 2 for configuration/start-up errors.
+a rotating file, SIGINT/SIGTERM (SIGBREAK, i.e. Ctrl+Break, on Windows) and on Windows the console
+control events (``daemon/console_events.py``: close, logoff, shutdown) → graceful stop; exit
+status 0 after a clean stop, 2 for configuration/start-up errors, 3 without a stdout
+(``daemon.wire.ready.DaemonExit``).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
-from daemon import __version__
+from daemon import __version__, console_events
 from daemon.auth import load_or_create_token
 from daemon.auth import token_path as default_token_path
 from daemon.config import ConfigError, DaemonConfig
@@ -49,7 +52,7 @@ from daemon.ops import DaemonOps
 from daemon.pools import PoolSettings, WorkerPool
 from daemon.prompt_cache import PromptCache
 from daemon.status_ws import StatusWebSocket
-from daemon.tcp_service import PortInUseError, TcpService
+from daemon.tcp_service import PortInUseError, PortReservedError, TcpService
 from daemon.wire.protocol import PROTOCOL_VERSION, Limits
 from daemon.wire.ready import DaemonExit, ReadyInfo
 from daemon.wire.status import DaemonStatus, PromptCacheStats, ScalingEvent, StaticFacts
@@ -102,7 +105,8 @@ class DaemonServer:
     async def start(self) -> ReadyInfo:
         """Build everything, bind both ports, print the readiness line; see module docstring."""
         config = self.config
-        self._stop_requested = asyncio.Event()
+        # Kept if a stop was requested before start() (Ctrl+C or a console event while starting).
+        self._stop_requested = self._stop_requested or asyncio.Event()
         self._started_at = time.monotonic()
         self.device = choose_device(config.device)
         device = self.device.device
@@ -141,6 +145,7 @@ class DaemonServer:
             port=config.network.ws_port,
             interval=config.status_interval,
             allowed_origins=config.network.allowed_origins,
+            token=self.token if config.network.token_required else None,
         )
         self.vae_pool = self._make_pool("vae")
         self.clip_pool = self._make_pool("clip")
@@ -164,7 +169,7 @@ class DaemonServer:
         )
         try:
             host, port = await self.tcp.start()
-        except PortInUseError as exc:
+        except (PortInUseError, PortReservedError) as exc:
             await self._abort_start()
             raise DaemonStartupError(f"cannot listen for the protocol: {exc.strerror or exc}") from None
         except (OSError, ValueError) as exc:
@@ -174,7 +179,7 @@ class DaemonServer:
             ) from None
         try:
             _, ws_port = await self.ws.start()
-        except OSError as exc:
+        except OSError as exc:  # PortInUseError / PortReservedError name the port and the cause
             await self._abort_start()
             raise DaemonStartupError(
                 f"cannot listen for the status WebSocket: {exc.strerror or exc}"
@@ -197,22 +202,27 @@ class DaemonServer:
 
     def request_shutdown(self, reason: str = "requested") -> None:
         """Ask the daemon to stop (idempotent; safe from signal handlers via the loop)."""
-        if self._stop_requested is not None and not self._stop_requested.is_set():
+        if self._stop_requested is None:  # before start(): start() then serve_forever() return at once
+            self._stop_requested = asyncio.Event()
+        if not self._stop_requested.is_set():
             self.stop_reason = reason
             self.log.info("stopping: %s", reason)
             self._stop_requested.set()
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Graceful stop: no new work, in-flight gets ``grace`` seconds, then everything closes."""
+    async def close(self, grace: float | None = None) -> None:
+        """Graceful stop: no new work, in-flight gets ``grace`` seconds (default: the config's
+        ``shutdown_grace``) in all, then everything closes."""
         if self._closed:
             return
         self._closing = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        deadline = time.monotonic() + grace  # one grace for the whole stop, not one per stage
         if self.tcp is not None:
             # Stops accepting; in-flight requests finish or are answered SHUTTING_DOWN.
             await self.tcp.close(grace=grace)
         for pool in (self.vae_pool, self.clip_pool):
             if pool is not None:
-                await pool.close(grace=grace)
+                await pool.close(grace=max(0.0, deadline - time.monotonic()))
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -323,22 +333,69 @@ class DaemonServer:
 
 def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
     """Run a daemon in this process until stopped; returns the exit status."""
-    from daemon.logging_setup import configure_logging
+    from daemon.logging_setup import configure_logging, log_file_name
 
-    logging_handle = configure_logging(config.log_level)
+    logging_handle = configure_logging(config.log_level, file_name=log_file_name(config.network.port))
     log = logging.getLogger("luna.daemon")
     if logging_handle.log_file:
         log.info("logging to %s", logging_handle.log_file)
+    code: int = DaemonExit.CRASHED
     try:
-        return asyncio.run(_run_with_signals(config, stdout))
+        if (stdout if stdout is not None else sys.stdout) is None:
+            code = _refuse_without_stdout(log)
+        else:
+            code = asyncio.run(_run_with_signals(config, stdout))
     except (ConfigError, DaemonStartupError) as exc:
         log.error("%s", exc)
         print(f"luna-daemon: {exc}", file=sys.stderr)
-        return DaemonExit.START_FAILED
+        code = DaemonExit.START_FAILED
     except KeyboardInterrupt:  # Ctrl+C before the handlers were installed
-        return DaemonExit.OK
+        code = DaemonExit.OK
     finally:
+        stuck = _threads_blocking_exit(EXIT_JOIN_TIMEOUT)
+        if stuck:
+            log.warning(
+                "exiting with %d model call(s) still running (%s); their results are dropped",
+                len(stuck),
+                ", ".join(thread.name for thread in stuck),
+            )
         logging_handle.close()
+    if stuck:
+        # Python joins every executor thread at exit, so a torch call that outlives the grace
+        # would keep the process alive until it finished (17-45 s in issue 9) and a supervisor
+        # would kill it. Everything is flushed and closed by now; nothing is left to lose.
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # pythonw / a windowed executable has neither
+                stream.flush()
+        os._exit(code)
+    return code
+
+
+#: Seconds idle worker threads get to end by themselves after the daemon closed.
+EXIT_JOIN_TIMEOUT = 0.5
+
+
+def _threads_blocking_exit(timeout: float) -> list[threading.Thread]:
+    """Threads that would keep the interpreter from exiting (non-daemon, still alive) after
+    ``timeout`` seconds in all: pool workers or a model loader still inside a call."""
+    deadline = time.monotonic() + timeout
+    current = threading.current_thread()
+    pending = [t for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread for thread in pending if thread.is_alive()]
+
+
+def _refuse_without_stdout(log: logging.Logger) -> int:
+    """``pythonw`` / a windowed executable: no stdout for the READY line, so no supervisor could
+    ever see the daemon ready. Refuse before binding anything (the reason went to the log file,
+    and to stderr when there is one)."""
+    log.error(
+        "no stdout to print the %s line on (started with pythonw or as a windowed executable?): "
+        "run the console executable (python.exe -m daemon / luna-daemon.exe) with stdout piped",
+        "LUNA_DAEMON_READY",
+    )
+    return DaemonExit.NO_STDOUT
 
 
 async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int:
@@ -363,11 +420,17 @@ async def _run_with_signals(config: DaemonConfig, stdout: IO[str] | None) -> int
             previous[signum] = signal.signal(
                 signum, lambda _s, _f, n=name: loop.call_soon_threadsafe(stop_from, n)
             )
+    # Windows: console close / logoff / shutdown (and Ctrl+C/Break first) stop gracefully too.
+    console = console_events.install_stop_handler(loop, server.request_shutdown)
     try:
         await server.start()
         await server.serve_forever()
     finally:
         await server.close()
+        if console is not None:
+            console_handler, remove_console_handler = console
+            console_handler.stopped()  # a handler waiting on a close event may return: Windows ends us then
+            remove_console_handler()
         for signum in installed:
             loop.remove_signal_handler(signum)
         for signum, handler in previous.items():

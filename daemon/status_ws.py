@@ -8,7 +8,12 @@ Owns the monitoring channel of the original Luna daemon, message for message (``
   (message types: ``daemon/wire/status.py``);
 * ``{"type":"scaling","data":{"event","pool","worker_id","active_workers","vram_available_gb"}}``
   whenever a pool scales;
-* ``GET /healthz`` answers ``200 ok`` over plain HTTP (for supervisors and curl).
+* ``GET /healthz`` answers ``200 ok`` over plain HTTP (for supervisors and curl), and nothing else.
+
+With a ``token`` (the daemon requires its token, as it does on any non-loopback bind) the
+handshake must present it, as ``Authorization: Bearer <token>`` (what
+:class:`~daemon.wire.status_feed.AsyncStatusFeed` sends) or ``?token=<token>``; anything else is
+refused with HTTP 401 before any status is built (constant-time compare, ``daemon.auth``).
 
 Clients that only listen stay connected for as long as they like (the old hand-written server
 dropped them after about a second). Each client has its own bounded send queue drained by its
@@ -20,7 +25,10 @@ allowed); clients that send no Origin (Python, the app, ComfyUI) are accepted.
 ``get_status`` is rate-limited per client: at most one full status per
 ``get_status_interval`` (0.25 s); requests in between are coalesced into one reply at the end
 of the interval, so a client sending them in a loop costs the loop a few status builds a second,
-never one per message. Client messages are size- and depth-limited before they are parsed.
+never one per message. Client messages are size- and depth-limited before they are parsed, and
+a client sending more than ``MESSAGE_BURST`` at once or ``MESSAGE_RATE`` a second after that is
+closed with 1008 (policy violation): parsing a flood would cost the loop the TCP port shares.
+At most ``max_clients`` (64) clients are connected at once; more are refused with HTTP 503.
 
 Runs entirely on the daemon's event loop; :meth:`StatusWebSocket.publish_scaling` must be
 called on that loop (the pools do).
@@ -35,12 +43,15 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from daemon.tcp_service import bind_listener
+from daemon.auth import tokens_match
+from daemon.tcp_service import bind_with_retry, set_abortive_close
 from daemon.wire.status import (
     GET_STATUS,
     SCALING,
@@ -52,8 +63,13 @@ from daemon.wire.status import (
     loads_bounded,
 )
 
+#: Queue kind of a status carrying the static facts (never dropped in favour of a tick).
+FULL_STATUS = "status+static"
 #: Largest client message accepted (a get_status is 21 bytes).
 MAX_CLIENT_MESSAGE = 4096
+#: Client messages allowed at once, and per second after that; more closes the connection (1008).
+MESSAGE_BURST = 200
+MESSAGE_RATE = 50.0
 
 
 class _Client:
@@ -68,12 +84,27 @@ class _Client:
         self.sender: asyncio.Task | None = None
         self.last_full_status = -math.inf  # loop time of the last get_status reply
         self.deferred_reply: asyncio.TimerHandle | None = None
+        self._budget = float(MESSAGE_BURST)
+        self._budget_at: float | None = None
+
+    def take_message_budget(self, now: float) -> bool:
+        """Token bucket: MESSAGE_BURST messages at once, MESSAGE_RATE per second after that."""
+        if self._budget_at is not None:
+            self._budget = min(MESSAGE_BURST, self._budget + (now - self._budget_at) * MESSAGE_RATE)
+        self._budget_at = now
+        if self._budget < 1.0:
+            return False
+        self._budget -= 1.0
+        return True
 
     def enqueue(self, kind: str, text: str) -> None:
-        if kind == STATUS:
-            # Only the newest status matters: drop any status still waiting.
+        if kind in (STATUS, FULL_STATUS):
+            # Only the newest status matters: drop statuses still waiting that this one supersedes.
+            # A full status (static facts: the first one, a get_status reply) supersedes both kinds;
+            # a 1 Hz tick supersedes only ticks, so it never swallows a pending full status.
+            superseded = (STATUS, FULL_STATUS) if kind == FULL_STATUS else (STATUS,)
             before = len(self.pending)
-            self.pending = deque(item for item in self.pending if item[0] != STATUS)
+            self.pending = deque(item for item in self.pending if item[0] not in superseded)
             self.dropped += before - len(self.pending)
         self.pending.append((kind, text))
         while len(self.pending) > self.max_pending:
@@ -95,6 +126,8 @@ class StatusWebSocket:
         allowed_origins: Sequence[str] = (),
         max_pending: int = 32,
         get_status_interval: float = 0.25,
+        token: str | None = None,
+        max_clients: int = 64,
         logger: logging.Logger | None = None,
     ):
         self._status_provider = status_provider
@@ -105,6 +138,15 @@ class StatusWebSocket:
         self._origins: list[str | None] = [None, *allowed_origins]
         self._max_pending = max_pending
         self._get_status_interval = get_status_interval
+        # Set when the daemon requires its token (any non-loopback bind): the handshake must carry
+        # it as "Authorization: Bearer <token>" or "?token=<token>", else 401.
+        self._token = token or None
+        self.refused_unauthorized = 0
+        # Each connection costs a full status on connect and a send queue: bounded like the
+        # protocol port's max_connections, refused with 503 before any of that is built.
+        self._max_clients = max_clients
+        self.refused_busy = 0
+        self.closed_flooding = 0
         self.get_status_coalesced = 0
         self._log = logger or logging.getLogger("luna.daemon.ws")
         self._server: Server | None = None
@@ -117,7 +159,7 @@ class StatusWebSocket:
     async def start(self) -> tuple[str, int]:
         """Bind (port 0 → a free port) and start broadcasting; returns the bound (host, port)."""
         # Bound like the protocol port: exclusively on Windows, so no second daemon can share it.
-        listener = bind_listener(self._host, self._port)
+        listener = await bind_with_retry(self._host, self._port)
         try:
             self._server = await serve(
                 self._handle,
@@ -143,6 +185,12 @@ class StatusWebSocket:
                 await self._ticker
             self._ticker = None
         if self._server is not None:
+            # The closing handshake still runs; the TCP teardown after it is then a reset, so no
+            # connection of this port lingers to block the next daemon's exclusive bind (Windows).
+            for client in self._clients:
+                sock = client.connection.transport.get_extra_info("socket")
+                if sock is not None:
+                    set_abortive_close(sock)
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
@@ -182,9 +230,37 @@ class StatusWebSocket:
     # ------------------------------------------------------------------ connections
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.path.split("?")[0] == "/healthz":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+        path, _, query = request.path.partition("?")
+        if path == "/healthz":
+            return connection.respond(HTTPStatus.OK, "ok\n")  # says nothing but "alive"
+        if self._token is not None and not self._authorized(request, query):
+            self.refused_unauthorized += 1
+            self._log.info("status client from %s refused: no valid token", connection.remote_address)
+            response = connection.respond(
+                HTTPStatus.UNAUTHORIZED,
+                "this daemon requires its token: send 'Authorization: Bearer <token>' or ?token=\n",
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="luna-daemon"'
+            return response
+        if len(self._clients) >= self._max_clients:
+            self.refused_busy += 1
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many status clients\n")
         return None
+
+    def _authorized(self, request: Request, query: str) -> bool:
+        """The handshake carries the token as a Bearer header or a ``token`` query parameter."""
+        presented: list[str] = []
+        for value in request.headers.get_all("Authorization"):
+            scheme, _, credentials = value.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                presented.append(credentials.strip())
+        try:
+            presented += parse_qs(query, keep_blank_values=True, max_num_fields=16).get("token", [])
+        except ValueError:  # more than 16 query fields: nobody's real handshake
+            return False
+        # Every candidate is compared (constant time each), so timing does not tell which matched.
+        matches = [tokens_match(candidate, self._token) for candidate in presented[:8]]
+        return any(matches)
 
     async def _handle(self, connection: ServerConnection) -> None:
         client = _Client(connection, self._max_pending)
@@ -193,8 +269,15 @@ class StatusWebSocket:
         self._log.debug("status client connected from %s", connection.remote_address)
         try:
             client.last_full_status = asyncio.get_running_loop().time()
-            client.enqueue(STATUS, self.status_message(full=True))
+            client.enqueue(FULL_STATUS, self.status_message(full=True))
             async for raw in connection:
+                if not client.take_message_budget(asyncio.get_running_loop().time()):
+                    # Far more messages than any real client sends (the app sends one now and
+                    # then): parsing them would cost the event loop the protocol port shares.
+                    self.closed_flooding += 1
+                    self._log.info("status client %s closed: message flood", connection.remote_address)
+                    await self._close_flooder(connection)
+                    break
                 self._on_message(client, raw)
         except ConnectionClosed:
             pass
@@ -208,6 +291,17 @@ class StatusWebSocket:
             self._log.debug(
                 "status client %s left (%d stale messages dropped)", connection.remote_address, client.dropped
             )
+
+    @staticmethod
+    async def _close_flooder(connection: ServerConnection) -> None:
+        """Close with 1008, reading (and discarding) what still arrives meanwhile: websockets
+        stops reading the socket while unread messages queue up, so a plain ``await close()``
+        would never see the client's close frame and hold the slot for the close timeout."""
+        closing = asyncio.ensure_future(connection.close(CloseCode.POLICY_VIOLATION, "too many messages"))
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in connection:
+                pass
+        await closing
 
     def _on_message(self, client: _Client, raw: str | bytes) -> None:
         try:
@@ -240,7 +334,7 @@ class StatusWebSocket:
             return
         client.last_full_status = asyncio.get_running_loop().time()
         try:
-            client.enqueue(STATUS, self.status_message(full=True))
+            client.enqueue(FULL_STATUS, self.status_message(full=True))
         except Exception:  # a status bug must not kill this client's connection
             self._log.exception("building the status failed")
 

@@ -2,9 +2,8 @@
 
 Owns three things the node classes share:
 
-* the import of the daemon client. Installed into ComfyUI, the pack carries vendored copies of
-  ``daemon/client.py``, ``protocol.py`` and ``shm.py`` in its ``_vendor`` sub-package (written by
-  ``install.py``); run from this repository there is no ``_vendor`` and the real ``daemon.wire.client``
+* the import of the daemon client. Installed into ComfyUI, the pack carries a vendored copy of
+  the wire package ``daemon/wire/`` in its ``_vendor`` sub-package (written by ``install.py``); run from this repository there is no ``_vendor`` and the real ``daemon.wire.client``
   is used. Nothing else from this project is imported, so the installed pack needs only the
   standard library, numpy and torch (which ComfyUI already has).
 * :class:`DaemonEndpoint` resolution: a node's ``host``/``port`` inputs, else the
@@ -12,7 +11,9 @@ Owns three things the node classes share:
   127.0.0.1:19283.
 * :class:`DaemonConnections` (one blocking client per endpoint) and :func:`run_with_fallback`
   (``mode="daemon"`` fails loudly naming host:port; ``mode="auto"`` falls back to the local
-  CLIP/VAE input and logs why).
+  CLIP/VAE input and logs why). A daemon found unreachable is remembered as down for
+  ``DOWN_FOR_SECONDS`` per host:port, so ``auto`` nodes in that window go local at once instead of
+  each paying a refused connect (about 2 s on Windows, which retries the SYN).
 
 Everything here runs on ComfyUI's prompt-worker thread; the shared clients are thread-safe.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -49,6 +51,8 @@ CONNECTION_FAILURES = (DaemonUnavailable, OSError, daemon_client.ProtocolError)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19283
 MODES = ("auto", "daemon")
+#: How long an unreachable daemon is skipped by ``auto`` nodes before it is tried again.
+DOWN_FOR_SECONDS = 8.0
 
 logger = logging.getLogger("luna_shared_daemon")
 
@@ -78,6 +82,9 @@ def resolve_endpoint(
     """Node inputs win; empty host / port 0 mean "environment, else 127.0.0.1:19283"."""
     env = os.environ if environ is None else environ
     chosen_host = (host or "").strip() or env.get("LUNA_DAEMON_HOST", "").strip() or DEFAULT_HOST
+    if chosen_host.lower() == "localhost":
+        # What the daemon binds for "localhost"; dialling the name would try ::1 first on Windows.
+        chosen_host = DEFAULT_HOST
     chosen_port = int(port or 0)
     if chosen_port == 0:
         raw = env.get("LUNA_DAEMON_PORT", "").strip()
@@ -104,10 +111,40 @@ class DaemonConnections:
     next call starts clean (new connection, new shared-memory negotiation).
     """
 
-    def __init__(self, factory: Callable[..., DaemonClient] | None = None) -> None:
+    def __init__(
+        self,
+        factory: Callable[..., DaemonClient] | None = None,
+        *,
+        down_for: float = DOWN_FOR_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._factory = factory or DaemonClient
         self._clients: dict[DaemonEndpoint, DaemonClient] = {}
         self._lock = threading.Lock()
+        self._down_for = down_for
+        self._clock = clock
+        self._down_until: dict[tuple[str, int], float] = {}
+
+    def mark_down(self, endpoint: DaemonEndpoint) -> None:
+        """The daemon at ``endpoint`` could not be reached just now."""
+        with self._lock:
+            self._down_until[(endpoint.host, endpoint.port)] = self._clock() + self._down_for
+
+    def mark_up(self, endpoint: DaemonEndpoint) -> None:
+        with self._lock:
+            self._down_until.pop((endpoint.host, endpoint.port), None)
+
+    def recently_down(self, endpoint: DaemonEndpoint) -> bool:
+        """True while ``endpoint`` was found unreachable less than ``down_for`` seconds ago."""
+        key = (endpoint.host, endpoint.port)
+        with self._lock:
+            until = self._down_until.get(key)
+            if until is None:
+                return False
+            if self._clock() >= until:
+                del self._down_until[key]
+                return False
+            return True
 
     def client_for(self, endpoint: DaemonEndpoint) -> DaemonClient:
         with self._lock:
@@ -167,11 +204,17 @@ def run_with_fallback(
     """
     if mode not in MODES:
         raise LunaDaemonNodeError(f"{node_name}: mode must be one of {MODES}, got {mode!r}")
+    if mode == "auto" and local_call is not None and connections.recently_down(endpoint):
+        logger.debug(
+            "%s: the Luna daemon at %s was unreachable moments ago; local", node_name, endpoint.address
+        )
+        return local_call()
     try:
-        return daemon_call(connections.client_for(endpoint))
+        result = daemon_call(connections.client_for(endpoint))
     except (DaemonError, *CONNECTION_FAILURES) as exc:
         if not isinstance(exc, DaemonError):
             connections.discard(endpoint)
+            connections.mark_down(endpoint)
         failure = f"the Luna daemon at {endpoint.address} {_describe_failure(exc)}"
         if mode == "daemon":
             raise LunaDaemonNodeError(
@@ -185,4 +228,6 @@ def run_with_fallback(
                 "daemon."
             ) from exc
         logger.warning("%s: %s; falling back to the local %s input", node_name, failure, local_input)
-    return local_call()
+        return local_call()
+    connections.mark_up(endpoint)
+    return result

@@ -9,9 +9,18 @@ per-file symlinks into this checkout (edits show up after a ComfyUI restart).
 
 A manifest (``luna_install.json``) marks every folder this installer made; reinstall and
 uninstall only ever delete a folder carrying it. The build happens in a hidden staging folder
-next to the target and is renamed into place at the end, so a failed install leaves the old
-one untouched. Blocking file-system code, run from the CLI (``luna-daemon
-install-comfyui-nodes`` or ``python -m daemon.comfyui_nodes.install``) or the GUI's thread pool.
+next to the target; an old pack is first *renamed aside* (hidden, ending in ``.disabled``, which
+ComfyUI skips), the new one is renamed into place, and only then is the old one deleted. So a
+failed install leaves the old pack working, and a file Windows will not delete (in use by a
+running ComfyUI, read-only) never leaves a half-deleted pack: deletion is retried, read-only
+flags are cleared, and what still resists stays behind as a clearly named ``.disabled`` folder
+that the installer reports and removes next time.
+
+In a frozen (PyInstaller) bundle there are no ``.py`` files to copy: the pack's sources ship as
+data under ``resources/comfyui_node_pack/`` (``luna_shared_daemon/`` and ``wire/``; build.spec
+collects them), and only copy mode is possible. Blocking file-system code, run from the CLI
+(``luna-daemon install-comfyui-nodes`` or ``python -m daemon.comfyui_nodes.install``) or the
+GUI's thread pool.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +48,12 @@ MODES = ("copy", "link")
 #: so a folder left by an interrupted install is never loaded as a second copy of the pack.
 STAGING_PREFIX = f".{PACK_DIR_NAME}-staging-"
 STAGING_SUFFIX = ".disabled"
+#: An old pack renamed aside during an upgrade or uninstall, deleted right after (or next time).
+OLD_PREFIX = f".{PACK_DIR_NAME}-old-"
+#: Where a frozen bundle keeps the pack's sources (under ``resources/``).
+FROZEN_PACK_DATA = "comfyui_node_pack"
+DELETE_ATTEMPTS = 5
+DELETE_RETRY_SECONDS = 0.2
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DAEMON_DIR = PACKAGE_DIR.parent
@@ -98,17 +115,35 @@ def pack_target(comfyui_root: Path) -> Path:
     return comfyui_root / "custom_nodes" / PACK_DIR_NAME
 
 
+def is_frozen() -> bool:
+    return bool(getattr(sys, "frozen", False))
+
+
+def source_dirs() -> tuple[Path, Path]:
+    """(node modules folder, wire package folder): this checkout, or a frozen bundle's data."""
+    if is_frozen():
+        from ..paths import resource_path
+
+        return resource_path(FROZEN_PACK_DATA, PACK_DIR_NAME), resource_path(FROZEN_PACK_DATA, "wire")
+    return PACKAGE_DIR, WIRE_DIR
+
+
 def pack_sources() -> dict[str, Path]:
-    """Relative path in the installed pack → source file in this checkout."""
-    sources = {path.name: path for path in sorted(PACKAGE_DIR.glob("*.py")) if path.name not in _NOT_SHIPPED}
-    readme = PACKAGE_DIR / "README.md"
+    """Relative path in the installed pack → source file (in this checkout or the bundle)."""
+    nodes_dir, wire_dir = source_dirs()
+    where = "the application bundle" if is_frozen() else "this checkout"
+    if not nodes_dir.is_dir() or not wire_dir.is_dir():
+        raise InstallError(f"{where} does not contain the node pack sources ({nodes_dir}, {wire_dir})")
+    sources = {path.name: path for path in sorted(nodes_dir.glob("*.py")) if path.name not in _NOT_SHIPPED}
+    readme = nodes_dir / "README.md"
     if readme.is_file():
         sources["README.md"] = readme
-    for name in VENDORED_MODULES:
-        sources[f"_vendor/{name}"] = WIRE_DIR / name
-    missing = [str(path) for path in sources.values() if not path.is_file()]
+    for path in sorted(wire_dir.glob("*.py")):
+        if path.name != "__init__.py":
+            sources[f"_vendor/{path.name}"] = path
+    missing = [name for name in ("__init__.py", "nodes.py", "_vendor/client.py") if name not in sources]
     if missing:
-        raise InstallError(f"this checkout is incomplete, missing: {', '.join(missing)}")
+        raise InstallError(f"{where} is incomplete, missing: {', '.join(missing)}")
     return sources
 
 
@@ -133,6 +168,8 @@ def install(comfyui_path: str | os.PathLike, *, mode: str = "copy", out: Printer
     """Install (or reinstall) the pack into ``comfyui_path``; see the module docstring."""
     if mode not in MODES:
         raise InstallError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "link" and is_frozen():
+        raise InstallError("link mode needs a source checkout; the application bundle can only copy")
     root = check_comfyui_root(comfyui_path)
     target = pack_target(root)
     previous = _claim_existing(target) if (target.exists() or target.is_symlink()) else None
@@ -157,12 +194,17 @@ def install(comfyui_path: str | os.PathLike, *, mode: str = "copy", out: Printer
             "files": list(files),
         }
         (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        if previous is not None:
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        aside = _move_aside(target) if previous is not None else None
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if aside is not None:
+                os.replace(aside, target)  # put the old pack back: it still works
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    leftover = _delete_tree(aside) if aside is not None else None
 
     report = InstallReport(
         target, mode, __version__, files, None if previous is None else str(previous.get("version", "?"))
@@ -176,7 +218,9 @@ def install(comfyui_path: str | os.PathLike, *, mode: str = "copy", out: Printer
     )
     if previous is not None:
         out(f"  replaced version {report.replaced_version} ({previous.get('mode', '?')} mode)")
-    out("  vendored daemon client: " + ", ".join(f"_vendor/{name}" for name in VENDORED_MODULES))
+    if leftover is not None:
+        out(_leftover_message(leftover))
+    out("  vendored daemon client: " + ", ".join(name for name in files if name.startswith("_vendor/")))
     out(
         "  restart ComfyUI to load: Luna Shared CLIP Encode, Luna Shared VAE Encode, "
         "Luna Shared VAE Decode, Luna Daemon Status"
@@ -192,19 +236,73 @@ def uninstall(comfyui_path: str | os.PathLike, *, out: Printer = print) -> Path 
         out(f"Luna shared daemon nodes are not installed in {root} (no {target.name}/); nothing to do")
         return None
     manifest = _claim_existing(target)
-    shutil.rmtree(target)  # unlinks the per-file symlinks, never follows them
+    leftover = _delete_tree(_move_aside(target))  # unlinks the per-file symlinks, never follows them
     out(
         f"Removed Luna shared daemon nodes {manifest.get('version', '?')} from {target}; "
         "restart ComfyUI to unload them"
     )
+    if leftover is not None:
+        out(_leftover_message(leftover))
     return target
 
 
 def _remove_stale_staging(custom_nodes: Path) -> None:
-    """Staging folders an interrupted install left behind (only this installer's names)."""
-    for stale in custom_nodes.glob(f"{STAGING_PREFIX}*{STAGING_SUFFIX}"):
-        if stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
+    """Staging folders an interrupted install left behind and old packs that could not be deleted
+    last time (only this installer's names)."""
+    for pattern in (f"{STAGING_PREFIX}*{STAGING_SUFFIX}", f"{OLD_PREFIX}*{STAGING_SUFFIX}"):
+        for stale in custom_nodes.glob(pattern):
+            if stale.is_dir() and not stale.is_symlink():
+                _rmtree(stale)
+
+
+def _move_aside(target: Path) -> Path:
+    """Rename the installed pack to a hidden ``.disabled`` name next to it (ComfyUI skips it)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    aside = target.with_name(f"{OLD_PREFIX}{stamp}{STAGING_SUFFIX}")
+    try:
+        os.replace(target, aside)
+    except OSError as exc:
+        raise InstallError(
+            f"cannot move the installed pack {target} aside ({exc}); a program (ComfyUI?) holds "
+            "files in it. Close ComfyUI and run the command again; nothing was changed."
+        ) from exc
+    return aside
+
+
+def _clear_read_only(function: Callable, path: str, _exc_info: object) -> None:
+    """rmtree error handler: Windows refuses to delete read-only files; clear the flag, retry."""
+    try:
+        os.chmod(path, stat.S_IWRITE | stat.S_IREAD | (stat.S_IEXEC if os.path.isdir(path) else 0))
+        function(path)
+    except OSError:
+        pass  # still there: the caller retries and reports
+
+
+def _rmtree(path: Path) -> None:
+    """``shutil.rmtree`` that clears read-only flags and never raises (3.12 renamed the hook)."""
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=_clear_read_only)
+    else:
+        shutil.rmtree(path, onerror=_clear_read_only)
+
+
+def _delete_tree(path: Path) -> Path | None:
+    """Delete ``path``, retried ``DELETE_ATTEMPTS`` times (a file in use is often released a
+    moment later). Returns the folder if it still exists after the last attempt, else None."""
+    for attempt in range(DELETE_ATTEMPTS):
+        _rmtree(path)
+        if not (path.exists() or path.is_symlink()):
+            return None
+        if attempt + 1 < DELETE_ATTEMPTS:
+            time.sleep(DELETE_RETRY_SECONDS)
+    return path
+
+
+def _leftover_message(leftover: Path) -> str:
+    return (
+        f"  could not delete all of the old pack (files in use? close ComfyUI): it stays disabled "
+        f"in {leftover}; ComfyUI skips it, and the next install or uninstall removes it (or delete it)"
+    )
 
 
 def _claim_existing(target: Path) -> dict:

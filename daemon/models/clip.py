@@ -43,6 +43,7 @@ from daemon.models.checkpoint import detect_checkpoint
 from daemon.models.clip_layouts import build_model, convert_state
 from daemon.models.clip_model import Activation, ClipTextModel, EmbeddingOverride
 from daemon.models.embeddings import EmbeddingError, EmbeddingLibrary, TextualInversion
+from daemon.models.errors import ModelInputError
 from daemon.models.io import (
     ModelLoadError,
     cpu_has_native,
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 _BIGG_MIN_LAYERS = 31
 
 
-class PromptError(ValueError):
+class PromptError(ModelInputError):
     """The text or options given to :meth:`TextEncoder.encode` cannot be encoded."""
 
 

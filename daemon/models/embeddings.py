@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from daemon.models.errors import ModelInputError
 from daemon.models.io import PICKLE_SUFFIXES
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(ModelInputError):
     """An ``embedding:name`` in a prompt cannot be used (missing, pickled, wrong width…)."""
 
 

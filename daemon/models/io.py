@@ -125,16 +125,6 @@ def load_tensors(
     return out
 
 
-def strip_common_prefix(
-    state: Mapping[str, torch.Tensor], prefixes: Iterable[str]
-) -> dict[str, torch.Tensor]:
-    """Drop the first of ``prefixes`` that every key starts with (e.g. ``text_model.``)."""
-    for prefix in prefixes:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix) :]: v for k, v in state.items()}
-    return dict(state)
-
-
 def require_keys(state: Mapping[str, object], required: Iterable[str], *, what: str) -> None:
     """Raise :class:`ModelLoadError` naming up to 10 missing keys."""
     missing = [k for k in required if k not in state]
@@ -142,22 +132,6 @@ def require_keys(state: Mapping[str, object], required: Iterable[str], *, what: 
         shown = ", ".join(missing[:10])
         more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
         raise ModelLoadError(f"{what}: missing keys {shown}{more}")
-
-
-def load_state_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, what: str) -> None:
-    """Copy ``state`` into ``module`` strictly, with a readable message on mismatch."""
-    expected = module.state_dict()
-    require_keys(state, expected.keys(), what=what)
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise ModelLoadError(f"{what}: unexpected keys {', '.join(unexpected[:10])}")
-    for name, tensor in expected.items():
-        src = state[name]
-        if tuple(src.shape) != tuple(tensor.shape):
-            raise ModelLoadError(
-                f"{what}: tensor {name} has shape {tuple(src.shape)}, expected {tuple(tensor.shape)}"
-            )
-    module.load_state_dict(dict(state), strict=True, assign=False)
 
 
 def parameter_bytes(module: torch.nn.Module) -> int:

@@ -15,7 +15,8 @@ rules, re-implemented from their documented behaviour):
   77-token windows break), and a segment is further split before each `` embedding:`` word.
 
 Weights that are not finite (``(x:nan)``, ``(x:inf)``) raise :class:`PromptWeightError`;
-ComfyUI would silently produce NaN conditioning. Pure functions, any thread; no recursion, so
+ComfyUI would silently produce NaN conditioning. So does nesting deeper than
+:data:`MAX_NESTING` levels, which keeps the work linear in the prompt's length. Pure functions, any thread; no recursion, so
 deeply nested prompts cannot overflow the stack.
 """
 
@@ -26,7 +27,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from daemon.models.errors import ModelInputError
+
 EMPHASIS = 1.1
+#: Deepest ``(…)`` nesting parsed. Each level rescans its group's text, so the work is bounded by
+#: this many passes over the prompt (ComfyUI's recursive parser fails far deeper, near Python's
+#: recursion limit; real prompts nest a handful of levels).
+MAX_NESTING = 64
 EMBEDDING_PREFIX = "embedding:"
 
 # Placeholders for escaped parentheses while parsing (ComfyUI uses the same two characters).
@@ -35,7 +42,7 @@ _ESCAPED_OPEN = "\0\2"
 _EMBEDDING_BOUNDARY = re.compile(r"[ \n]" + re.escape(EMBEDDING_PREFIX))
 
 
-class PromptWeightError(ValueError):
+class PromptWeightError(ModelInputError):
     """A prompt's weight syntax asks for something that cannot be encoded (e.g. ``nan``)."""
 
 
@@ -111,6 +118,11 @@ def parse_weighted_prompt(prompt: str) -> list[WeightedText]:
             stack.pop()
             continue
         if len(item) >= 2 and item[0] == "(" and item[-1] == ")":
+            if len(stack) > MAX_NESTING:
+                raise PromptWeightError(
+                    f"prompt nests parentheses deeper than {MAX_NESTING} levels; escape literal "
+                    "parentheses as \\( and \\)"
+                )
             inner, inner_weight = _group_weight(item[1:-1], weight)
             stack.append((iter(_top_level_items(inner)), inner_weight))
         else:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from daemon.models.errors import ModelInputError
 from daemon.models.io import (
     ModelLoadError,
     cpu_has_native,
@@ -53,7 +54,7 @@ _ENCODE_ELEMENTS_PER_PIXEL = 1767
 _MEMORY_HEADROOM = 0.8
 
 
-class VAEInputError(ValueError):
+class VAEInputError(ModelInputError):
     """An encode/decode argument has the wrong type, rank, channel count, size or dtype."""
 
 

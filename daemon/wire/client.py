@@ -5,8 +5,14 @@
   one persistent connection guarded by a lock; reconnects once, transparently, when the
   connection broke and the op is idempotent.
 * :class:`AsyncDaemonClient` - asyncio, for the app: one connection, requests pipelined, a reader
-  task (owned by the client, cancelled by :meth:`close`) matches answers to futures by id.
+  task (owned by the client, cancelled by :meth:`close`) hands answers to futures by id.
 * :func:`check_daemon_health` (socket ping) and :func:`check_daemon_health_ws` (status WebSocket).
+
+Both clients are thin I/O adapters over ``session.py``'s Sans-I/O :class:`ClientSession` (one
+per connection), which owns the hello, authentication, shared-memory negotiation, request ids,
+answer matching and reply sizing; here only sockets, waiting, timeouts and reconnecting live.
+Returned arrays are views on the answer's memory, never overwritten while held (the ownership
+rule is in ``session.py``).
 
 Arrays follow ComfyUI's conventions and are always float32 numpy arrays: IMAGE is B×H×W×C in
 [0, 1], LATENT samples are B×C×H/8×W/8 (unscaled). The ComfyUI nodes wrap them with
@@ -14,132 +20,56 @@ Arrays follow ComfyUI's conventions and are always float32 numpy arrays: IMAGE i
 (see ``shm.py``); anywhere else, or if that fails, through the socket, transparently.
 
 Dependencies: stdlib + numpy only (``websockets`` is imported inside
-:func:`check_daemon_health_ws`); imports between ``client``, ``protocol`` and ``shm`` are
-relative so the three files can be vendored into the ComfyUI node pack as they are.
+:func:`check_daemon_health_ws`); imports within the wire package are relative so the folder can
+be vendored into the ComfyUI node pack as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from .protocol import (
-    PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
-    ErrorCode,
-    ErrorResponse,
-    FrameDecoder,
-    Limits,
-    ProtocolError,
-    Rejected,
-    Request,
-    Response,
-    ShmRef,
-    encode_request,
+from .protocol import PROTOCOL_VERSION, ErrorCode, Limits, ProtocolError
+from .session import (
+    IDEMPOTENT_OPS,
+    Answered,
+    ClientSession,
+    DaemonError,
+    DaemonTimeout,
+    DaemonUnavailable,
+    Failed,
+    OpCall,
+    clip_encode_call,
+    conditioning,
+    shutdown_call,
+    single_tensor,
+    vae_decode_call,
+    vae_encode_call,
 )
-from .shm import Lease, Segment, ShmArena, probe_confirmed, probe_create, wire_nbytes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 19283
 DEFAULT_WS_PORT = 19284
-# Safe to send twice: a retry after a broken connection cannot change the daemon's state.
-IDEMPOTENT_OPS = frozenset({"hello", "ping", "status", "models", "clip_encode", "vae_encode", "vae_decode"})
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-class DaemonUnavailable(ConnectionError):
-    """The daemon cannot be reached (not running, wrong port, connection lost)."""
-
-    def __init__(self, host: str, port: int, reason: str):
-        super().__init__(f"Luna daemon at {host}:{port} is unavailable: {reason}")
-        self.host = host
-        self.port = port
-        self.reason = reason
-
-
-class DaemonError(Exception):
-    """The daemon answered with an error (``code`` is an :class:`ErrorCode`)."""
-
-    def __init__(self, code: ErrorCode, message: str, retryable: bool = False):
-        super().__init__(f"{ErrorCode(code).value}: {message}")
-        self.code = ErrorCode(code)
-        self.message = message
-        self.retryable = retryable
-
-
-class DaemonTimeout(DaemonError, TimeoutError):
-    """No answer within the client's timeout (the connection is dropped, the op may still run)."""
-
-    def __init__(self, message: str):
-        super().__init__(ErrorCode.TIMEOUT, message, True)
 
 
 def _is_loopback_host(host: str) -> bool:
     return host in _LOOPBACK_NAMES or host.startswith("127.")
 
 
-def _float32(array: Any, name: str, ndim: int) -> np.ndarray:
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {array.shape}")
-    return array
-
-
-def _latent_reply_bytes(pixels: np.ndarray) -> int:
-    batch, height, width = pixels.shape[:3]
-    return batch * 16 * (height // 8 + 1) * (width // 8 + 1) * 4  # up to 16 latent channels
-
-
-def _pixels_reply_bytes(latent: np.ndarray) -> int:
-    batch, _, height, width = latent.shape
-    return batch * (8 * height) * (8 * width) * 4 * 4  # up to 4 image channels
-
-
-def _hello_options(
-    client_name: str, token: str | None, probe: tuple[Segment, str] | None, prefix: str
-) -> dict:
-    options: dict[str, Any] = {"versions": list(SUPPORTED_VERSIONS), "client": client_name}
-    if token is not None:
-        options["token"] = token
-    if probe is not None:
-        options["shm"] = {"prefix": prefix, "probe": {"segment": probe[0].name, "nonce": probe[1]}}
-    return options
-
-
-def _own_arrays(tensors: Sequence[np.ndarray], lease: Lease | None) -> list[np.ndarray]:
-    """Copy arrays that still live in the request's shared memory (it is reused afterwards)."""
-    if lease is None:
-        return list(tensors)
-    region = np.frombuffer(lease.segment.buf, dtype=np.uint8)
-    owned = [np.array(t, copy=True) if np.may_share_memory(t, region) else t for t in tensors]
-    del region
-    return owned
-
-
-class _LeaseReader:
-    """The decoder's shm_reader on the client: answers may only point into our own lease."""
-
-    def __init__(self) -> None:
-        self.lease: Lease | None = None
-
-    def __call__(self, ref: ShmRef, nbytes: int) -> memoryview:
-        lease = self.lease
-        if lease is None or ref.segment != lease.segment.name:
-            raise ValueError(f"answer refers to segment {ref.segment!r} this request did not lend")
-        return lease.segment.view(ref.offset, nbytes)
+def _wants_shm(host: str, shared_memory: bool | None) -> bool:
+    return _is_loopback_host(host) if shared_memory is None else shared_memory
 
 
 class _Connection:
-    """One blocking socket with its decoder and shm arena. Not thread-safe (the client locks)."""
+    """One blocking socket driving one :class:`ClientSession`. Not thread-safe (the client locks)."""
 
     def __init__(
         self,
@@ -154,22 +84,18 @@ class _Connection:
     ):
         self.host, self.port = host, port
         self.timeout = timeout
-        self._ids = itertools.count(1)
-        self._reader = _LeaseReader()
-        self.decoder = FrameDecoder(
-            Limits(max_payload_bytes=1 << 40, max_elements=1 << 40), shm_reader=self._reader
+        self.session = ClientSession(
+            client_name=client_name, token=token, shared_memory=_wants_shm(host, shared_memory)
         )
-        self.arena: ShmArena | None = None
-        self.server_limits: dict = {}
-        self.broken = False
+        self.sock: socket.socket | None = None
         try:
             self.sock = socket.create_connection((host, port), timeout=connect_timeout)
         except OSError as exc:
+            self.session.close()
             raise DaemonUnavailable(host, port, str(exc) or type(exc).__name__) from None
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            want_shm = _is_loopback_host(host) if shared_memory is None else shared_memory
-            self.hello = self._hello(client_name, token, want_shm)
+            self.hello = self._exchange(self.session.send_hello(), time.monotonic() + timeout).result
         except (ProtocolError, OSError) as exc:  # socket.timeout included
             self.close()
             raise DaemonUnavailable(host, port, f"no usable answer to hello: {exc}") from None
@@ -177,23 +103,10 @@ class _Connection:
             self.close()
             raise
 
-    def _hello(self, client_name: str, token: str | None, want_shm: bool) -> dict:
-        arena = ShmArena() if want_shm else None
-        probe = probe_create(arena) if arena is not None else None
-        try:
-            result, _ = self.request(
-                "hello", _hello_options(client_name, token, probe, arena.prefix if arena else ""), ()
-            )
-            if probe is not None and result.get("shm") and probe_confirmed(*probe):
-                self.arena, arena = arena, None
-        finally:
-            if probe is not None:
-                probe[0].close()
-                probe[0].unlink()
-            if arena is not None:
-                arena.close()
-        self.server_limits = result.get("limits", {})
-        return result
+    @property
+    def broken(self) -> bool:
+        """The daemon reported an error about the connection itself and is closing it."""
+        return self.session.failure is not None
 
     def request(
         self,
@@ -204,84 +117,57 @@ class _Connection:
         reply_bytes: int | None = None,
         wire_dtype: str | None = None,
     ) -> tuple[dict, list[np.ndarray]]:
-        request_id = next(self._ids)
         deadline = time.monotonic() + self.timeout
-        lease = None
-        if self.arena is not None and (tensors or reply_bytes):
-            needed = (
-                wire_nbytes(tensors, wire_dtype)
-                + 64
-                + (reply_bytes if reply_bytes is not None else wire_nbytes(tensors))
-            )
-            lease = self.arena.lease(request_id, needed)
+        request_id = self.session.send_request(
+            op, options, tensors, reply_bytes=reply_bytes, wire_dtype=wire_dtype
+        )
+        answer = self._exchange(request_id, deadline)
+        return answer.result, list(answer.tensors)
+
+    def _exchange(self, request_id: int, deadline: float) -> Answered:
+        assert self.sock is not None
         try:
-            if lease is not None:
-                lease.used = wire_nbytes(tensors, wire_dtype)  # inputs go first, reply area after
-                options = {**options, "shm_reply": lease.reply_area()}
-                lease.used = 0
-            if wire_dtype is not None:
-                options = {**options, "wire_dtype": wire_dtype}
-            buffers = encode_request(
-                Request(request_id, op, options, tuple(tensors)),
-                wire_dtype=wire_dtype,
-                place=lease.place if lease else None,
-            )
-            self._check_size(buffers)
-            for buffer in buffers:
+            for buffer in self.session.data_to_send():
                 self.sock.settimeout(max(0.001, deadline - time.monotonic()))
                 self.sock.sendall(buffer)
-            self._reader.lease = lease
-            message = self._receive(request_id, deadline)
-            if isinstance(message, ErrorResponse):
-                raise DaemonError(message.code, message.message, message.retryable)
-            return message.result, _own_arrays(message.tensors, lease)
+            event = self._receive(request_id, deadline)
         finally:
-            self._reader.lease = None
-            if lease is not None and self.arena is not None:
-                self.arena.release(request_id)
+            self.session.abandon(request_id)  # no-op once answered
+        if isinstance(event, Failed):
+            raise event.error
+        return event
 
-    def _check_size(self, buffers: list) -> None:
-        limit = self.server_limits.get("max_payload_bytes")
-        payload = sum(memoryview(b).nbytes for b in buffers)
-        if isinstance(limit, int) and payload > limit + self.server_limits.get("max_header_bytes", 0):
-            raise DaemonError(
-                ErrorCode.TOO_LARGE, f"request of {payload} bytes is over the daemon's limit of {limit} bytes"
-            )
-
-    def _receive(self, request_id: int, deadline: float) -> Response | ErrorResponse:
-        decoder = self.decoder
+    def _receive(self, request_id: int, deadline: float) -> Answered | Failed:
+        session, sock = self.session, self.sock
+        assert sock is not None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("timed out")
-            self.sock.settimeout(remaining)
-            buffer = decoder.get_buffer()
-            received = self.sock.recv_into(buffer)
+            sock.settimeout(remaining)
+            buffer = session.get_buffer()
+            received = sock.recv_into(buffer)
             del buffer
             if received == 0:
-                decoder.eof()
+                session.receive_eof()
                 raise ConnectionResetError("the daemon closed the connection")
-            for message in decoder.buffer_updated(received):
-                if isinstance(message, Rejected):
-                    raise ProtocolError(f"malformed answer from the daemon: {message.message}")
-                if isinstance(message, Request):
-                    raise ProtocolError("the daemon sent a request")
-                if message.id == 0 and isinstance(message, ErrorResponse):
-                    self.broken = True  # connection-level error: the daemon closes this socket
-                    raise DaemonError(message.code, message.message, message.retryable)
-                if message.id == request_id:
-                    return message
+            session.buffer_updated(received)
+            for event in session.events_received():
+                if event.request_id == request_id:
+                    return event
 
     def close(self) -> None:
-        sock = getattr(self, "sock", None)
-        if sock is not None:
-            sock.close()
-        if self.arena is not None:
-            self.arena.close()
+        if self.sock is not None:
+            self.sock.close()
+        self.session.close()
 
 
 class DaemonClient:
-    """Blocking, thread-safe client on one persistent connection (opened on first use)."""
+    """Blocking, thread-safe client on one persistent connection (opened on first use).
+
+    Shared-memory segments it created are unlinked by :meth:`close`, and at the latest when the
+    connection's session is garbage-collected or the interpreter exits.
+    """
 
     def __init__(
         self,
@@ -331,7 +217,7 @@ class DaemonClient:
     @property
     def uses_shared_memory(self) -> bool:
         with self._lock:
-            return self._connect().arena is not None
+            return self._connect().session.uses_shared_memory
 
     def request(
         self,
@@ -367,6 +253,9 @@ class DaemonClient:
                         raise DaemonUnavailable(self.host, self.port, str(exc)) from None
             raise AssertionError("unreachable")
 
+    def _call(self, call: OpCall) -> tuple[dict, list[np.ndarray]]:
+        return self.request(call.op, call.options, call.tensors, reply_bytes=call.reply_bytes)
+
     # -- ops
     def ping(self) -> float:
         """Round-trip time of a ping, in seconds."""
@@ -384,34 +273,26 @@ class DaemonClient:
         self, text: str, *, model: str = "default", clip_skip: int | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Conditioning for ``text``: (cond [1, 77k, D], pooled [1, P] or None)."""
-        _, tensors = self.request("clip_encode", {"text": text, "model": model, "clip_skip": clip_skip})
-        return _conditioning(tensors)
+        return conditioning(self._call(clip_encode_call(text, model=model, clip_skip=clip_skip))[1])
 
     def vae_encode(
         self, pixels: np.ndarray, *, model: str = "default", tile: bool | None = None
     ) -> np.ndarray:
         """IMAGE B×H×W×C in [0, 1] → latent B×C×H/8×W/8 (unscaled)."""
-        pixels = _float32(pixels, "pixels", 4)
-        _, tensors = self.request(
-            "vae_encode", {"model": model, "tile": tile}, (pixels,), reply_bytes=_latent_reply_bytes(pixels)
-        )
-        return _single(tensors, "vae_encode")
+        return single_tensor(self._call(vae_encode_call(pixels, model=model, tile=tile))[1], "vae_encode")
 
     def vae_decode(
         self, latent: np.ndarray, *, model: str = "default", tile: bool | None = None
     ) -> np.ndarray:
         """Latent B×C×h×w (unscaled) → IMAGE B×8h×8w×3 in [0, 1]."""
-        latent = _float32(latent, "latent", 4)
-        _, tensors = self.request(
-            "vae_decode", {"model": model, "tile": tile}, (latent,), reply_bytes=_pixels_reply_bytes(latent)
-        )
-        return _single(tensors, "vae_decode")
+        return single_tensor(self._call(vae_decode_call(latent, model=model, tile=tile))[1], "vae_decode")
 
     def shutdown(self) -> None:
         """Ask the daemon to stop. Needs the daemon's token (sent in hello and in the op)."""
-        self.request("shutdown", _token_options(self.token))
+        self._call(shutdown_call(self.token))
 
     def close(self) -> None:
+        """Close the connection and unlink every shared-memory segment of this client."""
         with self._lock:
             self._drop()
 
@@ -420,25 +301,6 @@ class DaemonClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _token_options(token: str | None) -> dict:
-    # A loopback daemon may run without transport auth and still guard shutdown by token.
-    return {"token": token} if token is not None else {}
-
-
-def _conditioning(tensors: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    if len(tensors) not in (1, 2):
-        raise DaemonError(ErrorCode.INTERNAL, f"clip_encode returned {len(tensors)} tensors")
-    cond = np.asarray(tensors[0], dtype=np.float32)
-    pooled = np.asarray(tensors[1], dtype=np.float32) if len(tensors) == 2 else None
-    return cond, pooled
-
-
-def _single(tensors: list[np.ndarray], op: str) -> np.ndarray:
-    if len(tensors) != 1:
-        raise DaemonError(ErrorCode.INTERNAL, f"{op} returned {len(tensors)} tensors, expected 1")
-    return np.asarray(tensors[0], dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------ asyncio
@@ -470,18 +332,16 @@ class AsyncDaemonClient:
         self.shared_memory = shared_memory
         self.client_name = client_name or f"luna-app/{os.getpid()}"
         self.hello: dict = {}
-        self._ids = itertools.count(1)
+        self._session: ClientSession | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
-        self._leases: dict[int, Lease] = {}
-        self._arena: ShmArena | None = None
         self._connect_lock = asyncio.Lock()
 
     @property
     def uses_shared_memory(self) -> bool:
-        return self._arena is not None
+        return self._session is not None and self._session.uses_shared_memory
 
     async def connect(self) -> dict:
         """Open the connection and say hello (done automatically by the first request)."""
@@ -497,58 +357,40 @@ class AsyncDaemonClient:
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._reader, self._writer = reader, writer
-            decoder = FrameDecoder(
-                Limits(max_payload_bytes=1 << 40, max_elements=1 << 40), shm_reader=self._read_lease
+            session = ClientSession(
+                client_name=self.client_name,
+                token=self.token,
+                shared_memory=_wants_shm(self.host, self.shared_memory),
             )
+            self._session, self._reader, self._writer = session, reader, writer
             self._reader_task = asyncio.get_running_loop().create_task(
-                self._read_loop(reader, decoder), name="luna-client-reader"
+                self._read_loop(reader, session), name="luna-client-reader"
             )
-            want_shm = _is_loopback_host(self.host) if self.shared_memory is None else self.shared_memory
-            arena = ShmArena() if want_shm else None
-            probe = probe_create(arena) if arena is not None else None
             try:
-                result, _ = await self._request_on_connection(
-                    "hello",
-                    _hello_options(self.client_name, self.token, probe, arena.prefix if arena else ""),
-                    (),
-                    None,
-                    None,
-                )
-                if probe is not None and result.get("shm") and probe_confirmed(*probe):
-                    self._arena, arena = arena, None
+                answer = await self._exchange(session, session.send_hello(), "hello")
             except BaseException:
                 await self._disconnect()
                 raise
-            finally:
-                if probe is not None:
-                    probe[0].close()
-                    probe[0].unlink()
-                if arena is not None:
-                    arena.close()
-            self.hello = result
-            return result
+            self.hello = answer.result
+            return answer.result
 
-    def _read_lease(self, ref: ShmRef, nbytes: int) -> memoryview:
-        for lease in self._leases.values():
-            if lease.segment.name == ref.segment:
-                return lease.segment.view(ref.offset, nbytes)
-        raise ValueError(f"answer refers to segment {ref.segment!r} that no request lent")
-
-    async def _read_loop(self, reader: asyncio.StreamReader, decoder: FrameDecoder) -> None:
+    async def _read_loop(self, reader: asyncio.StreamReader, session: ClientSession) -> None:
         failure: BaseException = DaemonUnavailable(self.host, self.port, "connection closed")
         try:
-            while True:
+            while session.failure is None:
                 data = await reader.read(1 << 20)
                 if not data:
-                    decoder.eof()
+                    session.receive_eof()
                     break
-                for message in decoder.feed(data):
-                    self._deliver(message)
+                session.receive_data(data)
+                for event in session.events_received():
+                    future = self._pending.get(event.request_id)
+                    if future is not None and not future.done():
+                        future.set_result(event)
+            if session.failure is not None:
+                failure = session.failure
         except (OSError, ProtocolError) as exc:
             failure = DaemonUnavailable(self.host, self.port, str(exc))
-        except DaemonError as exc:
-            failure = exc
         finally:
             for future in self._pending.values():
                 if not future.done():
@@ -558,69 +400,20 @@ class AsyncDaemonClient:
                 self._writer.close()
             self._writer = None
 
-    def _deliver(self, message: object) -> None:
-        if isinstance(message, Rejected):
-            future = self._pending.pop(message.id, None)
-            if future is not None and not future.done():
-                future.set_exception(DaemonError(ErrorCode.INTERNAL, f"malformed answer: {message.message}"))
-            return
-        if isinstance(message, Request):
-            raise ProtocolError("the daemon sent a request")
-        assert isinstance(message, (Response, ErrorResponse))
-        if message.id == 0 and isinstance(message, ErrorResponse):
-            raise DaemonError(message.code, message.message, message.retryable)
-        future = self._pending.pop(message.id, None)
-        if future is None or future.done():
-            return
-        if isinstance(message, ErrorResponse):
-            future.set_exception(DaemonError(message.code, message.message, message.retryable))
-        else:
-            lease = self._leases.get(message.id)
-            future.set_result((message.result, _own_arrays(message.tensors, lease)))
-
-    async def _request_on_connection(
-        self,
-        op: str,
-        options: dict,
-        tensors: Sequence[np.ndarray],
-        reply_bytes: int | None,
-        wire_dtype: str | None,
-    ) -> tuple[dict, list[np.ndarray]]:
+    async def _exchange(self, session: ClientSession, request_id: int, op: str) -> Answered:
+        """Write what the session queued for ``request_id`` and await its answer."""
         writer = self._writer
         if writer is None:
+            session.abandon(request_id)
             raise DaemonUnavailable(self.host, self.port, "not connected")
-        request_id = next(self._ids)
-        lease = None
-        if self._arena is not None and (tensors or reply_bytes):
-            needed = (
-                wire_nbytes(tensors, wire_dtype)
-                + 64
-                + (reply_bytes if reply_bytes is not None else wire_nbytes(tensors))
-            )
-            lease = self._arena.lease(request_id, needed)
-        if lease is not None:
-            self._leases[request_id] = lease
-            lease.used = wire_nbytes(tensors, wire_dtype)  # inputs go first; reply area after
-            options = {**options, "shm_reply": lease.reply_area()}
-            lease.used = 0
-        if wire_dtype is not None:
-            options = {**options, "wire_dtype": wire_dtype}
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        answered = False
         try:
-            buffers = encode_request(
-                Request(request_id, op, options, tuple(tensors)),
-                wire_dtype=wire_dtype,
-                place=lease.place if lease else None,
-            )
-            for buffer in buffers:  # write() calls are not interleaved with other tasks' frames
+            for buffer in session.data_to_send():  # no await in between: frames never interleave
                 writer.write(buffer)
             async with asyncio.timeout(self.timeout):
                 await writer.drain()
-                result = await future
-            answered = True
-            return result
+                event = await future
         except TimeoutError:
             raise DaemonTimeout(
                 f"{op} got no answer from {self.host}:{self.port} within {self.timeout}s"
@@ -631,12 +424,27 @@ class AsyncDaemonClient:
             raise DaemonUnavailable(self.host, self.port, str(exc)) from None
         finally:
             self._pending.pop(request_id, None)
-            self._leases.pop(request_id, None)
-            if lease is not None and self._arena is not None:
-                if answered or future.done():
-                    self._arena.release(request_id)
-                else:  # the daemon may still write into it: never reuse this segment
-                    self._arena.discard(request_id)
+            session.abandon(request_id)  # no-op once answered: the daemon may still write otherwise
+        if isinstance(event, Failed):
+            raise event.error
+        return event
+
+    async def _request_on_connection(
+        self,
+        op: str,
+        options: dict,
+        tensors: Sequence[np.ndarray],
+        reply_bytes: int | None,
+        wire_dtype: str | None,
+    ) -> tuple[dict, list[np.ndarray]]:
+        session = self._session
+        if session is None or self._writer is None:
+            raise DaemonUnavailable(self.host, self.port, "not connected")
+        request_id = session.send_request(
+            op, options, tensors, reply_bytes=reply_bytes, wire_dtype=wire_dtype
+        )
+        answer = await self._exchange(session, request_id, op)
+        return answer.result, list(answer.tensors)
 
     async def request(
         self,
@@ -660,6 +468,9 @@ class AsyncDaemonClient:
                     raise
         raise AssertionError("unreachable")
 
+    async def _call(self, call: OpCall) -> tuple[dict, list[np.ndarray]]:
+        return await self.request(call.op, call.options, call.tensors, reply_bytes=call.reply_bytes)
+
     async def ping(self) -> float:
         started = time.perf_counter()
         await self.request("ping")
@@ -674,30 +485,23 @@ class AsyncDaemonClient:
     async def clip_encode(
         self, text: str, *, model: str = "default", clip_skip: int | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        _, tensors = await self.request("clip_encode", {"text": text, "model": model, "clip_skip": clip_skip})
-        return _conditioning(tensors)
+        return conditioning((await self._call(clip_encode_call(text, model=model, clip_skip=clip_skip)))[1])
 
     async def vae_encode(
         self, pixels: np.ndarray, *, model: str = "default", tile: bool | None = None
     ) -> np.ndarray:
-        pixels = _float32(pixels, "pixels", 4)
-        _, tensors = await self.request(
-            "vae_encode", {"model": model, "tile": tile}, (pixels,), reply_bytes=_latent_reply_bytes(pixels)
-        )
-        return _single(tensors, "vae_encode")
+        _, tensors = await self._call(vae_encode_call(pixels, model=model, tile=tile))
+        return single_tensor(tensors, "vae_encode")
 
     async def vae_decode(
         self, latent: np.ndarray, *, model: str = "default", tile: bool | None = None
     ) -> np.ndarray:
-        latent = _float32(latent, "latent", 4)
-        _, tensors = await self.request(
-            "vae_decode", {"model": model, "tile": tile}, (latent,), reply_bytes=_pixels_reply_bytes(latent)
-        )
-        return _single(tensors, "vae_decode")
+        _, tensors = await self._call(vae_decode_call(latent, model=model, tile=tile))
+        return single_tensor(tensors, "vae_decode")
 
     async def shutdown(self) -> None:
         """Ask the daemon to stop. Needs the daemon's token (sent in hello and in the op)."""
-        await self.request("shutdown", _token_options(self.token))
+        await self._call(shutdown_call(self.token))
 
     async def _disconnect(self) -> None:
         for future in self._pending.values():
@@ -714,9 +518,9 @@ class AsyncDaemonClient:
                 await writer.wait_closed()
             except OSError:
                 pass
-        if self._arena is not None:
-            self._arena.close()
-            self._arena = None
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     async def close(self) -> None:
         """Cancel the reader task, close the socket, unlink our shared memory."""
@@ -736,19 +540,23 @@ class AsyncDaemonClient:
 def check_daemon_health(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, timeout: float = 2.0) -> bool:
     """True when a daemon answers a ping on (host, port) within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
+    session = ClientSession(client_name="luna-health", limits=Limits(max_payload_bytes=1 << 20))
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"".join(encode_request(Request(1, "ping"))))
-            decoder = FrameDecoder(Limits(max_payload_bytes=1 << 20))
+            ping = session.send_request("ping")
+            sock.sendall(b"".join(session.data_to_send()))
             while True:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
                 data = sock.recv(65536)
                 if not data:
                     return False
-                for message in decoder.feed(data):
-                    return isinstance(message, Response) and message.id == 1
+                session.receive_data(data)
+                for event in session.events_received():
+                    return isinstance(event, Answered) and event.request_id == ping
     except (OSError, ProtocolError):
         return False
+    finally:
+        session.close()
 
 
 async def check_daemon_health_ws(

@@ -21,8 +21,9 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import struct
-import sys
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,6 +38,11 @@ PREFIX_SIZE = PREFIX.size
 TENSOR_ALIGNMENT = 64
 MAX_REQUEST_ID = 2**53 - 1  # exact in every JSON implementation (JavaScript included)
 MAX_OP_LENGTH = 64
+# Shared-memory names (PROTOCOL.md §6): the client's prefix is ``lu`` + 10 hex digits, its
+# segments ``<prefix>_<n>`` with ``n`` in hex. Checked wherever a peer names a segment.
+SHM_PREFIX_PATTERN = re.compile(r"lu[0-9a-f]{10}")
+SHM_SEGMENT_PATTERN = re.compile(r"(lu[0-9a-f]{10})_[0-9a-f]{1,16}")
+MAX_SHM_OFFSET = 1 << 48
 
 # Wire dtype names → numpy dtypes. bfloat16 travels as raw 16-bit words (numpy has no bf16).
 WIRE_DTYPES: dict[str, np.dtype] = {
@@ -60,7 +66,6 @@ _NATIVE_TO_WIRE: dict[np.dtype, str] = {
 # Ops answered by the transport itself; the rest go to the op handler.
 OP_HELLO = "hello"
 OP_PING = "ping"
-TRANSPORT_OPS = (OP_HELLO, OP_PING)
 HANDLER_OPS = ("status", "models", "clip_encode", "vae_encode", "vae_decode", "shutdown")
 
 
@@ -115,6 +120,9 @@ class Limits:
     max_in_flight: int = 16  # requests per connection being handled at once; more → BUSY
     max_connections: int = 64
     request_timeout: float | None = 600.0  # handler time per request; None = unlimited
+    # On a daemon with a token: seconds a new connection has to authenticate in hello before
+    # it is closed (so idle anonymous connections cannot hold every slot of max_connections).
+    auth_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -128,7 +136,7 @@ class Limits:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
-        if self.read_timeout <= 0 or self.write_timeout <= 0:
+        if self.read_timeout <= 0 or self.write_timeout <= 0 or self.auth_timeout <= 0:
             raise ValueError("Limits timeouts must be > 0")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError("Limits.request_timeout must be > 0 or None")
@@ -268,37 +276,72 @@ def _aligned_empty(nbytes: int) -> np.ndarray:
     return raw[skip : skip + nbytes]
 
 
+def is_shm_prefix(prefix: Any) -> bool:
+    """True for a shared-memory prefix as PROTOCOL.md §6 states it: ``lu`` + 10 lower-case hex."""
+    return type(prefix) is str and SHM_PREFIX_PATTERN.fullmatch(prefix) is not None
+
+
+def is_shm_segment_name(name: Any, prefix: str | None = None) -> bool:
+    """True for a segment name ``<prefix>_<hex>`` (§6), of ``prefix`` when one is given.
+
+    Nothing else is ever mapped: no path separators, no ``Local\\`` / ``Global\\`` namespaces,
+    no other program's segment that merely starts with the same letters.
+    """
+    if type(name) is not str:
+        return False
+    match = SHM_SEGMENT_PATTERN.fullmatch(name)
+    return match is not None and (prefix is None or match.group(1) == prefix)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr`` of a peer's value, cut short (error messages must not echo megabytes back)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _checked_shape(shape: Any, limits: Limits) -> list[int]:
+    """A descriptor's shape, every dimension bounded (not only the product: ``[0, 2**63]`` has
+    no elements but no buffer or array of that shape can be made)."""
+    if not isinstance(shape, list) or len(shape) > limits.max_dims:
+        raise ValueError(f"shape must be a list of at most {limits.max_dims} dimensions")
+    if not all(type(dim) is int and dim >= 0 for dim in shape):
+        raise ValueError("shape dimensions must be non-negative integers")
+    if any(dim > limits.max_elements for dim in shape):
+        raise ValueError(f"every shape dimension must be at most {limits.max_elements}")
+    # The product of the non-zero dimensions is bounded too, so an empty tensor's strides and
+    # any reshaping of it stay as small as those of a full tensor within the limit.
+    nonzero = math.prod(dim for dim in shape if dim)
+    if nonzero > limits.max_elements:
+        raise ValueError(
+            f"tensor shape {shape} spans {nonzero} elements, more than the limit {limits.max_elements}"
+        )
+    return shape
+
+
 def parse_descriptor(raw: Any, limits: Limits) -> TensorDescriptor:
     """Validate one header tensor descriptor; raises ``ValueError`` naming what is wrong."""
     if not isinstance(raw, dict):
         raise ValueError("tensor descriptor must be an object")
     dtype = raw.get("dtype")
-    if dtype not in WIRE_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not allowed; use one of {', '.join(WIRE_DTYPES)}")
-    shape = raw.get("shape")
-    if not isinstance(shape, list) or len(shape) > limits.max_dims:
-        raise ValueError(f"shape must be a list of at most {limits.max_dims} dimensions")
-    if not all(type(dim) is int and dim >= 0 for dim in shape):
-        raise ValueError("shape dimensions must be non-negative integers")
+    # Type before membership: a list or an object is unhashable and must not raise TypeError.
+    if type(dtype) is not str or dtype not in WIRE_DTYPES:
+        raise ValueError(f"dtype {_short(dtype)} is not allowed; use one of {', '.join(WIRE_DTYPES)}")
+    shape = _checked_shape(raw.get("shape"), limits)
     elements = math.prod(shape)
-    if elements > limits.max_elements:
-        raise ValueError(f"tensor has {elements} elements, more than the limit {limits.max_elements}")
     nbytes = raw.get("nbytes")
     expected = elements * WIRE_DTYPES[dtype].itemsize
     if type(nbytes) is not int or nbytes != expected:
-        raise ValueError(f"nbytes {nbytes!r} does not match {dtype} shape {shape} ({expected} bytes)")
+        raise ValueError(f"nbytes {_short(nbytes)} does not match {dtype} shape {shape} ({expected} bytes)")
     shm = None
     if "shm" in raw:
         place = raw["shm"]
         if (
             not isinstance(place, dict)
-            or not isinstance(place.get("segment"), str)
-            or not place["segment"]
-            or len(place["segment"]) > 128
+            or not is_shm_segment_name(place.get("segment"))
             or type(place.get("offset")) is not int
-            or place["offset"] < 0
+            or not 0 <= place["offset"] <= MAX_SHM_OFFSET
         ):
-            raise ValueError("shm must be {segment: non-empty name, offset: int >= 0}")
+            raise ValueError("shm must be {segment: '<prefix>_<hex>', offset: int >= 0}")
         shm = ShmRef(place["segment"], place["offset"])
     return TensorDescriptor(dtype, tuple(shape), nbytes, shm)
 
@@ -391,15 +434,6 @@ def encode_error(error: ErrorResponse) -> list[Any]:
     return _encode_frame(header, (), None, None)
 
 
-def encode_message(message: Message, **kwargs: Any) -> list[Any]:
-    """Encode any message type."""
-    if isinstance(message, Request):
-        return encode_request(message, **kwargs)
-    if isinstance(message, Response):
-        return encode_response(message, **kwargs)
-    return encode_error(message)
-
-
 def frame_bytes(buffers: Sequence[Any]) -> bytes:
     """Join encoded buffers (tests and tiny messages; real senders send the list)."""
     return b"".join(bytes(b) for b in buffers)
@@ -461,6 +495,7 @@ class FrameDecoder:
         self.bytes_received = 0
         self._shm_bytes = 0
         self._spare: np.ndarray | None = None  # last big payload buffer, reused once unreferenced
+        self._spare_lent: weakref.ref[np.ndarray] | None = None
 
     def take_shm_bytes(self) -> int:
         """Tensor bytes read from shared memory since the last call (for statistics)."""
@@ -579,13 +614,15 @@ class FrameDecoder:
         if not payload_len:
             return None
         owner = self._spare
-        # numpy views and np.frombuffer arrays all reference the owning array, so a refcount
-        # of 3 (our attribute + the local ``owner`` + the call's argument) means no array,
-        # memoryview or tensor still uses the previous frame's memory: writing over it is safe.
+        # The previous big payload is written over only once nothing made from it is alive:
+        # ``_spare_lent`` is a weak reference to the array every decoded tensor was cut from
+        # (see ``_finish``), so it is dead exactly when no tensor, view, memoryview or torch
+        # tensor still uses that memory. No refcount values involved.
+        lent = self._spare_lent
         if (
             owner is not None
             and payload_len + TENSOR_ALIGNMENT <= owner.size <= 2 * payload_len + TENSOR_ALIGNMENT
-            and sys.getrefcount(owner) == 3
+            and (lent is None or lent() is None)
         ):
             skip = -owner.ctypes.data % TENSOR_ALIGNMENT
             return owner[skip : skip + payload_len]
@@ -679,8 +716,17 @@ class FrameDecoder:
                 code, message = ErrorCode.INTERNAL, f"{error['code']}: {error.get('message', '')}"
             return ErrorResponse(request_id, code, message, bool(error.get("retryable", False)))
         payload = pending.payload
-        if payload is not None and payload.size >= self._RECYCLE_MIN:
-            self._spare = payload.base  # the owning array (payloads are aligned views)
+        if payload is not None:
+            # Tensors are cut from ``lent``, an array over a memoryview of the payload: numpy
+            # collapses view chains down to the array that owns the memory, but stops at a
+            # memoryview, so every tensor (and every view of one) keeps ``lent`` alive, and
+            # the weak reference to it says whether the payload memory may be reused.
+            lent = np.frombuffer(memoryview(payload), np.uint8)
+            if payload.size >= self._RECYCLE_MIN:
+                self._spare = payload.base  # the owning array (payloads are aligned views)
+                self._spare_lent = weakref.ref(lent)
+            pending.payload = lent
+            del lent
         del payload
         try:
             tensors = self._tensors(pending)

@@ -25,6 +25,9 @@ class DaemonExit(enum.IntEnum):
     #: bad configuration, a port already in use, a device that cannot be used: restarting the same
     #: way will fail the same way, so a supervisor should not retry without a change
     START_FAILED = 2
+    #: no stdout to print the READY line on (started with ``pythonw`` or as a windowed executable):
+    #: launch the console executable with stdout piped; the reason is on stderr or in the log file
+    NO_STDOUT = 3
 
 
 class ReadyLineError(ValueError):

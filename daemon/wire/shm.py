@@ -3,10 +3,15 @@
 Ownership rule: the *client* owns every segment. Per connection it keeps a :class:`ShmArena`
 of segments named ``<prefix><n>`` (the prefix is random per connection), leases one segment per
 request id for that request's input tensors plus a reply area, and releases it when the answer
-has been copied out. The server only *attaches* (:class:`ShmAttachments`): it reads inputs as
+has arrived. The server only *attaches* (:class:`ShmAttachments`): it reads inputs as
 zero-copy views and writes the response tensors into the reply area (:class:`ReplyWriter`). So
 a segment's lifetime is tied to one request id, only one process ever unlinks it, and a server
 never leaks a segment whatever a client does.
+
+Answer arrays are views on the segment, never copies (:meth:`Lease.answer_view`): the segment
+is lent to no later request while any array made from the answer is alive, so a returned
+array is never written over; the round trip costs two copies (into the segment, and the
+daemon's answer into the reply area).
 
 Why not ``multiprocessing.shared_memory.SharedMemory`` directly (it is the same OS mechanism,
 and the creator still registers with its ``resource_tracker`` for crash clean-up on POSIX):
@@ -18,8 +23,11 @@ SIGBUS on first write. Here creation reserves the pages (``posix_fallocate``) an
 clean ``OSError`` instead, which callers treat as "send through the socket".
 
 Works on Linux/macOS (POSIX ``shm_open``) and Windows (named file mappings, which vanish when
-the last handle closes). Stdlib + numpy only; vendored into the ComfyUI node pack with
-``client.py`` and ``protocol.py``. Classes are not thread-safe: each belongs to one connection
+the last handle closes). On Windows each :class:`Segment` keeps its own handle to the section
+open for as long as it is mapped: ``mmap(tagname=…)`` opens a section *by name* and silently
+creates a new zeroed one when none exists, so the handle held across that call is what makes it
+map the client's section, and a section that vanished is a ``FileNotFoundError``, never zeros.
+Stdlib + numpy only; vendored into the ComfyUI node pack with ``client.py`` and ``protocol.py``. Classes are not thread-safe: each belongs to one connection
 and is used by that connection's owner (a lock-holding blocking client or one event loop).
 """
 
@@ -29,12 +37,13 @@ import mmap
 import os
 import secrets
 import sys
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 
-from .protocol import TENSOR_ALIGNMENT, ShmRef
+from .protocol import TENSOR_ALIGNMENT, ShmRef, is_shm_prefix, is_shm_segment_name
 
 _WINDOWS = sys.platform == "win32"
 if _WINDOWS:  # pragma: no cover - exercised on Windows only
@@ -42,6 +51,8 @@ if _WINDOWS:  # pragma: no cover - exercised on Windows only
 else:
     import _posixshmem
     from multiprocessing import resource_tracker
+
+    _winapi = None  # tests put a fake here to run the Windows branches
 
 MIN_SEGMENT_BYTES = 1 << 20
 SHM_MIN_TENSOR_BYTES = 64 * 1024  # smaller tensors are cheaper inline in the frame
@@ -66,12 +77,13 @@ def new_prefix() -> str:
 class Segment:
     """One mapped named shared-memory segment (created here, or attached by name)."""
 
-    def __init__(self, name: str, size: int, mapping: mmap.mmap, *, owner: bool):
+    def __init__(self, name: str, size: int, mapping: mmap.mmap, *, owner: bool, section: int | None = None):
         self.name = name
         self.size = size
         self.owner = owner
         self._mmap: mmap.mmap | None = mapping
         self._unlinked = False
+        self._section = section  # Windows: our handle to the file mapping, closed in close()
 
     @property
     def buf(self) -> memoryview:
@@ -84,22 +96,9 @@ class Segment:
         """Create a new segment of at least ``size`` bytes; raises OSError if it cannot."""
         if size <= 0:
             raise ValueError("segment size must be > 0")
-        if _WINDOWS:  # pragma: no cover
-            handle = _winapi.CreateFileMapping(
-                _winapi.INVALID_HANDLE_VALUE,
-                _winapi.NULL,
-                _winapi.PAGE_READWRITE,
-                (size >> 32) & 0xFFFFFFFF,
-                size & 0xFFFFFFFF,
-                name,
-            )
-            try:
-                if _winapi.GetLastError() == _winapi.ERROR_ALREADY_EXISTS:
-                    raise FileExistsError(f"shared memory {name!r} already exists")
-                mapping = mmap.mmap(-1, size, tagname=name)
-            finally:
-                _winapi.CloseHandle(handle)
-            return cls(name, size, mapping, owner=True)
+        if _WINDOWS:
+            mapping, section = _win_create(name, size)
+            return cls(name, size, mapping, owner=True, section=section)
         posix_name = "/" + name
         fd = _posixshmem.shm_open(posix_name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         try:
@@ -120,17 +119,9 @@ class Segment:
     @classmethod
     def attach(cls, name: str) -> Segment:
         """Map an existing segment read-write without taking ownership (never unlinks it)."""
-        if _WINDOWS:  # pragma: no cover
-            handle = _winapi.OpenFileMapping(_winapi.FILE_MAP_READ, False, name)
-            try:
-                view = _winapi.MapViewOfFile(handle, _winapi.FILE_MAP_READ, 0, 0, 0)
-            finally:
-                _winapi.CloseHandle(handle)
-            try:
-                size = _winapi.VirtualQuerySize(view)
-            finally:
-                _winapi.UnmapViewOfFile(view)
-            return cls(name, size, mmap.mmap(-1, size, tagname=name), owner=False)
+        if _WINDOWS:
+            mapping, size, section = _win_attach(name)
+            return cls(name, size, mapping, owner=False, section=section)
         fd = _posixshmem.shm_open("/" + name, os.O_RDWR, mode=0o600)
         try:
             size = os.fstat(fd).st_size
@@ -149,6 +140,9 @@ class Segment:
                 mapping.close()
             except BufferError:
                 pass  # exported views keep it alive; mmap's deallocator unmaps quietly later
+        section, self._section = self._section, None
+        if section is not None:
+            _winapi.CloseHandle(section)  # a live mmap holds a handle of its own
 
     def unlink(self) -> None:
         """Remove the name (owner only; on Windows the mapping dies with its last handle)."""
@@ -177,12 +171,86 @@ class Segment:
         return self.buf[offset : offset + nbytes]
 
 
+def _map_section(size: int, name: str) -> mmap.mmap:
+    """Map the section called ``name`` (Windows; CPython opens it with CreateFileMappingW, which
+    creates a new one if the name is free — callers hold a handle so it is not)."""
+    return mmap.mmap(-1, size, tagname=name)  # type: ignore[call-arg]  # Windows-only argument
+
+
+def _win_create(name: str, size: int) -> tuple[mmap.mmap, int]:
+    """A new named section of ``size`` bytes, mapped; returns the mapping and our handle."""
+    handle = _winapi.CreateFileMapping(
+        _winapi.INVALID_HANDLE_VALUE,
+        _winapi.NULL,
+        _winapi.PAGE_READWRITE,
+        (size >> 32) & 0xFFFFFFFF,
+        size & 0xFFFFFFFF,
+        name,
+    )
+    try:
+        if _winapi.GetLastError() == _winapi.ERROR_ALREADY_EXISTS:
+            raise FileExistsError(f"shared memory {name!r} already exists")
+        return _map_section(size, name), handle
+    except BaseException:
+        _winapi.CloseHandle(handle)
+        raise
+
+
+def _win_attach(name: str) -> tuple[mmap.mmap, int, int]:
+    """Map the client's existing section ``name``: (mapping, size, our handle). The handle stays
+    open across the name-based ``mmap`` (and for the segment's life), so the section cannot vanish
+    in between and be replaced by a new zeroed one. FileNotFoundError when it is gone already."""
+    handle = _winapi.OpenFileMapping(_winapi.FILE_MAP_READ, False, name)
+    try:
+        view = _winapi.MapViewOfFile(handle, _winapi.FILE_MAP_READ, 0, 0, 0)
+        try:
+            size = _winapi.VirtualQuerySize(view)
+        finally:
+            _winapi.UnmapViewOfFile(view)
+        return _map_section(size, name), size, handle
+    except BaseException:
+        _winapi.CloseHandle(handle)
+        raise
+
+
 class Lease:
-    """One request's segment: inputs are written from offset 0, the reply area follows."""
+    """One request's segment: inputs are written from offset 0, the reply area follows.
+
+    Answer tensors are handed out as views on the segment (:meth:`answer_view`), not copied.
+    Every such view is cut from one array over the whole segment (``_window``); once the answer
+    is decoded the lease keeps only a weak reference to it (:meth:`seal`), so :attr:`in_use`
+    says whether any array made from the answer (a view, a memoryview, a torch tensor…) is
+    still alive. The arena lends the segment to no other request until it is not.
+    """
 
     def __init__(self, segment: Segment):
         self.segment = segment
         self.used = 0
+        self._window: np.ndarray | None = None
+        self._lent: weakref.ref[np.ndarray] | None = None
+
+    def answer_view(self, offset: int, nbytes: int) -> memoryview:
+        """A zero-copy view of an answer tensor's bytes; raises ValueError when out of bounds."""
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.segment.size:
+            raise ValueError(
+                f"range {offset}+{nbytes} is outside segment {self.segment.name!r} of {self.segment.size} bytes"
+            )
+        if self._window is None:
+            # numpy collapses view chains to the array owning the memory but stops at this
+            # array (its base is a memoryview), so every tensor cut from it keeps it alive.
+            self._window = np.frombuffer(self.segment.buf, dtype=np.uint8)
+        return memoryview(self._window[offset : offset + nbytes])
+
+    def seal(self) -> None:
+        """The answer is decoded: from now on only the arrays made from it keep the window."""
+        if self._window is not None:
+            self._lent = weakref.ref(self._window)
+            self._window = None
+
+    @property
+    def in_use(self) -> bool:
+        """True while an array made from this lease's answer is alive somewhere."""
+        return self._window is not None or (self._lent is not None and self._lent() is not None)
 
     def place(self, array: np.ndarray) -> ShmRef | None:
         """ShmPlacer for request tensors: copy into the segment, or None (send inline)."""
@@ -206,7 +274,11 @@ class ShmArena:
 
     Segments are sized in powers of two from 1 MiB (4 MiB steps above 16 MiB); up to
     ``max_idle`` free ones (``max_idle_bytes`` in all, but always the largest) are kept for the
-    next requests, the rest are unlinked at once. :meth:`close` unlinks all.
+    next requests, the rest are unlinked at once. A released lease whose answer arrays are
+    still alive (:attr:`Lease.in_use`) is *retired* instead: it goes back to the pool at the
+    first :meth:`lease` after the last of them is gone, so a later request never writes over
+    an array the caller holds. :meth:`close` unlinks all (arrays still alive keep their memory:
+    an unlinked segment stays mapped until its last view goes).
     """
 
     def __init__(
@@ -224,6 +296,7 @@ class ShmArena:
         self._counter = 0
         self._idle: list[Segment] = []
         self._leased: dict[int, Lease] = {}
+        self._retired: list[Lease] = []  # released, but answer arrays still view them
         self.created = 0
         self.closed = False
 
@@ -235,6 +308,7 @@ class ShmArena:
         """A segment of at least ``nbytes`` for ``request_id``, or None if none can be made."""
         if self.closed or nbytes <= 0 or nbytes > self.max_segment_bytes:
             return None
+        self._reclaim()
         best = None
         for segment in self._idle:
             if segment.size >= nbytes and (best is None or segment.size < best.size):
@@ -257,10 +331,28 @@ class ShmArena:
         lease = self._leased.pop(request_id, None)
         if lease is None:
             return
+        lease.seal()
         if self.closed:
             self._destroy(lease.segment)
+        elif lease.in_use:
+            self._retired.append(lease)
+        else:
+            self._make_idle(lease.segment)
+
+    def _reclaim(self) -> None:
+        """Retired leases whose answer arrays are all gone become idle segments again."""
+        if not self._retired:
             return
-        self._idle.append(lease.segment)
+        still_used = []
+        for lease in self._retired:
+            if lease.in_use:
+                still_used.append(lease)
+            else:
+                self._make_idle(lease.segment)
+        self._retired = still_used
+
+    def _make_idle(self, segment: Segment) -> None:
+        self._idle.append(segment)
         self._idle.sort(key=lambda s: s.size)
         # Keep few idle segments and bounded idle memory, but always the largest one, so a
         # stream of same-size big requests never re-creates its segment.
@@ -283,7 +375,11 @@ class ShmArena:
 
     @property
     def segment_names(self) -> list[str]:
-        return [s.name for s in self._idle] + [lease.segment.name for lease in self._leased.values()]
+        return (
+            [s.name for s in self._idle]
+            + [lease.segment.name for lease in self._leased.values()]
+            + [lease.segment.name for lease in self._retired]
+        )
 
     def close(self) -> None:
         """Unlink every segment, leased or idle (the connection is gone)."""
@@ -291,29 +387,31 @@ class ShmArena:
         for segment in self._idle:
             self._destroy(segment)
         self._idle.clear()
-        for lease in self._leased.values():
+        for lease in [*self._leased.values(), *self._retired]:
             self._destroy(lease.segment)
         self._leased.clear()
+        self._retired.clear()
 
 
 class ShmAttachments:
     """Server-side cache of one connection's client segments (attach only, never unlink).
 
-    Only names that start with the prefix this client announced in ``hello`` are accepted, so a
-    client cannot make the daemon map anyone else's memory. At most ``capacity`` mappings are
+    The prefix must be ``lu`` + 10 hex digits and only names ``<prefix>_<hex>`` of the prefix
+    this client announced in ``hello`` are accepted (PROTOCOL.md §6), so a client cannot make
+    the daemon map anyone else's memory (``Local\\…`` on Windows, other POSIX segments). At most ``capacity`` mappings are
     kept (least recently used are unmapped). Usable as the decoder's ``shm_reader``.
     """
 
     def __init__(self, prefix: str, *, capacity: int = 8):
-        if not prefix or len(prefix) > 24 or not prefix.replace("_", "").isalnum():
-            raise ValueError("shared-memory prefix must be 1-24 letters, digits or _")
+        if not is_shm_prefix(prefix):
+            raise ValueError("shared-memory prefix must be 'lu' followed by 10 lower-case hex digits")
         self.prefix = prefix
         self.capacity = capacity
         self._segments: OrderedDict[str, Segment] = OrderedDict()
 
     def segment(self, name: str) -> Segment:
-        if not name.startswith(self.prefix):
-            raise ValueError(f"segment {name!r} does not belong to this connection")
+        if not is_shm_segment_name(name, self.prefix):
+            raise ValueError(f"segment {str(name)[:40]!r} does not belong to this connection")
         segment = self._segments.get(name)
         if segment is None:
             segment = Segment.attach(name)
@@ -382,7 +480,7 @@ def probe_answer(prefix: str, segment_name: str, nonce_hex: str) -> bool:
     """Server side: can we map the client's probe and read its nonce? Then write it reversed."""
     try:
         nonce = bytes.fromhex(nonce_hex)
-        if len(nonce) != 16 or not segment_name.startswith(prefix):
+        if len(nonce) != 16 or not is_shm_prefix(prefix) or not is_shm_segment_name(segment_name, prefix):
             return False
         segment = Segment.attach(segment_name)
     except (OSError, ValueError):

@@ -118,13 +118,14 @@ async def ws_recorder(host: str, port: int) -> AsyncIterator[WsRecorder]:
 
 @contextlib.asynccontextmanager
 async def daemon_process(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60.0, module: str = "daemon"
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, ReadyInfo]]:
-    """``python -m daemon ARGS`` until its readiness line; killed if still running at exit."""
+    """``python -m daemon ARGS`` (or another ``module`` wrapping it) until its readiness line;
+    killed if still running at exit."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "daemon",
+        module,
         *args,
         cwd=str(REPO_ROOT),
         env={**os.environ, **(env or {})},

@@ -103,7 +103,11 @@ def live_daemon(model_files, tmp_path_factory):
         yield ready
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            # The daemon's own pid from its READY line (a venv launcher may sit in between).
+            if ready:
+                os.kill(ready["pid"], signal.SIGTERM)
+            else:
+                process.kill()
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:

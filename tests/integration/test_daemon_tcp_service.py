@@ -284,7 +284,12 @@ def header_frame(header: dict, payload: bytes = b"") -> bytes:
                 "id": 8,
                 "op": "echo",
                 "tensors": [
-                    {"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lux_1", "offset": 0}}
+                    {
+                        "dtype": "uint8",
+                        "shape": [4],
+                        "nbytes": 4,
+                        "shm": {"segment": "lu0123456789_1", "offset": 0},
+                    }
                 ],
             },
             b"",
@@ -572,7 +577,7 @@ async def test_shared_memory_path_moves_tensors_without_the_socket(start_service
         with DaemonClient(*service.address, shared_memory=True) as client:
             assert client.uses_shared_memory
             _, (negated,) = client.request("negate", {}, (values,))
-            names = client._connection.arena.segment_names
+            names = client._connection.session.segment_names
             return negated, names
 
     negated, names = await asyncio.to_thread(run)
@@ -599,7 +604,7 @@ async def test_async_client_pipelines_over_shared_memory(start_service):
 async def test_shm_offer_with_a_bad_probe_falls_back_to_the_socket(start_service, conn_factory):
     service, _ = await start_service()
     connection = await conn_factory(service)
-    offer = {"prefix": "luabc", "probe": {"segment": "luabc_404", "nonce": "00" * 16}}
+    offer = {"prefix": "lu00000000ab", "probe": {"segment": "lu00000000ab_404", "nonce": "00" * 16}}
     hello = await connection.call(Request(1, "hello", {"shm": offer}))
     assert hello.result["shm"] is False
     await assert_good_request_succeeds(connection)

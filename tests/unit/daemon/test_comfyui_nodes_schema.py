@@ -157,8 +157,10 @@ class TestEndpointResolution:
 
     def test_node_inputs_override_environment(self):
         env = {"LUNA_DAEMON_HOST": "10.0.0.5", "LUNA_DAEMON_PORT": "20000"}
-        endpoint = connection.resolve_endpoint(" localhost ", 4242, environ=env)
-        assert (endpoint.host, endpoint.port) == ("localhost", 4242)
+        endpoint = connection.resolve_endpoint(" render-box ", 4242, environ=env)
+        assert (endpoint.host, endpoint.port) == ("render-box", 4242)
+        # localhost is dialled as the IPv4 loopback the daemon binds for it (Windows tries ::1 first)
+        assert connection.resolve_endpoint(" localhost ", 4242, environ=env).host == "127.0.0.1"
 
     @pytest.mark.parametrize("raw", ["abc", "70000", "-3"])
     def test_bad_environment_port_is_a_clear_error(self, raw):

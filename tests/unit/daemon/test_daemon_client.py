@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -248,6 +249,76 @@ async def test_client_name_reaches_the_handler(service):
             return client.status()
 
     assert (await asyncio.to_thread(run))["peer"] == "comfyui-8188"
+
+
+@pytest.mark.parametrize("shared_memory", [False, True])
+async def test_a_held_answer_array_is_never_written_over_by_later_requests(service, shared_memory):
+    first = np.full(1 << 20, 1.0, np.float32)  # 4 MiB: recycled buffers / shared memory
+
+    def run():
+        with DaemonClient(*service.address, shared_memory=shared_memory) as client:
+            assert client.uses_shared_memory is shared_memory
+            _, (held,) = client.request("echo", {}, (first,))
+            view = held[::2]  # anything made from it keeps the memory out of reuse too
+            del held
+            later = [client.request("echo", {}, (first * k,))[1][0] for k in (2, 3)]
+            np.testing.assert_array_equal(view, 1.0)
+            np.testing.assert_array_equal(later[0], 2.0)
+            np.testing.assert_array_equal(later[1], 3.0)
+            view[:] = 5.0  # writable, and ours alone
+            return view
+
+    view = await asyncio.to_thread(run)
+    np.testing.assert_array_equal(view, 5.0)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux /dev/shm only")
+async def test_close_unlinks_every_segment_even_while_an_answer_array_is_held(service):
+    values = np.arange(1 << 18, dtype=np.float32)
+
+    def run():
+        client = DaemonClient(*service.address, shared_memory=True)
+        _, (held,) = client.request("echo", {}, (values,))
+        prefix = client._connection.session.shm_prefix
+        assert any(p.name.startswith(prefix) for p in Path("/dev/shm").iterdir())
+        client.close()
+        return held, prefix
+
+    held, prefix = await asyncio.to_thread(run)
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix)]
+    np.testing.assert_array_equal(held, values)  # still mapped, unchanged
+
+
+LEAK_SCRIPT = """
+import sys
+import numpy as np
+from daemon.wire.client import DaemonClient
+
+client = DaemonClient("127.0.0.1", int(sys.argv[1]), shared_memory=True)
+assert client.uses_shared_memory
+_, (kept,) = client.request("echo", {}, (np.ones(1 << 20, np.float32),))
+print(client._connection.session.shm_prefix)
+# exits normally without close(): the client and an answer array are still alive
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the resource tracker is POSIX only")
+async def test_a_process_that_exits_without_closing_leaves_no_shared_memory_behind(service):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", LEAK_SCRIPT, str(service.address[1])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "leaked" not in result.stderr and "resource_tracker" not in result.stderr, result.stderr
+    prefix = result.stdout.strip()
+    assert prefix.startswith("lu")
+    if Path("/dev/shm").is_dir():
+        assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith(prefix)]
 
 
 # ------------------------------------------------------------------------------- asyncio

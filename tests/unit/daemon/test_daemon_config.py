@@ -92,6 +92,9 @@ def test_cli_overrides_the_file_and_fills_the_default_set(tmp_path):
         ({"models.x.checkpoint": "c", "models.x.clip_l": "l"}, "models.x.checkpoint"),
         ({"models.bad name.vae": "v"}, "models.bad name"),
         ({"daemon.colour": "blue"}, "daemon.colour"),
+        ({"daemon.shutdown_grace": -1}, "daemon.shutdown_grace"),
+        ({"daemon.shutdown_grace": float("nan")}, "daemon.shutdown_grace"),
+        ({"daemon.shutdown_grace": "5"}, "daemon.shutdown_grace"),
     ],
 )
 def test_invalid_values_name_the_key(overrides, key):

@@ -322,7 +322,9 @@ def test_header_rule_violations_are_rejected_not_fatal(header, code):
 
 def test_shared_memory_descriptor_without_a_reader_is_rejected():
     header = request_header(
-        tensors=[{"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lu1", "offset": 0}}]
+        tensors=[
+            {"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lu0123456789_1", "offset": 0}}
+        ]
     )
     (rejected,) = decode_all(raw_frame(header))
     assert isinstance(rejected, Rejected) and "not negotiated" in rejected.message
@@ -332,11 +334,13 @@ def test_shared_memory_descriptor_is_resolved_through_the_reader():
     store = np.arange(64, dtype=np.uint8)
 
     def reader(ref: ShmRef, nbytes: int) -> memoryview:
-        assert ref == ShmRef("lu1_1", 8)
+        assert ref == ShmRef("lu0123456789_1", 8)
         return memoryview(store)[ref.offset : ref.offset + nbytes]
 
     header = request_header(
-        tensors=[{"dtype": "int32", "shape": [2], "nbytes": 8, "shm": {"segment": "lu1_1", "offset": 8}}]
+        tensors=[
+            {"dtype": "int32", "shape": [2], "nbytes": 8, "shm": {"segment": "lu0123456789_1", "offset": 8}}
+        ]
     )
     decoder = FrameDecoder(shm_reader=reader)
     (request,) = decoder.feed(raw_frame(header))
@@ -349,10 +353,12 @@ def test_unreadable_shared_memory_is_rejected_naming_the_segment():
         raise FileNotFoundError("gone")
 
     header = request_header(
-        tensors=[{"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lu9", "offset": 0}}]
+        tensors=[
+            {"dtype": "uint8", "shape": [4], "nbytes": 4, "shm": {"segment": "lu0123456789_9", "offset": 0}}
+        ]
     )
     (rejected,) = FrameDecoder(shm_reader=reader).feed(raw_frame(header))
-    assert isinstance(rejected, Rejected) and "lu9" in rejected.message
+    assert isinstance(rejected, Rejected) and "lu0123456789_9" in rejected.message
 
 
 def test_placer_moves_big_tensors_out_of_the_payload():
@@ -362,14 +368,14 @@ def test_placer_moves_big_tensors_out_of_the_payload():
     def place(array):
         if array.nbytes > 100:
             placed.append(array)
-            return ShmRef("lu_x", 0)
+            return ShmRef("lu0123456789_a", 0)
         return None
 
     data = frame_bytes(encode_request(Request(1, "x", {}, (big, small)), place=place))
     _, header_len, payload_len = PREFIX.unpack(data[: PREFIX.size])
     assert payload_len == small.nbytes and len(placed) == 1
     header = json.loads(data[PREFIX.size : PREFIX.size + header_len])
-    assert header["tensors"][0]["shm"] == {"segment": "lu_x", "offset": 0}
+    assert header["tensors"][0]["shm"] == {"segment": "lu0123456789_a", "offset": 0}
 
 
 def test_tensors_are_aligned_in_the_payload_and_sent_without_copies():
@@ -439,6 +445,29 @@ def test_payload_buffer_is_reused_only_when_no_array_uses_it():
     assert third.tensors[0].ctypes.data == second_address  # free again: reused, not reallocated
     assert third.tensors[0].ctypes.data % 64 == 0
     np.testing.assert_array_equal(third.tensors[0], big)
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        lambda array: array[2:].reshape(-1, 2)[::2],  # a view of a view of a view
+        lambda array: memoryview(array),
+        lambda array: np.asarray(array).view(np.uint8),
+    ],
+    ids=["nested view", "memoryview", "reinterpreted view"],
+)
+def test_payload_buffer_is_not_reused_while_anything_derived_from_a_tensor_lives(keep):
+    big = np.arange(1 << 19, dtype=np.float32)
+    frame = frame_bytes(encode_request(Request(1, "x", {}, (big,))))
+    decoder = FrameDecoder()
+    (first,) = decoder.feed(frame)
+    address = first.tensors[0].ctypes.data
+    kept = keep(first.tensors[0])
+    expected = np.array(kept, copy=True)
+    del first
+    (second,) = decoder.feed(frame_bytes(encode_request(Request(2, "x", {}, (big * 3,)))))
+    assert second.tensors[0].ctypes.data != address  # the first payload is still in use
+    np.testing.assert_array_equal(np.asarray(kept), expected)  # never written over
 
 
 def test_op_error_carries_code_message_and_retryable():

@@ -187,7 +187,7 @@ def test_oversize_or_empty_leases_fall_back_to_the_socket():
 
 def test_attachments_only_accept_the_connection_prefix(arena):
     lease = arena.lease(1, 100)
-    stranger = ShmAttachments("luother")
+    stranger = ShmAttachments(new_prefix())
     try:
         with pytest.raises(ValueError, match="does not belong"):
             stranger(ShmRef(lease.segment.name, 0), 4)
@@ -257,7 +257,7 @@ def test_probe_fails_for_wrong_nonce_foreign_prefix_or_missing_segment(arena):
     segment, nonce = probe_create(arena)
     try:
         assert not probe_answer(arena.prefix, segment.name, "00" * 16)
-        assert not probe_answer("luelse", segment.name, nonce)
+        assert not probe_answer(new_prefix(), segment.name, nonce)
         assert not probe_answer(arena.prefix, arena.prefix + "_missing", nonce)
         assert not probe_answer(arena.prefix, segment.name, "zz")
     finally:

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.status_ws import STATUS, StatusWebSocket, _Client
+from daemon.status_ws import FULL_STATUS, MESSAGE_BURST, STATUS, StatusWebSocket, _Client
 from daemon.wire.status import (
     DaemonStatus,
     ModelState,
@@ -98,10 +98,11 @@ async def test_static_facts_come_on_connect_and_in_get_status_replies_but_not_at
         first = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
         tick = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
         await ws.send(json.dumps({"type": "get_status"}))
-        while True:  # ticks may come first; the reply is the one with static facts
-            reply = parse_status_message(await asyncio.wait_for(ws.recv(), 5))
-            if reply.static is not None:
-                break
+        async with asyncio.timeout(10):
+            while True:  # ticks may come first; the reply is the one with static facts
+                reply = parse_status_message(await ws.recv())
+                if reply.static is not None:
+                    break
     assert first.static is not None and first.static.config == {"pad": ""}
     assert tick.static is None and "config" not in tick.to_data()
 
@@ -112,18 +113,40 @@ async def test_get_status_flood_is_coalesced_and_a_good_client_still_gets_its_ti
     async with connect(uri) as flooder, connect(uri) as listener:
         await recv_json(flooder)
         await recv_json(listener)
-        for _ in range(2000):
+        for _ in range(MESSAGE_BURST - 10):  # a burst within the message budget
             await flooder.send('{"type":"get_status"}')
         ticks = [await recv_json(listener) for _ in range(3)]
         # every request is accounted for: answered at once, deferred once, or coalesced
         await flooder.send('{"type":"get_status"}')
-        reply = await recv_json(flooder)
-        while reply["type"] != "status" or "config" not in reply["data"]:
+        async with asyncio.timeout(10):
             reply = await recv_json(flooder)
+            while reply["type"] != "status" or "config" not in reply["data"]:
+                reply = await recv_json(flooder)
     assert all(t["type"] == "status" for t in ticks)
-    assert server.get_status_coalesced >= 1900
-    # 2000 requests cost a handful of full builds, not 2000
+    assert server.get_status_coalesced >= MESSAGE_BURST - 20
+    # a burst of requests costs a handful of full builds, not one each
     assert provider.full_calls < 20
+
+
+async def test_a_client_flooding_messages_beyond_the_budget_is_closed_1008_and_others_carry_on(ws_server):
+    provider = Counter()
+    server, uri = await ws_server(interval=0.05, provider=provider)
+    async with connect(uri) as flooder, connect(uri) as listener:
+        await recv_json(flooder)
+        await recv_json(listener)
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(10 * MESSAGE_BURST):
+                await flooder.send('{"type":"get_status"}')
+            while True:  # the replies queued before the close, then the close
+                await recv_json(flooder)
+        assert closed.value.rcvd.code == 1008 and server.closed_flooding == 1
+        assert provider.full_calls < 20
+        for _ in range(3):
+            assert (await recv_json(listener))["type"] == "status"
+        # the flooder's slot is free again at once (not after the close timeout)
+        async with asyncio.timeout(2):
+            while server.client_count != 1:
+                await asyncio.sleep(0)
 
 
 async def test_deeply_nested_or_oversize_client_message_gets_an_error_reply_not_a_1011(ws_server):
@@ -219,3 +242,104 @@ def test_client_queue_keeps_only_the_newest_status_but_every_scaling_event():
     pending, dropped = asyncio.run(run())
     assert pending == [("scaling", "up"), (STATUS, "s10")]
     assert dropped == 10
+
+
+def test_a_tick_never_swallows_a_pending_full_status():
+    class FakeConnection:
+        remote_address = ("127.0.0.1", 1)
+
+    async def run():
+        client = _Client(FakeConnection(), max_pending=4)
+        client.enqueue(STATUS, "tick1")
+        client.enqueue(FULL_STATUS, "full")  # a get_status reply: supersedes the tick
+        client.enqueue(STATUS, "tick2")  # must not drop the reply
+        return list(client.pending)
+
+    assert asyncio.run(run()) == [(FULL_STATUS, "full"), (STATUS, "tick2")]
+
+
+# ------------------------------------------------------------------ token (non-loopback binds)
+
+WS_TOKEN = "ws-token-for-tests-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "headers"),
+    [
+        ("", None),
+        ("", {"Authorization": "Bearer wrong"}),
+        ("", {"Authorization": f"Basic {WS_TOKEN}"}),
+        ("", {"Authorization": "Bearer " + WS_TOKEN[:-1]}),
+        ("?token=wrong", None),
+        ("?token=%ED%A0%80", None),  # the UTF-8 bytes of a lone surrogate
+        ("?token=" + WS_TOKEN[:-1] + "%00", None),
+        ("?" + "&".join(f"f{i}=1" for i in range(40)) + f"&token={WS_TOKEN}", None),
+    ],
+)
+async def test_without_the_token_the_handshake_is_refused_401_and_a_member_keeps_its_ticks(
+    ws_server, suffix, headers
+):
+    provider = Counter()
+    server, uri = await ws_server(interval=0.05, token=WS_TOKEN, provider=provider)
+    member_headers = {"Authorization": f"Bearer {WS_TOKEN}"}
+    async with connect(uri, additional_headers=member_headers) as member:
+        first = parse_status_message(await asyncio.wait_for(member.recv(), 5))
+        assert first.static is not None  # the member sees the static facts
+        built = provider.full_calls
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(uri + "/" + suffix, additional_headers=headers):
+                pass
+        response = refused.value.response
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"pid" not in response.body and b"config" not in response.body
+        assert provider.full_calls == built  # nothing about the daemon was built for the stranger
+        assert server.refused_unauthorized == 1 and server.client_count == 1
+        for _ in range(2):  # the member is not disturbed
+            assert (await recv_json(member))["type"] == "status"
+
+
+async def test_the_token_is_accepted_as_a_bearer_header_or_a_query_parameter(ws_server):
+    _, uri = await ws_server(interval=3600, token=WS_TOKEN)
+    async with connect(uri, additional_headers={"Authorization": f"bearer  {WS_TOKEN} "}) as ws:
+        assert (await recv_json(ws))["type"] == "status"
+    async with connect(f"{uri}/?token={WS_TOKEN}") as ws:
+        assert (await recv_json(ws))["type"] == "status"
+
+
+async def test_healthz_stays_open_under_a_token_and_tells_nothing(ws_server):
+    _, uri = await ws_server(interval=3600, token=WS_TOKEN)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(uri.replace("ws://", "http://") + "/healthz", timeout=5)
+    assert response.status_code == 200 and response.text == "ok\n"
+
+
+async def test_the_apps_status_feed_authenticates_with_the_token(ws_server):
+    from daemon.wire.status_feed import AsyncStatusFeed
+
+    server, uri = await ws_server(interval=3600, token=WS_TOKEN)
+    host, port = uri.removeprefix("ws://").rsplit(":", 1)
+    async with AsyncStatusFeed(host, int(port), token=WS_TOKEN) as feed:
+        async with asyncio.timeout(5):
+            async for event in feed:
+                if isinstance(event, DaemonStatus):
+                    break
+    assert event.static is not None and server.refused_unauthorized == 0
+
+
+async def test_status_clients_over_the_limit_are_refused_503_and_the_others_keep_their_ticks(ws_server):
+    provider = Counter()
+    server, uri = await ws_server(interval=0.05, provider=provider, max_clients=2)
+    async with connect(uri) as first, connect(uri) as second:
+        await recv_json(first)
+        await recv_json(second)
+        built = provider.full_calls
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(uri):
+                pass
+        assert refused.value.response.status_code == 503 and server.refused_busy == 1
+        assert provider.full_calls == built  # no status was built for the refused one
+        assert (await recv_json(first))["type"] == "status"
+        assert (await recv_json(second))["type"] == "status"
+    async with connect(uri) as later:  # slots free again once clients leave
+        assert (await recv_json(later))["type"] == "status"

@@ -9,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from daemon.models.prompt_weights import (
+    MAX_NESTING,
     PromptWeightError,
     WeightedText,
     parse_weighted_prompt,
@@ -73,11 +74,28 @@ def test_non_finite_weights_are_a_typed_error(bad):
         parse_weighted_prompt(bad)
 
 
-def test_deep_nesting_does_not_overflow_the_stack():
-    depth = 1500  # beyond Python's default recursion limit (1000)
+def test_nesting_up_to_the_limit_parses_and_deeper_is_a_typed_error():
+    depth = MAX_NESTING
     segments = parse_weighted_prompt("(" * depth + "x" + ")" * depth)
     assert [s.text for s in segments] == ["x"]
     assert segments[0].weight == pytest.approx(1.1**depth, rel=1e-6)
+    # Deeper nesting would cost one pass over the prompt per level (issue 9: a 100,000-character
+    # prompt nested 20,000 deep took most of a minute); it is refused before that work is done.
+    for deep in ("(" * 1500 + "x" + ")" * 1500, "(" * 20_000 + "x" + ":1)" * 20_000):
+        with pytest.raises(PromptWeightError, match="deeper than"):
+            parse_weighted_prompt(deep)
+
+
+def test_work_per_prompt_is_bounded_by_the_nesting_limit(monkeypatch):
+    import daemon.models.prompt_weights as module
+
+    scanned = []
+    real = module._top_level_items
+    monkeypatch.setattr(module, "_top_level_items", lambda text: scanned.append(len(text)) or real(text))
+    prompt = "(" * 20_000 + "x" + ":1)" * 20_000
+    with pytest.raises(PromptWeightError):
+        parse_weighted_prompt(prompt)
+    assert sum(scanned) <= (MAX_NESTING + 1) * len(prompt)
 
 
 def test_a_weight_that_overflows_through_nesting_is_a_typed_error():

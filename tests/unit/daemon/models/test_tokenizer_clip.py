@@ -23,6 +23,7 @@ from daemon.models.tokenizer import (
     read_merges,
     split_into_windows,
 )
+from tests.helpers.reference_bpe import quadratic_reference_bpe as _quadratic_reference_bpe
 
 MERGES_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 
@@ -195,3 +196,75 @@ def test_very_long_prompt_gives_ceil_windows(tokenizer):
     windows = split_into_windows([(ids, 1.0)], pad_token=PAD_CLIP_L)
     assert len(windows) == -(-400 // 75)
     assert sum(t == tokenizer.vocab["cat</w>"] for w in windows for t in w.tokens) == 400
+
+
+# -- bounded BPE (issue 9): the same tokens as the reference, without its quadratic loop -------
+
+
+def test_every_merge_ranks_after_the_merges_that_made_its_parts(merges):
+    # The heap BPE equals the reference exactly when this holds for the merge table.
+    made_by = {}
+    for rank, (a, b) in enumerate(merges):
+        made_by.setdefault(a + b, rank)
+    assert all(made_by.get(part, -1) < rank for rank, pair in enumerate(merges) for part in pair)
+
+
+def test_heap_bpe_equals_the_reference_on_every_vocab_word(tokenizer, merges):
+    encoder = tokenizer.byte_encoder
+    words = {a + b for a, b in merges[::7]} | {
+        "supercalifragilisticexpialidocious",
+        "aaaaaaaaaaaaaaaaaaaaaaa",
+    }
+    for word in words:
+        text = word.removesuffix("</w>")
+        if not text:
+            continue
+        symbols = "".join(encoder[b] for b in bytes(tokenizer.byte_decoder[c] for c in text))
+        assert tokenizer._bpe(symbols) == _quadratic_reference_bpe(tokenizer.ranks, symbols), word
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.sampled_from("abcdeilnorstuy'!.-éß日"), min_size=1, max_size=120))
+def test_heap_bpe_equals_the_reference_on_random_words(tokenizer, word):
+    symbols = "".join(tokenizer.byte_encoder[b] for b in word.encode("utf-8"))
+    assert tokenizer._bpe(symbols) == _quadratic_reference_bpe(tokenizer.ranks, symbols)
+
+
+def test_a_long_word_matches_transformers(tokenizer, reference):
+    import random
+    import string
+
+    rng = random.Random(9)
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(3000))
+    punctuation = "".join(rng.choice("!?.,;:-+*/#~^") for _ in range(1000))
+    for text in (word, punctuation, f"{word} {punctuation}{word[:500]}"):
+        assert tokenizer.encode(text) == reference(text)["input_ids"][1:-1]
+
+
+class _CountingRanks(dict):
+    """The merge ranks, counting lookups (a measure of work that does not depend on the clock)."""
+
+    lookups = 0
+
+    def get(self, key, default=None):
+        self.lookups += 1
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize("length", [4_000, 16_000])
+def test_bpe_work_grows_linearly_with_the_word_not_quadratically(merges, length):
+    import random
+    import string
+
+    counted = ClipTokenizer(merges)
+    counted.ranks = _CountingRanks(counted.ranks)
+    rng = random.Random(length)
+    counted.encode("".join(rng.choice(string.ascii_lowercase) for _ in range(length)))
+    # The reference rescans all pairs after every merge: about length**2 / 4 lookups here
+    # (4e6 and 6.4e7). Bounded BPE: a few per symbol.
+    assert counted.ranks.lookups < 8 * length
+
+
+def test_long_pieces_are_not_kept_in_the_bpe_cache(tokenizer):
+    tokenizer.encode("z" * 5000 + " zebra")
+    assert "z" * 5000 not in tokenizer._cache and "zebra" in tokenizer._cache
