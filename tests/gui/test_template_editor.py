@@ -259,6 +259,9 @@ def test_opening_another_template_keeps_unsaved_edits_as_a_draft(qloop, qtbot, t
             assert "kept as its draft" in operator_notice(adapter)
             adapter.open("mine")
             assert adapter.document.from_draft and adapter.document.row("steps").default == "13"
+            panel.mapping.set_default("steps", "14")
+            adapter.open("mine")  # reopening the open template brings its unsaved edits back
+            assert adapter.document.row("steps").default == "14"
             assert adapter.document.workflow["5"]["inputs"]["width"] == 768
             panel.discard_button.click()  # back to the saved template, nothing kept
             assert not adapter.document.from_draft and adapter.document.row("steps").default == ""

@@ -153,6 +153,8 @@ class TemplateEditorAdapter(QObject):
     def open(self, name: str, instance: str | None = None) -> None:
         """Open a template (its draft when it has one); a UI-format file is converted with
         ``instance``'s node definitions (asynchronously)."""
+        # First, so that reopening the open template brings its unsaved edits back (as its draft).
+        self._keep_unsaved()
         try:
             document = self.library.open(name)
         except NeedsObjectInfo as exc:
@@ -188,6 +190,7 @@ class TemplateEditorAdapter(QObject):
         if document is None or not document.dirty:
             return
         if document.read_only:
+            document.dirty = False
             self._messages.info(
                 f"Edits to the shipped '{document.name}' were not kept (duplicate it to edit)"
             )
