@@ -23,6 +23,7 @@ from app.gui.adapters.messages import MessageHub
 from app.gui.adapters.status_feed import FeedFactory, StatusFeedAdapter, default_feed_factory
 from app.gui.adapters.supervisor import SupervisorAdapter
 from app.gui.adapters.tasks import TaskSet
+from app.gui.adapters.template_editor import TemplateEditorAdapter
 from app.gui.adapters.vram import VramAdapter
 from app.gui.main_window import MainWindow
 from app.gui.widgets.daemon_card import DaemonCard
@@ -34,9 +35,11 @@ from app.gui.widgets.notice_bar import NoticeBar
 from app.gui.widgets.pool_card import PoolCard
 from app.gui.widgets.scaling_timeline import ScalingTimeline
 from app.gui.widgets.settings_dialog import SettingsDialog
+from app.gui.widgets.template_editor.editor_panel import TemplateEditorPanel
 from app.gui.widgets.vram_plot import VramPlot
 from app.services.daemon_supervisor import DaemonSupervisor, SupervisorOptions
 from app.services.settings import OperatorSettings, SettingsError, save_settings
+from app.services.template_library import TemplateLibrary
 from app.services.ui_state import UiState, load_ui_state, save_ui_state
 from app.services.vram_history import VramHistory
 from daemon import auth
@@ -71,6 +74,7 @@ class Widgets:
     log_pane: LogPane
     controls: DaemonControls
     dashboard: DashboardPanel
+    templates: TemplateEditorPanel
 
 
 class Operator:
@@ -88,6 +92,7 @@ class Operator:
         vram: VramAdapter,
         window: MainWindow,
         widgets: Widgets,
+        templates: TemplateEditorAdapter,
     ):
         self.settings = settings
         self.options = options
@@ -98,6 +103,7 @@ class Operator:
         self.vram = vram
         self.window = window
         self.widgets = widgets
+        self.templates = templates
         self._started = False
         self.story: StoryParts | None = None  # the Story tab (app.bootstrap_story)
         self._tasks = TaskSet(messages.error)
@@ -125,6 +131,7 @@ class Operator:
         if self.story is not None:  # its turn renders through the router: closed before it
             await self.story.aclose()
         await self.feed.aclose()
+        await self.templates.aclose()
         await self.instances.aclose()
         await self.supervisor.aclose()
 
@@ -195,11 +202,25 @@ def build_operator(settings: OperatorSettings, options: BuildOptions | None = No
         event_list=timeline.list,
         instances=table,
     )
+    # The router is looked up at each use: the settings dialog may replace it.
+    templates = TemplateEditorAdapter(TemplateLibrary(), lambda: instances.router, messages)
     widgets = Widgets(
-        daemon_card, vae_card, clip_card, vram_plot, timeline, table, LogPane(), controls, dashboard
+        daemon_card,
+        vae_card,
+        clip_card,
+        vram_plot,
+        timeline,
+        table,
+        LogPane(),
+        controls,
+        dashboard,
+        templates=TemplateEditorPanel(templates, messages),
     )
     window.add_tab("dashboard", "Dashboard", widgets.dashboard)
     window.add_tab("log", "Daemon log", widgets.log_pane)
+    window.add_tab("templates", "Templates", widgets.templates)
+    instances.rows_changed.connect(templates.on_instance_rows)
+    templates.refresh()
 
     _connect(messages, supervisor, feed, instances, vram, widgets, notice_bar)
     operator = Operator(
@@ -212,6 +233,7 @@ def build_operator(settings: OperatorSettings, options: BuildOptions | None = No
         vram=vram,
         window=window,
         widgets=widgets,
+        templates=templates,
     )
     operator.story = build_story(messages, instances, feed)
     window.add_tab("story", "Story", operator.story.panel)

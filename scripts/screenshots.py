@@ -4,7 +4,7 @@ Runs the real app (composition root, daemon child with tiny random-weight models
 WebSocket, style router over two fake ComfyUI instances and one that is down), drives load so
 the VAE pool scales up, the prompt cache is hit and a render streams progress, lets the graph
 fill for ~25 s, then grabs the window, each dashboard panel, the log tab and the settings
-dialog. Offscreen by default (``QT_QPA_PLATFORM=offscreen``); under Xvfb it grabs the real
+dialog, then the Templates tab (:mod:`scripts.template_screenshots`). Offscreen by default (``QT_QPA_PLATFORM=offscreen``); under Xvfb it grabs the real
 window. Run from the repository root: ``python -m scripts.screenshots [OUT_DIR]``.
 """
 
@@ -25,6 +25,7 @@ from app.bootstrap import build_operator
 from app.gui.app import application, run_on_qt_loop
 from app.gui.widgets.settings_dialog import SettingsDialog
 from scripts.story_screenshots import take_story
+from scripts.template_screenshots import take_template_shots
 from tests.helpers.fake_comfyui import txt2img_prompt
 from tests.helpers.operator_scene import GIB, clip_prompts, operator_scene, vae_burst
 
@@ -107,6 +108,7 @@ async def take(out_dir: Path) -> int:
             render.cancel()
             await asyncio.gather(render, return_exceptions=True)
             await take_story(operator, scene.fakes, out_dir, save)
+            await take_template_shots(operator, scene.fakes[1], "comfyui-realistic", out_dir, save)
             await operator.aclose()
             operator.window.allow_close()
     return 0

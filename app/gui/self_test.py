@@ -5,9 +5,9 @@ settings (both daemon ports 0, so it always starts its own child and never attac
 disturbs a running daemon; a temporary config dir, so nothing of the operator's is written),
 starts the daemon child, waits for its first status over the WebSocket, then exercises each
 panel: daemon and pool cards filled, VRAM curve drawn, scaling timeline and instances table
-rendered, settings dialog built and validated, log pane holding the daemon's output, each tab
-shown and grabbed. Stops the daemon and returns 0, or returns 1 after printing which check
-failed. The bundle smoke test (issue "bundle") runs it. Runs on the qasync loop.
+rendered, settings dialog built and validated, log pane holding the daemon's output, a shipped
+template opened in the template editor, each tab shown and grabbed. Stops the daemon and
+returns 0, or returns 1 after printing which check failed. The bundle smoke test (issue "bundle") runs it. Runs on the qasync loop.
 """
 
 from __future__ import annotations
@@ -155,11 +155,20 @@ async def _checks(operator: Operator, timeout: float, out: TextIO) -> None:
             lambda: bool(widgets.log_pane.toPlainText().strip()),
         )
 
+    async def template_editor() -> None:
+        # Read-only: opens a shipped template (nothing is written to the operator's templates).
+        entries = operator.templates.entries
+        _require(any(e.origin == "shipped" for e in entries), "template editor: no shipped templates listed")
+        operator.templates.open(next(e.name for e in entries if e.origin == "shipped"))
+        editor = widgets.templates
+        _require(editor.mapping.rowCount() > 0, "template editor: the parameter table is empty")
+        _require(editor.nodes.topLevelItemCount() > 0, "template editor: the node table is empty")
+
     async def tabs() -> None:
-        for key in ("dashboard", "log"):
-            window.show_tab(key)
+        for index in range(window.tabs.count()):
+            window.tabs.setCurrentIndex(index)
             if window.tabs.currentWidget().grab().isNull():
-                raise SelfTestFailure(f"tab {key!r} did not render")
+                raise SelfTestFailure(f"tab {window.tabs.tabText(index)!r} did not render")
 
     for name, action in (
         ("window built and shown", _noop()),
@@ -170,6 +179,7 @@ async def _checks(operator: Operator, timeout: float, out: TextIO) -> None:
         ("scaling timeline and instances table", timeline_and_table()),
         ("settings dialog", settings_dialog()),
         ("daemon log pane", log_pane()),
+        ("template editor", template_editor()),
         ("every tab renders", tabs()),
     ):
         await _step(out, name, action)
