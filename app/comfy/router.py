@@ -57,6 +57,7 @@ from app.comfy.events import (
 )
 from app.comfy.instances import InstanceConfig, InstancesConfig
 from app.comfy.jobs import Job
+from app.comfy.replay import EventReplay
 from app.comfy.results import DeviceStats, JobResult
 
 log = logging.getLogger(__name__)
@@ -643,9 +644,8 @@ class RoutedJob:
         self.instance: str | None = None
         self.cancel_outcome: str | None = None
         self._on_event = on_event
-        self._log: list[ComfyEvent] = []
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[JobResult] | None = None
+        self._log: EventReplay[ComfyEvent] = EventReplay(lambda: self.done)
 
     def _start(self, coro: Coroutine[Any, Any, JobResult]) -> None:
         self._task = asyncio.create_task(coro, name=f"routed-{self.prompt_id}")
@@ -654,15 +654,10 @@ class RoutedJob:
     def _ended(self, task: asyncio.Task[JobResult]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved here: a caller that only cancels is not warned about it
-        self._wake()
-
-    def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._log.wake()
 
     def _publish(self, event: ComfyEvent) -> None:
         self._log.append(event)
-        self._wake()
         if self._on_event is not None:
             try:
                 self._on_event(event)
@@ -684,14 +679,8 @@ class RoutedJob:
 
     async def events(self) -> AsyncIterator[ComfyEvent]:
         """Every event of the job so far, then each new one; ends when the job has ended."""
-        index = 0
-        while True:
-            while index < len(self._log):
-                yield self._log[index]
-                index += 1
-            if self.done:
-                return
-            await asyncio.shield(self._changed)
+        async for event in self._log.follow():
+            yield event
 
     def __aiter__(self) -> AsyncIterator[ComfyEvent]:
         return self.events()
