@@ -7,7 +7,7 @@ old servers make their own ``prompt_id``, so events can beat the ``POST /prompt`
 attributes id-less messages: legacy type-1 previews and old ``progress`` go to the prompt that
 was last seen running).
 
-Completion rules (see the fact sheet §9.5/§10): ``execution_success`` ends the job but history
+Completion rules (ComfyUI's ``execution.py`` and ``server.py`` send these): ``execution_success`` ends the job but history
 may not be written yet; ``executing`` with ``node: null`` for the prompt means "history written"
 and, on old servers without ``execution_success``, also "finished"; ``execution_error`` and
 ``execution_interrupted`` end it with a reason. The outcome of a job finished by ``executing``
