@@ -83,6 +83,8 @@ RENDER_EXIT = {"unavailable": EXIT_UNAVAILABLE, "invalid": EXIT_INVALID}
 
 
 class StoryCliError(Exception):
+    """A ``luna story`` failure with its exit code and error kind (printed, or as JSON)."""
+
     def __init__(self, code: int, message: str, *, kind: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
