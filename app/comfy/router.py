@@ -55,7 +55,7 @@ from app.comfy.events import (
     Reconnected,
     StatusEvent,
 )
-from app.comfy.instances import InstanceConfig, InstancesConfig
+from app.comfy.instances import InstanceConfig, InstancesConfig, load_instances
 from app.comfy.jobs import Job
 from app.comfy.replay import EventReplay
 from app.comfy.results import DeviceStats, JobResult
@@ -705,3 +705,29 @@ class RoutedJob:
             self._task.cancel()
             await asyncio.wait([self._task])
         return self.cancel_outcome or "not_found"
+
+
+URL_STYLE = "url"
+"""The one style of the ad-hoc instance a command makes from ``--url``."""
+
+
+def command_line_router(
+    url: str | None, style: str | None, *, connect_timeout: float
+) -> tuple[StyleRouter, str | None]:
+    """The router of one command (``luna render``, ``luna story``) and the style to ask it for.
+
+    Over ``url`` alone (one ad-hoc instance serving :data:`URL_STYLE`), else over the
+    configured ``instances.toml``; timeouts short enough that a command fails fast when no
+    ComfyUI answers. Raises :class:`~app.comfy.instances.InstanceConfigError` for a bad URL or
+    a bad ``instances.toml``. Not started: use it as ``async with``.
+    """
+    timeouts = ComfyTimeouts(connect=connect_timeout, ws_open=max(connect_timeout, 2.0))
+    if url:
+        config = InstancesConfig((InstanceConfig(url, url, styles=(URL_STYLE,)),), default_style=URL_STYLE)
+        style = URL_STYLE
+    else:
+        config = load_instances()
+    settings = RouterSettings(
+        timeouts=timeouts, probe_timeout=connect_timeout + 1.0, no_instance_timeout=connect_timeout
+    )
+    return StyleRouter(config, settings=settings), style
