@@ -19,6 +19,7 @@ from app.supervision.orphans import (
     JobObjectError,
     JobObjectExtendedLimitInformation,
     WindowsJob,
+    declare_job_prototypes,
     linux_preexec,
     orphan_protection,
 )
@@ -135,3 +136,16 @@ def test_a_failing_prctl_stops_the_start():
 def test_orphan_protection_names_the_mechanism():
     expected = {"linux": "pdeathsig", "win32": "job-object"}.get(sys.platform, "none")
     assert orphan_protection() == expected
+
+
+def test_the_real_kernel32_calls_are_declared_so_handles_keep_all_64_bits():
+    from ctypes import wintypes
+    from types import SimpleNamespace
+
+    names = ("CreateJobObjectW", "SetInformationJobObject", "OpenProcess", "AssignProcessToJobObject")
+    kernel32 = SimpleNamespace(**{name: SimpleNamespace() for name in (*names, "CloseHandle")})
+    assert declare_job_prototypes(kernel32) is kernel32
+    assert kernel32.CreateJobObjectW.restype is wintypes.HANDLE
+    assert kernel32.OpenProcess.restype is wintypes.HANDLE
+    assert kernel32.AssignProcessToJobObject.argtypes == (wintypes.HANDLE, wintypes.HANDLE)
+    assert kernel32.CloseHandle.argtypes == (wintypes.HANDLE,)
