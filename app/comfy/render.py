@@ -617,7 +617,8 @@ class RenderService:
         ]
         out_dir = request.output_dir or self.output_dir or default_output_dir()
         try:
-            files = write_outputs(result, Path(out_dir).expanduser())
+            # image bytes are hashed and written off the loop (the GUI's, in the app)
+            files = await asyncio.to_thread(write_outputs, result, Path(out_dir).expanduser())
         except OSError as exc:
             raise RenderOutputError(
                 f"job {result.prompt_id} finished on {result.instance} but its files could not be "
@@ -689,7 +690,7 @@ class RenderService:
                     wanted[name] = path
         for name, path in wanted.items():
             try:
-                data = path.read_bytes()
+                data = await asyncio.to_thread(path.read_bytes)
             except OSError as exc:
                 raise RenderBadInput(
                     f"cannot read image for parameter '{name}': {exc}", kind="parameter"
