@@ -350,15 +350,7 @@ class DaemonSupervisor:
             await self._shutdown_op(ready)
 
     async def _shutdown_op(self, ready: ReadyInfo) -> None:
-        client = AsyncDaemonClient(
-            ready.host,
-            ready.port,
-            token=self._token(),
-            timeout=self.options.shutdown_op_timeout,
-            connect_timeout=self.options.shutdown_op_timeout,
-            shared_memory=False,
-            client_name="luna-operator-supervisor",
-        )
+        client = self._control_client(ready.host, ready.port, self.options.shutdown_op_timeout)
         try:
             async with asyncio.timeout(self.options.shutdown_op_timeout):
                 await client.shutdown()
@@ -367,6 +359,18 @@ class DaemonSupervisor:
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
+
+    def _control_client(self, host: str, port: int, timeout: float) -> AsyncDaemonClient:
+        """A short-lived client for one control call (probe, shutdown): the token, no shared memory."""
+        return AsyncDaemonClient(
+            host,
+            port,
+            token=self._token(),
+            timeout=timeout,
+            connect_timeout=timeout,
+            shared_memory=False,
+            client_name="luna-operator-supervisor",
+        )
 
     def _token(self) -> str | None:
         try:
@@ -391,14 +395,8 @@ class DaemonSupervisor:
         """A ReadyInfo for a daemon already answering on the configured port, else None."""
         if self.settings.port == 0:
             return None
-        client = AsyncDaemonClient(
-            self.settings.host,
-            self.settings.port,
-            token=self._token(),
-            timeout=self.options.attach_probe_timeout,
-            connect_timeout=self.options.attach_probe_timeout,
-            shared_memory=False,
-            client_name="luna-operator-supervisor",
+        client = self._control_client(
+            self.settings.host, self.settings.port, self.options.attach_probe_timeout
         )
         try:
             async with asyncio.timeout(self.options.attach_probe_timeout * 2):
