@@ -267,3 +267,24 @@ async def test_a_health_check_that_raises_counts_as_daemon_down_and_the_render_f
             h.renderer.daemon_health = broken_health
             outcome = await h.service.turn(sid, "climb")
     assert outcome.render.status == "done" and outcome.render.template == "sdxl_txt2img"
+
+
+async def test_a_bug_in_a_stage_fails_the_turn_and_tells_the_listeners(monkeypatch):
+    from app.narrates.agents import strategist
+    from app.narrates.events import StageFailed as StageFailedEvent
+
+    async def broken(*args, **kwargs):
+        raise KeyError("beat")
+
+    monkeypatch.setattr(strategist, "run", broken)
+    events = []
+    with SessionStore.open() as store:
+        sid = session(store)
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = StoryLlm()
+            with pytest.raises(KeyError):
+                await h.service.turn(sid, "climb", on_event=events.append)
+        [turn] = store.turns(sid)
+    assert turn.status == "failed" and turn.error_stage == "strategist" and "KeyError" in turn.error
+    [failed] = [e for e in events if isinstance(e, StageFailedEvent)]
+    assert failed.stage == "strategist" and "internal error" in failed.error
