@@ -60,7 +60,7 @@ from app.comfy.events import (
 )
 from app.comfy.graph import UiFormatWorkflowError, WorkflowFormatError, describe_node
 from app.comfy.inject import InjectedWorkflow, InjectionError, inject
-from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig, load_instances
+from app.comfy.instances import InstanceConfigError, InstancesConfig, load_instances
 from app.comfy.render import (
     ImageUploaded,
     PromptPrepared,
@@ -80,7 +80,7 @@ from app.comfy.render import (
     parse_assignments,
     parse_values,
 )
-from app.comfy.router import InstanceSnapshot, RouterSettings, StyleRouter
+from app.comfy.router import InstanceSnapshot, RouterSettings, StyleRouter, command_line_router
 from app.comfy.templates import (
     Template,
     TemplateError,
@@ -95,7 +95,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INVALID = 3
 EXIT_UNAVAILABLE = 4
-URL_STYLE = "url"  # the one style of the ad-hoc instance made from --url
 EXIT_CANCELLED = 130  # Ctrl-C, as shells report SIGINT
 
 
@@ -194,20 +193,15 @@ def _timeouts(args: argparse.Namespace) -> ComfyTimeouts:
     return ComfyTimeouts(connect=connect, ws_open=max(connect, 2.0))
 
 
-def _router_for(args: argparse.Namespace, timeouts: ComfyTimeouts) -> tuple[StyleRouter, str | None]:
+def _router_for(args: argparse.Namespace) -> tuple[StyleRouter, str | None]:
     """A router over ``--url`` alone, or over the configured instances; and the style to use."""
-    if getattr(args, "url", None):
-        try:
-            instance = InstanceConfig(args.url, args.url, styles=(URL_STYLE,))
-        except InstanceConfigError as exc:
-            raise CliError(EXIT_USAGE, str(exc), kind="usage") from exc
-        config, style = InstancesConfig((instance,), default_style=URL_STYLE), URL_STYLE
-    else:
-        config, style = _instances_config(), getattr(args, "style", None)
-    settings = RouterSettings(
-        timeouts=timeouts, probe_timeout=timeouts.connect + 1.0, no_instance_timeout=timeouts.connect
-    )
-    return StyleRouter(config, settings=settings), style
+    url = getattr(args, "url", None)
+    try:
+        return command_line_router(
+            url, getattr(args, "style", None), connect_timeout=getattr(args, "connect_timeout", 5.0)
+        )
+    except InstanceConfigError as exc:
+        raise CliError(EXIT_USAGE, str(exc), kind="usage" if url else "config") from exc
 
 
 async def _pick(router: StyleRouter, style: str | None, console: Console) -> str:
@@ -324,7 +318,7 @@ async def _render(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         values = parse_assignments(args.set)
     except RenderBadInput as exc:
         raise _cli_error(exc) from exc
-    router, style = _router_for(args, _timeouts(args))
+    router, style = _router_for(args)
     request = RenderRequest(
         template=args.template,
         values=values,
@@ -480,7 +474,7 @@ async def _templates_detect(args: argparse.Namespace, console: Console) -> dict[
 
 
 async def _instance_object_info(args: argparse.Namespace, console: Console) -> tuple[str, dict[str, Any]]:
-    router, style = _router_for(args, _timeouts(args))
+    router, style = _router_for(args)
     async with router:
         name = await _pick(router, style, console)
         try:

@@ -362,7 +362,7 @@ def run_daemon(config: DaemonConfig, *, stdout: IO[str] | None = None) -> int:
         logging_handle.close()
     if stuck:
         # Python joins every executor thread at exit, so a torch call that outlives the grace
-        # would keep the process alive until it finished (17-45 s in issue 9) and a supervisor
+        # would keep the process alive until it finished (tens of seconds for a large decode on CPU) and a supervisor
         # would kill it. Everything is flushed and closed by now; nothing is left to lose.
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:  # pythonw / a windowed executable has neither

@@ -1,7 +1,7 @@
 """Async client for ONE ComfyUI instance: submit, track, cancel, fetch, upload, health.
 
 Owns the HTTP session (httpx) and the one long-lived WebSocket (websockets) of an instance, and
-the jobs submitted through it. It follows the tracking recipe of the fact sheet (§10):
+the jobs submitted through it. It tracks jobs the way ComfyUI's own frontend does:
 
 * the socket (``/ws?clientId=<uuid hex>``) is open BEFORE any ``POST /prompt``; prompts carry the
   same ``client_id`` and a client-made lower-case UUID ``prompt_id`` (the id in the reply wins —
@@ -663,7 +663,7 @@ class ComfyClient(ComfyRest):
                 )
 
     async def _reconcile(self, jobs: list[Job] | None = None) -> None:
-        """Settle unfinished jobs over HTTP: ``/queue`` first, then ``/history/{id}`` (§5.3)."""
+        """Settle unfinished jobs over HTTP: ``/queue`` first, then ``/history/{id}``."""
         async with self._reconcile_lock:
             jobs = [job for job in (jobs if jobs is not None else self.tracker.active) if not job.done]
             if not jobs:

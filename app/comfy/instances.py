@@ -1,8 +1,8 @@
 """Configuration of the ComfyUI instances Narrates renders on, and which styles each serves.
 
 Owns :class:`InstanceConfig` (name, base URL on any host, styles, extra headers for reverse
-proxies, API prefix), :class:`InstancesConfig` (the list + the fallback style), the seed's
-defaults (8188 anime, 8189 realistic, 8190 semi_realistic, 8191 artistic; an unknown style goes
+proxies, API prefix), :class:`InstancesConfig` (the list + the fallback style), the default
+table (8188 anime, 8189 realistic, 8190 semi_realistic, 8191 artistic; an unknown style goes
 to 8188's style) and loading/validation of ``instances.toml`` from the user config directory::
 
     default_style = "anime"          # optional; the style unknown styles fall back to
@@ -112,7 +112,7 @@ class InstancesConfig:
 
 
 def default_instances(host: str = "127.0.0.1") -> InstancesConfig:
-    """The seed's table: one local instance per style, unknown styles → anime (port 8188)."""
+    """The default table: one local instance per style, unknown styles → anime (port 8188)."""
     return InstancesConfig(
         tuple(
             InstanceConfig(f"comfyui-{style.replace('_', '-')}", f"http://{host}:{port}", (style,))
@@ -166,7 +166,7 @@ def parse_instances(data: Mapping[str, Any], *, source: str = "instances.toml") 
 
 
 def load_instances(path: Path | None = None) -> InstancesConfig:
-    """Read ``instances.toml`` (default: the user config dir); the seed defaults when absent."""
+    """Read ``instances.toml`` (default: the user config dir); the default table when absent."""
     path = path if path is not None else user_dirs().config / INSTANCES_FILE
     if not path.exists():
         return default_instances()

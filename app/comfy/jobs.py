@@ -7,7 +7,7 @@ old servers make their own ``prompt_id``, so events can beat the ``POST /prompt`
 attributes id-less messages: legacy type-1 previews and old ``progress`` go to the prompt that
 was last seen running).
 
-Completion rules (see the fact sheet §9.5/§10): ``execution_success`` ends the job but history
+Completion rules (ComfyUI's ``execution.py`` and ``server.py`` send these): ``execution_success`` ends the job but history
 may not be written yet; ``executing`` with ``node: null`` for the prompt means "history written"
 and, on old servers without ``execution_success``, also "finished"; ``execution_error`` and
 ``execution_interrupted`` end it with a reason. The outcome of a job finished by ``executing``
@@ -43,6 +43,7 @@ from app.comfy.events import (
     Progress,
     ProgressState,
 )
+from app.comfy.replay import EventReplay
 from app.comfy.results import HistoryEntry
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,10 @@ class Job:
         self.success_seen_live = False  # execution_success arrived on the socket
         self.socket_dropped = False  # a ConnectionLost happened while the job was tracked
         self.output_missing = False  # an `executed` came with output None (cached, newer executors)
-        self._log: list[ComfyEvent] = []
         self._early: list[ComfyEvent] = []
         self._sinks: list[JobSink] = []
         self._accepted = False
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._log: EventReplay[ComfyEvent] = EventReplay(lambda: self._finished.is_set() and self._accepted)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -153,14 +153,8 @@ class Job:
 
     async def events(self) -> AsyncIterator[ComfyEvent]:
         """Every event of this job, in order, ending after the terminal one."""
-        index = 0
-        while True:
-            while index < len(self._log):
-                yield self._log[index]
-                index += 1
-            if self._finished.is_set() and self._accepted:
-                return
-            await asyncio.shield(self._changed)
+        async for event in self._log.follow():
+            yield event
 
     @property
     def progress(self) -> JobProgress:
@@ -203,10 +197,8 @@ class Job:
             log.exception("job %s: event sink failed", self.prompt_id)
 
     def _publish(self, events: list[ComfyEvent]) -> None:
-        self._log.extend(events)
         self.last_event_at = time.monotonic()
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._log.extend(events)
         for sink in list(self._sinks):
             for event in events:
                 self._deliver(sink, event)
@@ -330,8 +322,7 @@ class Job:
         self.error = error
         self.finished_at = time.monotonic()
         self._finished.set()
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._log.wake()
 
     def fail(self, error: JobFailed) -> None:
         """End the job from outside the event stream (lost, cancelled while pending)."""

@@ -60,6 +60,7 @@ from app.comfy.filenames import path_inside, safe_filename
 from app.comfy.graph import UiFormatWorkflowError, WorkflowFormatError, describe_node
 from app.comfy.inject import InjectedWorkflow, InjectionError, LoraSpec, inject, parse_value
 from app.comfy.rejections import explain_reasons, explain_rejection
+from app.comfy.replay import EventReplay
 from app.comfy.results import JobResult, JobTimings
 from app.comfy.router import PreparedPrompt, RoutedJob, StyleRouter
 from app.comfy.templates import (
@@ -448,15 +449,12 @@ class RenderHandle:
         self.prompt_id = prompt_id
         self.routed: RoutedJob | None = None
         self._on_event = on_event
-        self._log: list[RenderEvent | ComfyEvent] = []
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[RenderOutcome] | None = None
+        self._log: EventReplay[RenderEvent | ComfyEvent] = EventReplay(lambda: self.done)
         self._cancel_requested = False
 
     def _emit(self, event: RenderEvent | ComfyEvent) -> None:
         self._log.append(event)
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
         if self._on_event is not None:
             try:
                 self._on_event(event)
@@ -470,8 +468,7 @@ class RenderHandle:
     def _ended(self, task: asyncio.Task[RenderOutcome]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved: a caller that only cancels is not warned about it
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._log.wake()
 
     @property
     def done(self) -> bool:
@@ -479,14 +476,8 @@ class RenderHandle:
 
     async def events(self) -> AsyncIterator[RenderEvent | ComfyEvent]:
         """Every event of the render so far, then each new one; ends when the render has."""
-        index = 0
-        while True:
-            while index < len(self._log):
-                yield self._log[index]
-                index += 1
-            if self.done:
-                return
-            await asyncio.shield(self._changed)
+        async for event in self._log.follow():
+            yield event
 
     def __aiter__(self) -> AsyncIterator[RenderEvent | ComfyEvent]:
         return self.events()
@@ -626,7 +617,8 @@ class RenderService:
         ]
         out_dir = request.output_dir or self.output_dir or default_output_dir()
         try:
-            files = write_outputs(result, Path(out_dir).expanduser())
+            # image bytes are hashed and written off the loop (the GUI's, in the app)
+            files = await asyncio.to_thread(write_outputs, result, Path(out_dir).expanduser())
         except OSError as exc:
             raise RenderOutputError(
                 f"job {result.prompt_id} finished on {result.instance} but its files could not be "
@@ -698,7 +690,7 @@ class RenderService:
                     wanted[name] = path
         for name, path in wanted.items():
             try:
-                data = path.read_bytes()
+                data = await asyncio.to_thread(path.read_bytes)
             except OSError as exc:
                 raise RenderBadInput(
                     f"cannot read image for parameter '{name}': {exc}", kind="parameter"

@@ -55,8 +55,9 @@ from app.comfy.events import (
     Reconnected,
     StatusEvent,
 )
-from app.comfy.instances import InstanceConfig, InstancesConfig
+from app.comfy.instances import InstanceConfig, InstancesConfig, load_instances
 from app.comfy.jobs import Job
+from app.comfy.replay import EventReplay
 from app.comfy.results import DeviceStats, JobResult
 
 log = logging.getLogger(__name__)
@@ -643,9 +644,8 @@ class RoutedJob:
         self.instance: str | None = None
         self.cancel_outcome: str | None = None
         self._on_event = on_event
-        self._log: list[ComfyEvent] = []
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[JobResult] | None = None
+        self._log: EventReplay[ComfyEvent] = EventReplay(lambda: self.done)
 
     def _start(self, coro: Coroutine[Any, Any, JobResult]) -> None:
         self._task = asyncio.create_task(coro, name=f"routed-{self.prompt_id}")
@@ -654,15 +654,10 @@ class RoutedJob:
     def _ended(self, task: asyncio.Task[JobResult]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved here: a caller that only cancels is not warned about it
-        self._wake()
-
-    def _wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
+        self._log.wake()
 
     def _publish(self, event: ComfyEvent) -> None:
         self._log.append(event)
-        self._wake()
         if self._on_event is not None:
             try:
                 self._on_event(event)
@@ -684,14 +679,8 @@ class RoutedJob:
 
     async def events(self) -> AsyncIterator[ComfyEvent]:
         """Every event of the job so far, then each new one; ends when the job has ended."""
-        index = 0
-        while True:
-            while index < len(self._log):
-                yield self._log[index]
-                index += 1
-            if self.done:
-                return
-            await asyncio.shield(self._changed)
+        async for event in self._log.follow():
+            yield event
 
     def __aiter__(self) -> AsyncIterator[ComfyEvent]:
         return self.events()
@@ -716,3 +705,29 @@ class RoutedJob:
             self._task.cancel()
             await asyncio.wait([self._task])
         return self.cancel_outcome or "not_found"
+
+
+URL_STYLE = "url"
+"""The one style of the ad-hoc instance a command makes from ``--url``."""
+
+
+def command_line_router(
+    url: str | None, style: str | None, *, connect_timeout: float
+) -> tuple[StyleRouter, str | None]:
+    """The router of one command (``luna render``, ``luna story``) and the style to ask it for.
+
+    Over ``url`` alone (one ad-hoc instance serving :data:`URL_STYLE`), else over the
+    configured ``instances.toml``; timeouts short enough that a command fails fast when no
+    ComfyUI answers. Raises :class:`~app.comfy.instances.InstanceConfigError` for a bad URL or
+    a bad ``instances.toml``. Not started: use it as ``async with``.
+    """
+    timeouts = ComfyTimeouts(connect=connect_timeout, ws_open=max(connect_timeout, 2.0))
+    if url:
+        config = InstancesConfig((InstanceConfig(url, url, styles=(URL_STYLE,)),), default_style=URL_STYLE)
+        style = URL_STYLE
+    else:
+        config = load_instances()
+    settings = RouterSettings(
+        timeouts=timeouts, probe_timeout=connect_timeout + 1.0, no_instance_timeout=connect_timeout
+    )
+    return StyleRouter(config, settings=settings), style

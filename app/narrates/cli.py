@@ -43,10 +43,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.comfy.client import ComfyTimeouts
-from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig, load_instances
+from app.comfy.instances import InstanceConfigError
 from app.comfy.render import RenderBadInput, RenderService, parse_assignments
-from app.comfy.router import RouterSettings, StyleRouter
+from app.comfy.router import StyleRouter, command_line_router
 from app.narrates.cast import load_cast
 from app.narrates.errors import CastError, InvalidEdit, NarratesError, NotFound, StageFailed, StoreError
 from app.narrates.events import (
@@ -78,11 +77,12 @@ EXIT_INVALID = 3
 EXIT_UNAVAILABLE = 4
 EXIT_LLM = 5
 EXIT_CANCELLED = 130
-URL_STYLE = "url"
 RENDER_EXIT = {"unavailable": EXIT_UNAVAILABLE, "invalid": EXIT_INVALID}
 
 
 class StoryCliError(Exception):
+    """A ``luna story`` failure with its exit code and error kind (printed, or as JSON)."""
+
     def __init__(self, code: int, message: str, *, kind: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
@@ -217,19 +217,10 @@ class _Printer:
 
 
 def _router(args: argparse.Namespace) -> tuple[StyleRouter, str | None]:
-    timeouts = ComfyTimeouts(connect=args.connect_timeout, ws_open=max(args.connect_timeout, 2.0))
     try:
-        if args.url:
-            instance = InstanceConfig(args.url, args.url, styles=(URL_STYLE,))
-            config, style = InstancesConfig((instance,), default_style=URL_STYLE), URL_STYLE
-        else:
-            config, style = load_instances(), args.style
+        return command_line_router(args.url, args.style, connect_timeout=args.connect_timeout)
     except InstanceConfigError as exc:
         raise StoryCliError(EXIT_USAGE, str(exc), kind="config") from exc
-    settings = RouterSettings(
-        timeouts=timeouts, probe_timeout=timeouts.connect + 1.0, no_instance_timeout=timeouts.connect
-    )
-    return StyleRouter(config, settings=settings), style
 
 
 @contextlib.asynccontextmanager

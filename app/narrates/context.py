@@ -1,7 +1,7 @@
 """The context budget: what of the story the text stages see, within the model's context.
 
-Order and budget follow what SillyTavern, KoboldCpp and AI Dungeon users expect
-(``shared/reference/narrative.md`` §3.4): the cast (characters named in the recent text first),
+Order and budget follow what SillyTavern, KoboldCpp and AI Dungeon users expect:
+the cast (characters named in the recent text first),
 world notes triggered by keyword (lorebook style: a note without keys is always on; highest
 priority first), the rolling summary of older turns, then recent turns newest first until the
 budget is used. Turns that no longer fit and are not yet in the summary are returned as

@@ -19,12 +19,16 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StageStarted:
+    """A pipeline stage began work on the turn."""
+
     turn_id: int
     stage: str
 
 
 @dataclass(frozen=True)
 class StageToken:
+    """A piece of streamed text from a stage (the Writer's prose as it arrives)."""
+
     turn_id: int
     stage: str
     text: str
@@ -45,6 +49,8 @@ class StageFinished:
 
 @dataclass(frozen=True)
 class StageFailed:
+    """A stage failed and so did the turn; the earlier stages stay stored."""
+
     turn_id: int
     stage: str
     error: str
@@ -52,6 +58,8 @@ class StageFailed:
 
 @dataclass(frozen=True)
 class RenderStarted:
+    """A ``renders`` row was opened for a scene; the render is on its way."""
+
     scene_id: int
     render_id: int
     style: str | None
@@ -60,6 +68,8 @@ class RenderStarted:
 
 @dataclass(frozen=True)
 class RenderProgress:
+    """A render-service event (queue, progress, preview …) of an open render row."""
+
     scene_id: int
     render_id: int
     event: Any  # an app.comfy.events / render-service event
@@ -67,6 +77,8 @@ class RenderProgress:
 
 @dataclass(frozen=True)
 class RenderFinished:
+    """A render row closed ``done``: its stored image files and what produced them."""
+
     scene_id: int
     render_id: int
     files: tuple[str, ...]
@@ -77,6 +89,8 @@ class RenderFinished:
 
 @dataclass(frozen=True)
 class RenderFailed:
+    """A render row closed ``failed``; ``kind`` is its error kind (``invalid``, ``unavailable``, …)."""
+
     scene_id: int
     render_id: int
     kind: str

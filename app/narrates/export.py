@@ -22,6 +22,8 @@ FORMATS = ("md", "html")
 
 @dataclass(frozen=True)
 class ExportedTurn:
+    """One turn of the story as exported: input, prose and the chosen images."""
+
     position: int
     player_input: str
     prose: str

@@ -262,7 +262,9 @@ class TurnPipeline:
             emit(StageFailedEvent(turn.id, stage, "cancelled"))
             raise
         except Exception as exc:  # a bug must not leave a turn 'running' until the next start
-            self.store.fail_turn(turn.id, stage, f"internal error: {type(exc).__name__}: {exc}")
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            self.store.fail_turn(turn.id, stage, reason)
+            emit(StageFailedEvent(turn.id, stage, reason))  # listeners hear of every failed turn
             raise
         done = self.store.finish_turn(turn.id)
         rendered = None

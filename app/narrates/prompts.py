@@ -28,6 +28,8 @@ class PromptError(NarratesError):
 
 @dataclass(frozen=True)
 class PromptTemplate:
+    """A loaded prompt file: its ``[system]`` and ``[user]`` templates."""
+
     name: str
     source: Path
     system: Template

@@ -308,6 +308,30 @@ class SceneRenderer:
         emit(RenderStarted(scene.id, render_id, plan.style, plan.template))
         if template is None:
             return self._failed(scene, render_id, "invalid", load_error, emit)
+        try:
+            return await self._run(scene, render_id, plan, template, prepared, instance, emit)
+        except asyncio.CancelledError:
+            # The operator (or a cancelled turn) stopped it: the row must not stay 'running' for
+            # the rest of this process's life (only a dead owner's rows are marked at open).
+            self._close_if_running(scene, render_id, "cancelled", "cancelled by the operator", emit)
+            raise
+        except Exception as exc:  # a bug must not leave the row 'running' either
+            self._close_if_running(
+                scene, render_id, "failed", f"internal error: {type(exc).__name__}: {exc}", emit
+            )
+            raise
+
+    async def _run(
+        self,
+        scene: SceneRecord,
+        render_id: int,
+        plan: ScenePlan,
+        template: Template,
+        prepared: PreparedRender,
+        instance: str | None,
+        emit: EventListener,
+    ) -> RenderRecord:
+        """Health check, dispatch and storage of one opened ``renders`` row; closes the row."""
         notes = list(prepared.notes)
         if needs_daemon(template) and not await self._daemon_ok():
             variant = stock_variant(template)
@@ -368,7 +392,8 @@ class SceneRenderer:
             _remove_staging(staging)
             raise
         try:
-            files = self._store_files(outcome.files)
+            # reading, hashing and fsyncing the images is disk work: off the loop (the GUI's)
+            files = await asyncio.to_thread(self._store_files, outcome.files)
         except OSError as exc:
             return self._failed(
                 scene,
@@ -407,6 +432,15 @@ class SceneRenderer:
             return await asyncio.wait_for(self.daemon_health(), 5.0)
         except (TimeoutError, OSError):
             return False
+        except Exception as exc:  # a health check that cannot say "up" means not up, never a crash
+            log.info("the daemon health check failed (%r); treating the daemon as down", exc)
+            return False
+
+    def _close_if_running(
+        self, scene: SceneRecord, render_id: int, kind: str, message: str, emit: EventListener
+    ) -> None:
+        if self.store.render(render_id).status == "running":
+            self._failed(scene, render_id, kind, message, emit)
 
     def _failed(
         self, scene: SceneRecord, render_id: int, kind: str, message: str, emit: EventListener

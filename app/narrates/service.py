@@ -30,6 +30,8 @@ class ServiceNotReady(NarratesError):
 
 @dataclass(frozen=True)
 class TurnView:
+    """A turn of the story as ``show`` prints it: its stages, scenes with renders, variant count."""
+
     turn: TurnRecord
     stages: Mapping[str, StageRecord]
     scenes: tuple[tuple[SceneRecord, tuple[RenderRecord, ...]], ...]
@@ -38,6 +40,8 @@ class TurnView:
 
 @dataclass(frozen=True)
 class SessionView:
+    """A whole session as the story panel and ``luna story show`` present it."""
+
     session: SessionRecord
     characters: tuple[Character, ...]
     world: tuple[WorldNote, ...]

@@ -187,6 +187,8 @@ def default_store_dir() -> Path:
 
 @dataclass(frozen=True)
 class SessionRecord:
+    """One ``sessions`` row: the story's settings and its rolling summary."""
+
     id: int
     title: str
     settings: SessionSettings
@@ -199,6 +201,8 @@ class SessionRecord:
 
 @dataclass(frozen=True)
 class SessionListing:
+    """A session in the list view: its title, how many turns it has, when it last changed."""
+
     id: int
     title: str
     turns: int
@@ -207,6 +211,8 @@ class SessionListing:
 
 @dataclass(frozen=True)
 class TurnRecord:
+    """One ``turns`` row: a variant at a story position, its status and its prose."""
+
     id: int
     session_id: int
     position: int
@@ -239,6 +245,8 @@ class StageRecord:
 
 @dataclass(frozen=True)
 class SceneRecord:
+    """One ``scenes`` row: the Dreamer's plan for a turn (never changed; re-renders add renders)."""
+
     id: int
     turn_id: int
     session_id: int
@@ -249,6 +257,8 @@ class SceneRecord:
 
 @dataclass(frozen=True)
 class RenderFileRecord:
+    """One image of a render, stored by content hash under the image store."""
+
     sha256: str
     path: Path  # absolute
     filename: str
@@ -258,6 +268,8 @@ class RenderFileRecord:
 
 @dataclass(frozen=True)
 class RenderRecord:
+    """One ``renders`` row: a render of a scene with its values, outcome and files."""
+
     id: int
     scene_id: int
     status: str

@@ -353,15 +353,7 @@ class DaemonSupervisor:
             await self._shutdown_op(ready)
 
     async def _shutdown_op(self, ready: ReadyInfo) -> None:
-        client = AsyncDaemonClient(
-            ready.host,
-            ready.port,
-            token=self._token(),
-            timeout=self.options.shutdown_op_timeout,
-            connect_timeout=self.options.shutdown_op_timeout,
-            shared_memory=False,
-            client_name="luna-operator-supervisor",
-        )
+        client = self._control_client(ready.host, ready.port, self.options.shutdown_op_timeout)
         try:
             async with asyncio.timeout(self.options.shutdown_op_timeout):
                 await client.shutdown()
@@ -370,6 +362,18 @@ class DaemonSupervisor:
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
+
+    def _control_client(self, host: str, port: int, timeout: float) -> AsyncDaemonClient:
+        """A short-lived client for one control call (probe, shutdown): the token, no shared memory."""
+        return AsyncDaemonClient(
+            host,
+            port,
+            token=self._token(),
+            timeout=timeout,
+            connect_timeout=timeout,
+            shared_memory=False,
+            client_name="luna-operator-supervisor",
+        )
 
     def _token(self) -> str | None:
         try:
@@ -394,14 +398,8 @@ class DaemonSupervisor:
         """A ReadyInfo for a daemon already answering on the configured port, else None."""
         if self.settings.port == 0:
             return None
-        client = AsyncDaemonClient(
-            self.settings.host,
-            self.settings.port,
-            token=self._token(),
-            timeout=self.options.attach_probe_timeout,
-            connect_timeout=self.options.attach_probe_timeout,
-            shared_memory=False,
-            client_name="luna-operator-supervisor",
+        client = self._control_client(
+            self.settings.host, self.settings.port, self.options.attach_probe_timeout
         )
         try:
             async with asyncio.timeout(self.options.attach_probe_timeout * 2):
@@ -417,14 +415,30 @@ class DaemonSupervisor:
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
-        if error is not None:
-            raise SupervisorError(
-                f"port {self.settings.port} on {self.settings.host} is in use but does not answer as a "
-                f"Luna daemon ({error}); change the daemon port in Settings"
-            )
-        ports = status.get("ports") or {}
-        ws_port = ports.get("ws") or self.settings.ws_port
-        return ReadyInfo(self.settings.host, self.settings.port, int(ws_port), int(status.get("pid") or 0))
+        if error is None:
+            try:
+                return attached_ready_info(self.settings, status)
+            except ValueError as exc:
+                error = exc
+        raise SupervisorError(
+            f"port {self.settings.port} on {self.settings.host} is in use but does not answer as a "
+            f"Luna daemon ({error}); change the daemon port in Settings"
+        )
+
+
+def attached_ready_info(settings: DaemonSettings, status: Any) -> ReadyInfo:
+    """The :class:`ReadyInfo` of a running daemon from its ``status`` answer; ValueError when
+    the answer does not carry a usable pid and status port (another program, another version)."""
+    if not isinstance(status, dict):
+        raise ValueError(f"its status is {type(status).__name__}, not an object")
+    ports = status.get("ports") or {}
+    if not isinstance(ports, dict):
+        raise ValueError(f"its status has ports = {ports!r:.40}")
+    ws_port, pid = ports.get("ws") or settings.ws_port, status.get("pid") or 0
+    for name, value, top in (("ports.ws", ws_port, 65535), ("pid", pid, 2**32 - 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise ValueError(f"its status has {name} = {value!r:.40}")
+    return ReadyInfo(settings.host, settings.port, ws_port, pid)
 
 
 def _ready_parser(line: str) -> Any:

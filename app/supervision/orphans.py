@@ -109,6 +109,30 @@ class JobObjectExtendedLimitInformation(ctypes.Structure):
     ]
 
 
+def declare_job_prototypes(kernel32: Any) -> Any:
+    """Declare the argument and result types of the kernel32 calls :class:`WindowsJob` makes.
+
+    Without them ctypes returns every ``HANDLE`` as a C ``int`` and passes Python ints back as
+    ``int``: a 64-bit handle would be cut to 32 bits and a value over ``2**31`` would raise.
+    """
+    from ctypes import wintypes
+
+    handle, boolean, dword = wintypes.HANDLE, wintypes.BOOL, wintypes.DWORD
+    prototypes = {
+        "CreateJobObjectW": ((ctypes.c_void_p, wintypes.LPCWSTR), handle),
+        "SetInformationJobObject": ((handle, ctypes.c_int, ctypes.c_void_p, dword), boolean),
+        "OpenProcess": ((dword, boolean, dword), handle),
+        "AssignProcessToJobObject": ((handle, handle), boolean),
+        "TerminateJobObject": ((handle, ctypes.c_uint), boolean),
+        "CloseHandle": ((handle,), boolean),
+    }
+    for name, (argtypes, restype) in prototypes.items():
+        function = getattr(kernel32, name)
+        function.argtypes = argtypes
+        function.restype = restype
+    return kernel32
+
+
 class JobObjectError(OSError):
     """A Job Object call failed; the child it was for must not run unguarded."""
 
@@ -123,7 +147,9 @@ class WindowsJob:
 
     def __init__(self, kernel32: Any | None = None) -> None:
         if kernel32 is None:
-            kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+            kernel32 = declare_job_prototypes(
+                ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+            )
         self._k32 = kernel32
         handle = kernel32.CreateJobObjectW(None, None)
         if not handle:

@@ -68,6 +68,50 @@ def _wants_shm(host: str, shared_memory: bool | None) -> bool:
     return _is_loopback_host(host) if shared_memory is None else shared_memory
 
 
+class _ClientBase:
+    """What both clients are configured with, and the reconnect rule they share."""
+
+    _default_name = "luna-client"
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        token: str | None = None,
+        timeout: float = 120.0,
+        connect_timeout: float = 2.0,
+        shared_memory: bool | None = None,
+        client_name: str | None = None,
+    ):
+        self.host, self.port = host, port
+        self.token = token
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.shared_memory = shared_memory
+        self.client_name = client_name or f"{self._default_name}/{os.getpid()}"
+        self._init_connection_state()
+
+    def _init_connection_state(self) -> None:
+        """Each client's own connection bookkeeping (set up at the end of ``__init__``)."""
+        raise NotImplementedError
+
+    def _new_session(self) -> ClientSession:
+        """The Sans-I/O session of one new connection (shared memory on loopback unless told)."""
+        return ClientSession(
+            client_name=self.client_name,
+            token=self.token,
+            shared_memory=_wants_shm(self.host, self.shared_memory),
+        )
+
+    @staticmethod
+    def _retry_after_break(op: str, attempt: int, fresh: bool) -> bool:
+        """Whether a broken connection earns one more try: only for an idempotent op, only once,
+        and only on a connection that had worked before (a fresh one failing means the daemon is
+        down or refusing, and asking again at once would not change that)."""
+        return attempt == 1 and not fresh and op in IDEMPOTENT_OPS
+
+
 class _Connection:
     """One blocking socket driving one :class:`ClientSession`. Not thread-safe (the client locks)."""
 
@@ -76,17 +120,13 @@ class _Connection:
         host: str,
         port: int,
         *,
-        token: str | None,
+        session: ClientSession,
         timeout: float,
         connect_timeout: float,
-        shared_memory: bool | None,
-        client_name: str,
     ):
         self.host, self.port = host, port
         self.timeout = timeout
-        self.session = ClientSession(
-            client_name=client_name, token=token, shared_memory=_wants_shm(host, shared_memory)
-        )
+        self.session = session
         self.sock: socket.socket | None = None
         try:
             self.sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -162,30 +202,15 @@ class _Connection:
         self.session.close()
 
 
-class DaemonClient:
+class DaemonClient(_ClientBase):
     """Blocking, thread-safe client on one persistent connection (opened on first use).
 
+    Used from any thread (ComfyUI runs nodes in worker threads); one lock serialises requests.
     Shared-memory segments it created are unlinked by :meth:`close`, and at the latest when the
     connection's session is garbage-collected or the interpreter exits.
     """
 
-    def __init__(
-        self,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        *,
-        token: str | None = None,
-        timeout: float = 120.0,
-        connect_timeout: float = 2.0,
-        shared_memory: bool | None = None,
-        client_name: str | None = None,
-    ):
-        self.host, self.port = host, port
-        self.token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.shared_memory = shared_memory
-        self.client_name = client_name or f"luna-client/{os.getpid()}"
+    def _init_connection_state(self) -> None:
         self._lock = threading.Lock()
         self._connection: _Connection | None = None
 
@@ -195,11 +220,9 @@ class DaemonClient:
             self._connection = _Connection(
                 self.host,
                 self.port,
-                token=self.token,
+                session=self._new_session(),
                 timeout=self.timeout,
                 connect_timeout=self.connect_timeout,
-                shared_memory=self.shared_memory,
-                client_name=self.client_name,
             )
         return self._connection
 
@@ -249,7 +272,7 @@ class DaemonClient:
                     ) from None
                 except (ProtocolError, OSError) as exc:
                     self._drop()
-                    if attempt == 2 or fresh or op not in IDEMPOTENT_OPS:
+                    if not self._retry_after_break(op, attempt, fresh):
                         raise DaemonUnavailable(self.host, self.port, str(exc)) from None
             raise AssertionError("unreachable")
 
@@ -306,7 +329,7 @@ class DaemonClient:
 # ------------------------------------------------------------------------------------ asyncio
 
 
-class AsyncDaemonClient:
+class AsyncDaemonClient(_ClientBase):
     """asyncio client: one connection, pipelined requests, answers matched by id.
 
     Use from one event loop. The reader task is owned here and cancelled by :meth:`close`.
@@ -314,23 +337,9 @@ class AsyncDaemonClient:
     request reconnects (and an idempotent op that hit the break is retried once).
     """
 
-    def __init__(
-        self,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
-        *,
-        token: str | None = None,
-        timeout: float = 120.0,
-        connect_timeout: float = 2.0,
-        shared_memory: bool | None = None,
-        client_name: str | None = None,
-    ):
-        self.host, self.port = host, port
-        self.token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.shared_memory = shared_memory
-        self.client_name = client_name or f"luna-app/{os.getpid()}"
+    _default_name = "luna-app"
+
+    def _init_connection_state(self) -> None:
         self.hello: dict = {}
         self._session: ClientSession | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -357,11 +366,7 @@ class AsyncDaemonClient:
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            session = ClientSession(
-                client_name=self.client_name,
-                token=self.token,
-                shared_memory=_wants_shm(self.host, self.shared_memory),
-            )
+            session = self._new_session()
             self._session, self._reader, self._writer = session, reader, writer
             self._reader_task = asyncio.get_running_loop().create_task(
                 self._read_loop(reader, session), name="luna-client-reader"
@@ -464,7 +469,7 @@ class AsyncDaemonClient:
                 return await self._request_on_connection(op, options, tensors, reply_bytes, wire_dtype)
             except DaemonUnavailable:
                 await self._disconnect()
-                if attempt == 2 or fresh or op not in IDEMPOTENT_OPS:
+                if not self._retry_after_break(op, attempt, fresh):
                     raise
         raise AssertionError("unreachable")
 

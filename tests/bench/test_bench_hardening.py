@@ -1,4 +1,4 @@
-"""Daemon under bad input and load (issue 9; run:
+"""Daemon under bad input and load (run:
 ``.venv/bin/python -m pytest tests/bench/test_bench_hardening.py -m bench -s``).
 
 Every figure is printed next to a baseline measured in the same run; no timed assertions.

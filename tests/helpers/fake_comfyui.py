@@ -1,7 +1,7 @@
 """A faithful fake ComfyUI server for tests (aiohttp, port 0, runs on the test's event loop).
 
-Written from ``shared/reference/comfyui-api.md`` and the captures of a real ComfyUI 0.33 in
-``shared/reference/comfyui-captures/``: same routes (each under ``/x`` and ``/api/x``), same JSON
+Written from ComfyUI's ``server.py``/``execution.py`` and messages captured from a real ComfyUI
+0.33: same routes (each under ``/x`` and ``/api/x``), same JSON
 shapes, same WebSocket event order, the same validation errors, and the same awkward parts —
 ``execution_success`` is sent BEFORE the history entry is written, identical prompts are fully
 cached (no new image, history points at the old file), execution events go only to the socket

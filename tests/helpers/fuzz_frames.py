@@ -1,7 +1,7 @@
 """Hypothesis strategies for protocol-v1 frame headers: every field either plausible or any JSON.
 
 Shared by the decoder fuzz test (unit) and the live-daemon fuzz test (integration). The values
-are the ones issue 9 found trouble with and their neighbours: unhashable values where a string
+are the ones that once crashed or stalled the daemon, and their neighbours: unhashable values where a string
 is looked up, huge and negative integers, zero dimensions beside huge ones, lone surrogates,
 segment names outside the shared-memory format, deep-ish nesting, wrong types for every option.
 """

@@ -1,8 +1,8 @@
 """``python -m tests.helpers.ws_flooder URI SECONDS``: a status WebSocket client in its own
 process that sends ``{"type":"get_status"}`` as fast as it can for SECONDS, reads every reply,
 and reconnects whenever the daemon closes it; then prints what it sent, received and how often it
-was closed (benchmarks of issue 9 item 5: the flood must come from another process, or the
-measuring client's own loop is the bottleneck).
+was closed (for the status-WebSocket flood benchmark in tests/bench/test_bench_hardening.py: the
+flood must come from another process, or the measuring client's own loop is the bottleneck).
 """
 
 from __future__ import annotations

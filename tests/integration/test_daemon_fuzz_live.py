@@ -1,4 +1,4 @@
-"""The real daemon (no models, port 0) under fuzzed frames from hypothesis (issue 9).
+"""The real daemon (no models, port 0) under fuzzed frames from hypothesis.
 
 Each example sends one fuzzed frame and a ping on the same connection: the fuzzed frame must get
 exactly one typed answer (never a closed connection, never silence), the ping must follow, and

@@ -244,8 +244,8 @@ async def test_connections_that_never_authenticate_are_dropped_and_free_their_sl
     squatters = [await harness.connect(service) for _ in range(3)]
     assert isinstance(await squatters[0].call(Request(5, "ping")), Response)  # ping needs no token
     refused = await harness.connect(service)  # 5th connection: over the limit
-    # Read them all at once: a connection the daemon ends is reset after a short drain (issue 14:
-    # nothing may linger in FIN_WAIT), and a reset discards what the peer had not read yet.
+    # Read them all at once: a connection the daemon ends is reset after a short drain (so that
+    # nothing lingers in FIN_WAIT on Windows), and a reset discards what the peer had not read yet.
     closed = await asyncio.gather(
         refused.is_closed_by_server(), *(s.is_closed_by_server() for s in squatters)
     )

@@ -457,3 +457,24 @@ async def test_a_failing_event_callback_does_not_lose_the_render(tmp_path, caplo
             RenderRequest("sdxl_txt2img", SMALL, output_dir=tmp_path), on_event=broken
         )
     assert outcome.files and "on_event callback failed" in caplog.text
+
+
+async def test_output_files_are_written_off_the_event_loop_thread(tmp_path, monkeypatch):
+    import threading
+
+    import app.comfy.render as render_module
+
+    writers: list[int] = []
+    real = render_module.write_outputs
+
+    def recording(result, out_dir):
+        writers.append(threading.get_ident())
+        return real(result, out_dir)
+
+    monkeypatch.setattr(render_module, "write_outputs", recording)
+    async with fakes(1) as (fake,), service_over(fake) as (service, _):
+        outcome = await service.render(
+            RenderRequest("sdxl_txt2img", {**SMALL, "positive": "a fox"}, output_dir=tmp_path)
+        )
+    assert writers and writers[0] != threading.get_ident()  # the loop runs on this thread
+    assert outcome.files[0].path.is_file()

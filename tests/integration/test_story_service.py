@@ -236,3 +236,55 @@ async def test_a_render_whose_files_cannot_be_written_is_a_storage_failure_and_t
             outcome = await h.service.turn(sid, "climb")
         assert outcome.turn.status == "done" and outcome.render.status == "failed"
         assert outcome.render.error_kind == "storage" and store.integrity_check() == "ok"
+
+
+async def test_a_cancelled_rerender_closes_its_row_instead_of_leaving_it_running():
+    with SessionStore.open() as store:
+        sid = session(store)
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = StoryLlm()
+            outcome = await h.service.turn(sid, "climb")
+            comfy.pause()  # the re-render's job stays running on the server
+            task = asyncio.create_task(h.service.rerender(outcome.scene.id, changes={"seed": "7"}))
+            await comfy.wait_for_prompts(2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            comfy.resume()
+        first, second = store.renders(outcome.scene.id)
+    assert first.status == "done"
+    assert second.status == "failed" and second.error_kind == "cancelled" and "cancelled" in second.error
+
+
+async def test_a_health_check_that_raises_counts_as_daemon_down_and_the_render_falls_back():
+    async def broken_health() -> bool:
+        raise RuntimeError("the status feed is not started")
+
+    with SessionStore.open() as store:
+        sid = session(store, template="sdxl_txt2img_luna_daemon")
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = StoryLlm()
+            h.renderer.daemon_health = broken_health
+            outcome = await h.service.turn(sid, "climb")
+    assert outcome.render.status == "done" and outcome.render.template == "sdxl_txt2img"
+
+
+async def test_a_bug_in_a_stage_fails_the_turn_and_tells_the_listeners(monkeypatch):
+    from app.narrates.agents import strategist
+    from app.narrates.events import StageFailed as StageFailedEvent
+
+    async def broken(*args, **kwargs):
+        raise KeyError("beat")
+
+    monkeypatch.setattr(strategist, "run", broken)
+    events = []
+    with SessionStore.open() as store:
+        sid = session(store)
+        async with FakeOpenAI() as llm, FakeComfyUI() as comfy, Harness(store, llm.url, comfy.url) as h:
+            llm.responder = StoryLlm()
+            with pytest.raises(KeyError):
+                await h.service.turn(sid, "climb", on_event=events.append)
+        [turn] = store.turns(sid)
+    assert turn.status == "failed" and turn.error_stage == "strategist" and "KeyError" in turn.error
+    [failed] = [e for e in events if isinstance(e, StageFailedEvent)]
+    assert failed.stage == "strategist" and "internal error" in failed.error

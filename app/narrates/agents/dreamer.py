@@ -1,6 +1,6 @@
 """Dreamer: the turn's finished prose → a :class:`~app.narrates.model.ScenePlan` for the renderer.
 
-Two rules users of other systems ask for (``shared/reference/narrative.md`` §2):
+Two rules users of other story systems (SillyTavern, KoboldCpp, AI Dungeon) ask for:
 
 * **only what has happened** — the model sees the prose already written, never the
   Strategist's plan; and a character is depicted only when the prose names them;

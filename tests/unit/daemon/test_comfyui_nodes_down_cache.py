@@ -1,4 +1,4 @@
-"""The node pack remembers "daemon down" per host:port (issue 14 item 5).
+"""The node pack remembers "daemon down" per host:port.
 
 On Windows a refused connect costs about 2 s (the SYN is retried), so ``auto`` nodes must not pay
 it on every node of a graph while the daemon is down. Checked here with a fake clock and fake

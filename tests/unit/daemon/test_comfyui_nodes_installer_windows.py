@@ -1,5 +1,4 @@
-"""Node-pack upgrades that survive Windows file semantics, and installs from a frozen bundle
-(issue 14 item 6).
+"""Node-pack upgrades that survive Windows file semantics, and installs from a frozen bundle.
 
 Fault injection stands in for what Windows does: a pack folder that cannot be renamed (a file in
 it held open), an old pack whose deletion fails (files in use by a running ComfyUI), a read-only

@@ -1,4 +1,4 @@
-"""Console control events stop the daemon gracefully (issue 14 item 2), on a loop without
+"""Console control events stop the daemon gracefully, on a loop without
 ``add_signal_handler`` (as the Windows Proactor loop has none).
 
 Linux exercises our logic: which events are handled, that Ctrl+C/Break return at once, that

@@ -359,6 +359,24 @@ async def test_async_client_survives_a_dropped_connection(service):
         assert (await client.models()) == {"sets": {"default": {}}}
 
 
+async def test_async_client_reopens_a_broken_connection_once_for_idempotent_ops_only(service):
+    async with AsyncDaemonClient(*service.address, shared_memory=False) as client:
+        assert (await client.status())["status"] == "ok"
+        await drop_server_connections(service)
+        assert (await client.status())["status"] == "ok"  # transparently, like the blocking client
+        assert service.stats.connections_total == 2
+        await drop_server_connections(service)
+        with pytest.raises(DaemonUnavailable):
+            await client.shutdown()  # not idempotent: never sent twice
+        assert service.test_handler.shutdowns == 0
+
+
+def test_both_clients_default_their_name_to_the_process():
+    assert DaemonClient().client_name == f"luna-client/{os.getpid()}"
+    assert AsyncDaemonClient(client_name="gui").client_name == "gui"
+    assert AsyncDaemonClient().client_name == f"luna-app/{os.getpid()}"
+
+
 async def test_async_client_unreachable_daemon():
     port = free_port()
     with pytest.raises(DaemonUnavailable, match=f"127.0.0.1:{port}"):

@@ -1,5 +1,4 @@
-"""Log files per port and a rollover that survives a held file; no stdout → a documented refusal
-(issue 14 items 7 and 8).
+"""Log files per port and a rollover that survives a held file; no stdout → a documented refusal.
 
 Linux checks the logic: the file name per port, a failing rename (the PermissionError Windows
 raises as WinError 32 when another process holds the log) losing no record and being retried

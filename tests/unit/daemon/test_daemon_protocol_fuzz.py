@@ -1,4 +1,4 @@
-"""The frame decoder under fuzzed headers (issue 9): whatever a well-framed header holds, the
+"""The frame decoder under fuzzed headers: whatever a well-framed header holds, the
 decoder answers with one typed message and stays in step for the next frame; it never raises."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Windows shared-memory branch keeps its section handle open (issue 14 item 4).
+"""The Windows shared-memory branch keeps its section handle open.
 
 A fake of ``_winapi`` models the one rule of Windows named sections that matters here: a section
 lives while any handle to it is open, and opening a name that no longer exists through

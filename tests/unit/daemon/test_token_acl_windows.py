@@ -1,4 +1,4 @@
-"""The token file's owner-only ACL on Windows (issue 14 item 3).
+"""The token file's owner-only ACL on Windows.
 
 Linux checks our logic: the SDDL a token file is created with, the parsing of the SDDL Windows
 hands back (inherited profile ACLs, aliases, hex and letter rights, inherit-only and conditional

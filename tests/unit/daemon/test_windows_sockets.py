@@ -1,4 +1,4 @@
-"""Binding and closing rules of the daemon's ports that exist for Windows (issue 14 items 1, 5).
+"""Binding and closing rules of the daemon's ports that exist for Windows.
 
 What Linux can check here: the branches (``SO_EXCLUSIVEADDRUSE`` set on Windows, the Winsock
 codes 10048/10013 mapped to their own errors, ``struct linger`` packed as Windows lays it out,

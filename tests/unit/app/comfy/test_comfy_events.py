@@ -34,7 +34,7 @@ from app.comfy.events import (
 
 PID = "e4a0a183-ee17-4dc2-9f81-f509a0ed0998"
 
-# Verbatim from shared/reference/comfyui-captures/ws_message_examples.json (traceback shortened).
+# Verbatim as a real ComfyUI 0.33 sent them on /ws (traceback shortened).
 CAPTURED = {
     "status_connect": {
         "type": "status",

@@ -9,8 +9,9 @@ import pytest
 
 from app.comfy.client import ComfyClient, ComfyTimeouts
 from app.comfy.errors import NoInstanceAvailable
-from app.comfy.instances import InstanceConfig, InstancesConfig
-from app.comfy.router import RouterSettings, StyleRouter
+from app.comfy.instances import InstanceConfig, InstanceConfigError, InstancesConfig
+from app.comfy.router import URL_STYLE, RouterSettings, StyleRouter, command_line_router
+from app.paths import user_dirs
 from tests.helpers.fake_comfyui import FakeComfyUI, txt2img_prompt
 
 TIMEOUTS = ComfyTimeouts(
@@ -198,3 +199,24 @@ async def test_router_cancels_a_job_on_the_instance_that_has_it():
             first.resume()
             second.resume()
     assert second.interrupts == [{"prompt_id": job.prompt_id}]
+
+
+async def test_a_command_line_router_over_url_serves_only_the_url_style_and_fails_fast():
+    router, style = command_line_router("http://127.0.0.1:9", "anime", connect_timeout=0.5)
+    assert style == URL_STYLE
+    assert [(i.name, i.styles) for i in router.config.instances] == [("http://127.0.0.1:9", (URL_STYLE,))]
+    assert router.settings.no_instance_timeout == 0.5 and router.settings.timeouts.ws_open == 2.0
+
+
+async def test_a_command_line_router_without_url_reads_instances_toml_and_keeps_the_style():
+    (user_dirs().config).mkdir(parents=True, exist_ok=True)
+    (user_dirs().config / "instances.toml").write_text(
+        '[[instances]]\nname = "box"\nurl = "http://10.0.0.5:8188"\nstyles = ["anime"]\n', encoding="utf-8"
+    )
+    router, style = command_line_router(None, "anime", connect_timeout=3.0)
+    assert style == "anime" and [i.name for i in router.config.instances] == ["box"]
+
+
+def test_a_bad_url_is_an_instance_config_error():
+    with pytest.raises(InstanceConfigError):
+        command_line_router("ftp://nowhere", None, connect_timeout=1.0)

@@ -19,6 +19,7 @@ from app.supervision.orphans import (
     JobObjectError,
     JobObjectExtendedLimitInformation,
     WindowsJob,
+    declare_job_prototypes,
     linux_preexec,
     orphan_protection,
 )
@@ -184,3 +185,23 @@ def test_on_windows_the_kill_step_terminates_the_job_and_falls_back_to_the_proce
     assert process.signals == (["terminate", "kill"] if job_fails else ["terminate"])
     assert ("TerminateJobObject", 0x100, 1) in kernel32.calls
     assert ("TerminateJobObject failed" in caplog.text) is job_fails
+
+
+def test_the_real_kernel32_calls_are_declared_so_handles_keep_all_64_bits():
+    from ctypes import wintypes
+    from types import SimpleNamespace
+
+    names = (
+        "CreateJobObjectW",
+        "SetInformationJobObject",
+        "OpenProcess",
+        "AssignProcessToJobObject",
+        "TerminateJobObject",
+    )
+    kernel32 = SimpleNamespace(**{name: SimpleNamespace() for name in (*names, "CloseHandle")})
+    assert declare_job_prototypes(kernel32) is kernel32
+    assert kernel32.CreateJobObjectW.restype is wintypes.HANDLE
+    assert kernel32.OpenProcess.restype is wintypes.HANDLE
+    assert kernel32.AssignProcessToJobObject.argtypes == (wintypes.HANDLE, wintypes.HANDLE)
+    assert kernel32.CloseHandle.argtypes == (wintypes.HANDLE,)
+    assert kernel32.TerminateJobObject.argtypes[0] is wintypes.HANDLE

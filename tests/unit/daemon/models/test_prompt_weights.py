@@ -79,7 +79,7 @@ def test_nesting_up_to_the_limit_parses_and_deeper_is_a_typed_error():
     segments = parse_weighted_prompt("(" * depth + "x" + ")" * depth)
     assert [s.text for s in segments] == ["x"]
     assert segments[0].weight == pytest.approx(1.1**depth, rel=1e-6)
-    # Deeper nesting would cost one pass over the prompt per level (issue 9: a 100,000-character
+    # Deeper nesting would cost one pass over the prompt per level (a 100,000-character
     # prompt nested 20,000 deep took most of a minute); it is refused before that work is done.
     for deep in ("(" * 1500 + "x" + ")" * 1500, "(" * 20_000 + "x" + ":1)" * 20_000):
         with pytest.raises(PromptWeightError, match="deeper than"):

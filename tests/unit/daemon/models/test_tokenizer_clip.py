@@ -198,7 +198,7 @@ def test_very_long_prompt_gives_ceil_windows(tokenizer):
     assert sum(t == tokenizer.vocab["cat</w>"] for w in windows for t in w.tokens) == 400
 
 
-# -- bounded BPE (issue 9): the same tokens as the reference, without its quadratic loop -------
+# -- bounded BPE: the same tokens as the reference, without its quadratic loop -------
 
 
 def test_every_merge_ranks_after_the_merges_that_made_its_parts(merges):
