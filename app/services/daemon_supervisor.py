@@ -258,7 +258,10 @@ class DaemonSupervisor:
     # ------------------------------------------------------------------ internals
 
     def _daemon_argv(self) -> tuple[list[str], dict[str, str]]:
-        config_file = write_daemon_config(self.settings, self._config_dir)
+        try:
+            config_file = write_daemon_config(self.settings, self._config_dir)
+        except OSError as exc:  # full disk, read-only or missing config dir: say so, don't crash start()
+            raise SupervisorError(f"cannot write the daemon's config file: {exc}") from exc
         args = [
             "--config",
             str(config_file),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.services.daemon_supervisor import attached_ready_info
+from app.services.daemon_supervisor import DaemonSupervisor, SupervisorError, attached_ready_info
 from app.services.settings import DaemonSettings
 
 SETTINGS = DaemonSettings(host="127.0.0.1", port=19283, ws_port=19284)
@@ -36,3 +36,11 @@ def test_an_older_status_without_ports_falls_back_to_the_configured_status_port(
 def test_a_status_without_a_usable_pid_or_port_is_a_value_error_not_a_crash(status):
     with pytest.raises(ValueError, match="its status"):
         attached_ready_info(SETTINGS, status)
+
+
+def test_a_config_dir_that_cannot_be_written_is_a_supervisor_error(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the config folder should be")
+    supervisor = DaemonSupervisor(SETTINGS, config_dir=blocker / "config")
+    with pytest.raises(SupervisorError, match="cannot write the daemon's config file"):
+        supervisor._daemon_argv()
