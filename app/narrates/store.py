@@ -440,13 +440,31 @@ class SessionStore:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction. SQLite's own failures (locked past the busy timeout, disk full,
+        I/O errors) become :class:`StoreError` naming the database; what was committed before
+        stays, and nothing of this transaction is left half-written."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the session database {self.path} cannot be written now: {exc}") from exc
         try:
             yield self._db
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"writing the session database {self.path} failed: {exc}") from exc
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"committing to the session database {self.path} failed: {exc}") from exc
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (e.g. on a full disk).
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def integrity_check(self) -> str:
         return self._db.execute("PRAGMA integrity_check").fetchone()[0]

@@ -199,3 +199,20 @@ def test_an_image_write_that_fails_leaves_no_partial_file(store, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         store.images.put(b"0123456789")
     assert not [p for p in store.images.root.rglob("*") if p.is_file()]
+
+
+def test_a_database_locked_by_another_process_is_a_store_error_and_keeps_what_was_committed(tmp_path):
+    with SessionStore.open(tmp_path) as store:
+        session = new_session(store)
+        kept = finished_turn(store, session, "the stairs")
+        store._db.execute("PRAGMA busy_timeout = 50")  # fail fast instead of the 10 s default
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock (e.g. `luna story` mid-turn)
+        try:
+            with pytest.raises(StoreError, match="cannot be written now"):
+                store.start_turn(session, "the lamp room")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert store.start_turn(session, "the lamp room").id != kept  # the lock is gone: writes work
+        assert next(t.id for t in store.timeline(session)) == kept
