@@ -271,9 +271,11 @@ async def test_a_refused_peer_that_reads_busy_and_closes_is_not_reset(abortive_c
         refused = socket.create_connection((host, port))
         assert await asyncio.to_thread(_read_frame_start, refused) == MAGIC  # BUSY, id 0
         refused.close()
-        async with asyncio.timeout(10):  # far sooner than close_drain: the peer's EOF ended it
-            while service._refused or service.stats.connections_refused == 0:
-                await asyncio.sleep(0.01)
+        # The refusal's close task exists since before BUSY was sent; it ends on the peer's EOF,
+        # far sooner than close_drain (30 s).
+        assert service.stats.connections_refused == 1 and service._refused
+        async with asyncio.timeout(10):
+            await asyncio.gather(*list(service._refused))
         assert abortive_closes == []
     finally:
         first.close()
